@@ -1,0 +1,280 @@
+"""The `batchlab` command: parses flags, calls the library, prints. No logic of its own."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(help="Measure how batch size and parallelism shape neural-network training on your hardware.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="List, download and verify datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+# Off a terminal (pipe, file, CI log) rich would wrap at 80 columns; tables need more.
+out = Console() if sys.stdout.isatty() else Console(width=200)
+err = Console(stderr=True)
+
+DbOpt = Annotated[Path, typer.Option("--db", help="SQLite results store.")]
+DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the dataset files (searched first).")]
+
+
+def user_errors(command):
+    """Turn batchlab's own errors into one line on stderr and exit code 2: no traceback."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from .data import DataError
+        from .machine import DeviceUnavailable
+        from .models import ModelError
+        from .spec import SpecError
+        from .store import StoreError
+
+        try:
+            return command(*args, **kwargs)
+        except (SpecError, DataError, DeviceUnavailable, ModelError, StoreError, FileNotFoundError,
+                sqlite3.Error) as error:
+            err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+def progress_events(progress: Progress):
+    """SweepEvents drawing one progress bar over runs, its text the current run and epoch."""
+    from .report import run_line
+    from .sweep import SweepEvents
+
+    task = progress.add_task("starting", total=None)
+
+    def started(spec, index, total):
+        progress.update(task, total=total, completed=index, description=f"{spec.label()} epoch 0/{spec.epochs}")
+
+    def epoch_done(spec, record):
+        progress.update(task, description=f"{spec.label()} epoch {record.epoch}/{spec.epochs} "
+                                          f"acc {record.test_accuracy:.3f}")
+
+    def ended(spec, outcome):
+        progress.advance(task)
+        progress.console.print(run_line(spec, outcome.status, outcome.result, outcome.error),
+                               highlight=False, soft_wrap=True)
+
+    return SweepEvents(started, epoch_done, ended)
+
+
+def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str]):
+    """Run the specs with a progress bar; print what was skipped and how the runs ended."""
+    from .sweep import SweepInterrupted, run_sweep
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=err, transient=True) as progress:
+            summary = run_sweep(specs, db, str(data_dir) if data_dir else None, experiment, progress_events(progress))
+    except SweepInterrupted as stopped:
+        done = stopped.summary.count("DONE")
+        err.print(f"interrupted: {stopped.spec.label()} stored as KILLED; {done} run(s) finished and stored "
+                  f"in {db}. Run the same command again to resume.", highlight=False)
+        raise typer.Exit(130) from None
+    for device, reason in summary.skipped_device.items():
+        err.print(f"[yellow]skipped runs on {device}:[/yellow] {reason}", highlight=False)
+    if summary.skipped_finished:
+        err.print(f"{summary.skipped_finished} run(s) already finished in {db}: skipped (resume).")
+    failed = len(summary.outcomes) - summary.count("DONE")
+    err.print(f"{summary.count('DONE')} run(s) done, {failed} not done, stored in {db}.")
+    return summary
+
+
+@app.command()
+@user_errors
+def train(
+    dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist or folder:PATH.")] = "fashion-mnist",
+    model: Annotated[str, typer.Option(help="seed-cnn, keras-cnn, mlp or package.module:factory.")] = "seed-cnn",
+    batch_size: Annotated[int, typer.Option(help="Images per optimizer step.")] = 64,
+    epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = 1,
+    optimizer: Annotated[str, typer.Option(help="sgd, momentum (0.9) or adam.")] = "momentum",
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.01,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
+    threads: Annotated[int, typer.Option(help="torch intra-op threads; 0 = all available cores.")] = 0,
+    precision: Annotated[str, typer.Option(help="Numeric precision.")] = "fp32",
+    val_split: Annotated[float, typer.Option(help="Fraction of the training set held out for validation.")] = 0.0,
+    limit_train: Annotated[int, typer.Option(help="Train on the first N training images only; 0 = all.")] = 0,
+    drop_last: Annotated[bool, typer.Option(help="Skip the last, smaller batch of each epoch.")] = False,
+    target_accuracy: Annotated[float, typer.Option(help="Report the train seconds until this accuracy.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of weights, batch order and dropout.")] = 0,
+    db: DbOpt = Path("batchlab.db"),
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Train once and print one line of results; the run is stored. Running the same command again
+    adds another repeat.
+
+    Example: batchlab train --dataset fashion-mnist --model seed-cnn --batch-size 64 --epochs 2
+    """
+    from .machine import fingerprint, machine_id, resolve_device
+    from .spec import RunSpec
+    from .store import Store
+    from .sweep import next_repeat
+
+    spec = RunSpec(dataset=dataset, model=model, batch_size=batch_size, epochs=epochs, optimizer=optimizer, lr=lr,
+                   device=device, threads=threads, precision=precision, val_split=val_split,
+                   limit_train=limit_train, drop_last=drop_last, target_accuracy=target_accuracy,
+                   seed=seed).validated()
+    resolve_device(spec.device)  # a missing device is an error here, not a skipped run
+    with Store(db) as store:
+        spec = next_repeat(store, spec, machine_id(fingerprint()))
+    summary = execute([spec], db, data_dir, None)
+    if summary.count("DONE") != 1:
+        raise typer.Exit(1)
+
+
+GRID_FLAGS = {  # sweep flag → (RunSpec field, value type)
+    "dataset": str, "model": str, "batch_size": int, "epochs": int, "optimizer": str, "lr": float,
+    "device": str, "threads": int, "precision": str, "val_split": float, "limit_train": int,
+    "target_accuracy": float, "seed": int,
+}
+
+
+@app.command()
+@user_errors
+def sweep(
+    experiment: Annotated[Optional[Path], typer.Argument(help="TOML experiment file (flags override its values).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Comma list, e.g. mnist,fashion-mnist.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Comma list of models.")] = None,
+    batch_size: Annotated[Optional[str], typer.Option(help="Comma list, e.g. 16,64,256,1024.")] = None,
+    epochs: Annotated[Optional[str], typer.Option(help="Comma list of epoch counts.")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="Comma list: sgd, momentum, adam.")] = None,
+    lr: Annotated[Optional[str], typer.Option(help="Comma list of learning rates.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="Comma list, e.g. cpu,cuda (missing ones are skipped).")] = None,
+    threads: Annotated[Optional[str], typer.Option(help="Comma list of intra-op thread counts.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="Comma list of precisions.")] = None,
+    val_split: Annotated[Optional[str], typer.Option(help="Validation fraction(s).")] = None,
+    limit_train: Annotated[Optional[str], typer.Option(help="Training images per run; 0 = all.")] = None,
+    target_accuracy: Annotated[Optional[str], typer.Option(help="Accuracy for time to target.")] = None,
+    seed: Annotated[Optional[str], typer.Option(help="Base seed(s); repeat r uses seed + r.")] = None,
+    repeats: Annotated[Optional[int], typer.Option(help="Runs per grid point.")] = None,
+    db: DbOpt = Path("batchlab.db"),
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run a grid of runs, each in a fresh process, every run stored as it finishes. Started
+    again, it skips the runs already finished (resume); Ctrl-C stores the running run as KILLED.
+
+    Example: batchlab sweep --batch-size 16,64,256,1024 --epochs 3 --repeats 2
+    Example: batchlab sweep experiments/small-batches.toml
+    """
+    from .spec import ExperimentSpec, parse_list
+
+    flags = locals()  # the grid flags by name, as GRID_FLAGS lists them
+    base = ExperimentSpec.from_toml(experiment) if experiment else ExperimentSpec()
+    grid = dict(base.grid)
+    for name, kind in GRID_FLAGS.items():
+        if flags[name] is not None:
+            grid[name] = parse_list(flags[name], kind, name)
+    spec = ExperimentSpec.from_values(grid, base.name, base.description, repeats or base.repeats)
+    execute(spec.runs(), db, data_dir, spec.name)
+
+
+@app.command()
+@user_errors
+def report(
+    db: DbOpt = Path("batchlab.db"),
+    format: Annotated[str, typer.Option("--format", help="table or json (rows on stdout).")] = "table",
+    csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write the rows to this CSV file.")] = None,
+    runs: Annotated[bool, typer.Option("--runs", help="One row per run instead of per group of repeats.")] = False,
+) -> None:
+    """Show stored results grouped over repeats: median [min–max] of seconds per epoch, images/s,
+    accuracy, loss and time to target.
+
+    Example: batchlab report --format json
+    """
+    from .report import aggregate, json_rows, load_runs, table
+
+    if format not in ("table", "json"):
+        raise typer.BadParameter("--format must be table or json")
+    all_runs = load_runs(db)
+    rows = all_runs if runs else aggregate(all_runs)
+    if csv:
+        rows.to_csv(csv, index=False)
+    if format == "json":
+        sys.stdout.write(json.dumps(json_rows(rows), indent=1) + "\n")
+    elif runs:
+        out.print(rows.to_string(index=False))
+    else:
+        out.print(table(rows))
+
+
+@app.command()
+@user_errors
+def machine(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
+    """What this machine is: CPU, cores, memory, GPUs, OS, Python, torch and thread settings."""
+    from .machine import fingerprint, machine_id
+
+    info = fingerprint()
+    info["machine_id"] = machine_id(info)
+    if as_json:
+        sys.stdout.write(json.dumps(info, indent=1) + "\n")
+        return
+    grid = Table(show_header=False, title="this machine")
+    for key, value in info.items():
+        grid.add_row(key.replace("_", " "), value if isinstance(value, str) else json.dumps(value))
+    out.print(grid)
+
+
+@app.command()
+def models() -> None:
+    """List the built-in models with their parameter counts (10 classes)."""
+    from .models import catalogue
+
+    grid = Table("model", "parameters", "description")
+    for name, parameters, description in catalogue():
+        grid.add_row(name, f"{parameters:,}", description)
+    out.print(grid)
+    out.print("Your own: --model package.module:factory (factory(classes) → torch.nn.Module).")
+
+
+@data_app.command("list")
+def data_list(data_dir: DataDirOpt = None) -> None:
+    """Registered datasets and where each was found."""
+    from .data import DATASETS, locate
+
+    grid = Table("dataset", "found in", "mirrors")
+    for name, info in DATASETS.items():
+        where = locate(name, data_dir)
+        grid.add_row(name, str(where) if where else "[yellow]not found[/yellow]", ", ".join(info.mirrors))
+    out.print(grid)
+    out.print("Also: --dataset folder:PATH (one sub-folder of images per class).")
+
+
+@data_app.command("download")
+@user_errors
+def data_download(
+    name: Annotated[str, typer.Argument(help="mnist or fashion-mnist.")],
+    mirror: Annotated[Optional[list[str]], typer.Option(help="Base URL to try instead of the official mirrors (repeatable).")] = None,
+    dest: Annotated[Optional[Path], typer.Option(help="Folder to write to (default: the user cache).")] = None,
+) -> None:
+    """Download a dataset into the cache (skipped if a valid copy is already found), verified.
+
+    Example: batchlab data download mnist
+    """
+    from .data import locate, verify
+    from .download import download
+
+    found = locate(name) if not dest and not mirror else None
+    if found is not None:
+        verify(name)
+        out.print(f"{name}: valid copy already in {found}")
+        return
+    out.print(f"{name}: downloaded and verified in {download(name, dest, mirror)}")
+
+
+@data_app.command("verify")
+@user_errors
+def data_verify(name: Annotated[str, typer.Argument(help="mnist or fashion-mnist.")], data_dir: DataDirOpt = None) -> None:
+    """Check every file of a dataset: SHA-256 of the decompressed content and IDX structure."""
+    from .data import verify
+
+    for path, status in verify(name, data_dir):
+        out.print(f"{status:<10} {path}", highlight=False)

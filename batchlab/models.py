@@ -1,0 +1,87 @@
+"""Model registry: the networks of the reproduced studies, plus any user model.
+
+A user model is given as `package.module:factory`; factory(classes) (or factory() if it takes no
+argument) must return a torch.nn.Module mapping (N, 1, 28, 28) float images to (N, classes) logits.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def seed_cnn(classes: int = 10) -> nn.Module:
+    """The TensorFlow batch-size study's CNN: 550,886 parameters for 10 classes, 'valid' padding
+    (28 → conv4 25 → pool 12 → conv4 9 → pool 4). The paper does not give the dropout rate;
+    0.5 is our documented choice."""
+    return nn.Sequential(
+        nn.Conv2d(1, 32, kernel_size=4), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, kernel_size=4), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(0.5),
+        nn.Linear(64 * 4 * 4, 500), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(500, classes),
+    )
+
+
+def keras_cnn(classes: int = 10) -> nn.Module:
+    """The Keras MNIST example CNN (1,199,882 parameters for 10 classes)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 32, kernel_size=3), nn.ReLU(),
+        nn.Conv2d(32, 64, kernel_size=3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
+        nn.Flatten(), nn.Linear(64 * 12 * 12, 128), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(128, classes),
+    )
+
+
+def mlp(classes: int = 10) -> nn.Module:
+    """784-500-classes perceptron with one ReLU hidden layer."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 500), nn.ReLU(), nn.Linear(500, classes))
+
+
+MODELS: dict[str, Callable[[int], nn.Module]] = {"seed-cnn": seed_cnn, "keras-cnn": keras_cnn, "mlp": mlp}
+
+
+class ModelError(ValueError):
+    """A model name or user factory cannot be used; the message is one line for the user."""
+
+
+def is_known_model(name: str) -> bool:
+    return name in MODELS or ":" in name
+
+
+def load_factory(name: str) -> Callable[..., nn.Module]:
+    if name in MODELS:
+        return MODELS[name]
+    module_name, _, attribute = name.partition(":")
+    if not module_name or not attribute:
+        raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODELS)} or package.module:factory")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ModelError(f"cannot load user model {name!r}: {error}") from None
+    if not callable(factory):
+        raise ModelError(f"user model {name!r} is not callable")
+    return factory
+
+
+def build(name: str, classes: int = 10) -> nn.Module:
+    factory = load_factory(name)
+    takes_classes = bool(inspect.signature(factory).parameters)
+    model = factory(classes) if takes_classes else factory()
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def catalogue() -> list[tuple[str, int, str]]:
+    """(name, parameters for 10 classes, first line of its description) for every built-in model."""
+    return [(name, parameter_count(factory(10)), (factory.__doc__ or "").strip().splitlines()[0])
+            for name, factory in MODELS.items()]

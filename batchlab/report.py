@@ -1,0 +1,127 @@
+"""Tables from the store: runs grouped over repeats, with median and min–max per figure.
+
+A group is every run that differs only in seed and repeat. Figures are computed over the group's
+DONE runs (n); the group's status column says how its runs ended, so OOM or diverged batch sizes
+stay visible instead of silently dropping out.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import pandas as pd
+from rich.table import Table
+
+from .store import Store
+
+GROUP_KEYS = ["dataset", "model", "device", "strategy", "workers", "threads", "precision", "optimizer", "lr",
+              "val_split", "limit_train", "drop_last", "target_accuracy", "batch_size", "epochs", "machine"]
+# Figures summarised over repeats: median, min and max of the per-run values.
+SPREAD_FIGURES = ["epoch_train_seconds", "images_per_second", "test_accuracy"]
+MEDIAN_FIGURES = ["test_loss", "val_accuracy", "time_to_target_seconds", "wall_seconds", "warmup_seconds",
+                  "load_seconds", "peak_memory_bytes"]
+
+
+def load_runs(db: str | Path) -> pd.DataFrame:
+    """All runs of a store with a readable `machine` column (host name)."""
+    if not Path(db).exists():
+        raise FileNotFoundError(f"no results store at {db}; run `batchlab sweep` or `batchlab train` first")
+    with Store(db) as store:
+        runs = store.runs_frame()
+        hosts = {mid: info.get("hostname", mid) for mid, info in store.machines().items()}
+    runs["machine"] = runs["machine_id"].map(hosts).fillna(runs["machine_id"])
+    return runs
+
+
+def status_text(statuses: pd.Series) -> str:
+    counts = statuses.value_counts()
+    if len(counts) == 1:
+        return str(counts.index[0])
+    return ", ".join(f"{status} {count}" for status, count in counts.items())
+
+
+def summarize_group(group: pd.DataFrame) -> dict:
+    done = group[group["status"] == "DONE"]
+    row = {"n": len(done), "runs": len(group), "status": status_text(group["status"])}
+    for figure in SPREAD_FIGURES:
+        values = done[figure].dropna()
+        row[figure] = values.median() if len(values) else math.nan
+        row[figure + "_min"] = values.min() if len(values) else math.nan
+        row[figure + "_max"] = values.max() if len(values) else math.nan
+    for figure in MEDIAN_FIGURES:
+        values = done[figure].dropna() if figure in done else pd.Series(dtype=float)
+        row[figure] = values.median() if len(values) else math.nan
+    row["target_reached"] = int(done["time_to_target_seconds"].notna().sum())
+    errors = group["error"].dropna()
+    row["error"] = errors.iloc[-1] if len(errors) else None
+    return row
+
+
+def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per group of repeats, sorted by the group keys."""
+    if runs.empty:
+        return pd.DataFrame(columns=GROUP_KEYS + ["n", "status"])
+    rows = []
+    for keys, group in runs.groupby(GROUP_KEYS, dropna=False, sort=True):
+        rows.append({**dict(zip(GROUP_KEYS, keys)), **summarize_group(group)})
+    return pd.DataFrame(rows)
+
+
+def json_rows(rows: pd.DataFrame) -> list[dict]:
+    """Rows as plain JSON-able dicts (NaN → None, numpy scalars → Python)."""
+    records = rows.astype(object).where(rows.notna(), None).to_dict(orient="records")
+    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in record.items()} for record in records]
+
+
+def spread(median: float, low: float, high: float, digits: int) -> str:
+    if median is None or (isinstance(median, float) and math.isnan(median)):
+        return "—"
+    text = f"{median:,.{digits}f}"
+    if low != high:
+        text += f" [{low:,.{digits}f}–{high:,.{digits}f}]"
+    return text
+
+
+def number(value: float, digits: int) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:,.{digits}f}"
+
+
+def table(rows: pd.DataFrame, title: str = "batchlab results") -> Table:
+    """A rich table: fixed columns, plus any group key that varies across rows."""
+    always = ["dataset", "model", "device", "batch_size", "epochs"]
+    varying = [k for k in GROUP_KEYS if k not in always and k in rows and rows[k].nunique(dropna=False) > 1]
+    result = Table(title=title, caption="median \\[min–max] over n DONE repeats; seconds are train seconds "
+                   "(steps only, device synchronised); accuracy after the last epoch")
+    for key in always[:3] + varying + always[3:]:
+        result.add_column(key.replace("_", " "), justify="right" if key in ("batch_size", "epochs") else "left")
+    for label in ("n", "status", "s / epoch", "images / s", "test acc", "test loss", "time to target s"):
+        result.add_column(label, justify="left" if label == "status" else "right")
+    for _, row in rows.iterrows():
+        target = "—"
+        if row.get("target_accuracy"):
+            target = f"{number(row['time_to_target_seconds'], 1)} ({row['target_reached']}/{row['n']})"
+        result.add_row(
+            *(str(row[k]) for k in always[:3] + varying + always[3:]),
+            str(row["n"]), row["status"],
+            spread(row["epoch_train_seconds"], row["epoch_train_seconds_min"], row["epoch_train_seconds_max"], 2),
+            spread(row["images_per_second"], row["images_per_second_min"], row["images_per_second_max"], 0),
+            spread(row["test_accuracy"], row["test_accuracy_min"], row["test_accuracy_max"], 4),
+            number(row["test_loss"], 4), target)
+    return result
+
+
+def run_line(spec, status: str, result=None, error: str | None = None) -> str:
+    """One line for one finished run, as `batchlab train` and the sweep print it."""
+    head = f"{status:<8} {spec.label()}"
+    if result is None or not result.epochs:
+        return f"{head}: {error or 'no epochs completed'}"
+    last = result.epochs[-1]
+    seconds = statistics.median(e.train_seconds for e in result.epochs)
+    text = (f"{head}: {len(result.epochs)} epoch(s), {seconds:.2f} s/epoch train, "
+            f"{result.images_processed / result.train_seconds:,.0f} img/s, test acc {last.test_accuracy:.4f}, "
+            f"loss {last.test_loss:.4f}, wall {result.wall_seconds:.1f} s")
+    if result.time_to_target_seconds is not None:
+        text += f", target reached after {result.time_to_target_seconds:.1f} s"
+    return text + (f" ({error})" if error else "")

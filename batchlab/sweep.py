@@ -1,0 +1,169 @@
+"""Run a list of RunSpecs, each in a fresh worker process, storing every run as it ends.
+
+- Resume: runs whose key is already DONE (or DIVERGED) on this machine are skipped.
+- A run that fails (error, out of memory, crash) is stored with its status and the sweep goes on.
+- Ctrl-C or SIGTERM: the running worker is stopped, its run stored as KILLED, and
+  SweepInterrupted raised; everything finished before stays stored.
+- Runs on a device this machine lacks are not started; they are reported as skipped.
+
+The caller watches through SweepEvents callbacks (the CLI draws a progress bar with them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .engine import EpochRecord, RunResult
+from .machine import fingerprint, machine_id, unavailable_reason
+from .spec import RunSpec
+from .store import FINISHED, Store
+from .worker import PREFIX, result_from_dict
+
+STOP_GRACE_SECONDS = 10
+
+
+@dataclass
+class Outcome:
+    status: str
+    result: RunResult | None = None
+    error: str | None = None
+
+
+@dataclass
+class SweepEvents:
+    run_started: Callable[[RunSpec, int, int], None] = lambda spec, index, total: None
+    epoch_done: Callable[[RunSpec, EpochRecord], None] = lambda spec, record: None
+    run_ended: Callable[[RunSpec, Outcome], None] = lambda spec, outcome: None
+
+
+@dataclass
+class SweepSummary:
+    planned: int = 0
+    skipped_finished: int = 0
+    skipped_device: dict[str, str] = field(default_factory=dict)  # device → reason
+    outcomes: list[tuple[RunSpec, Outcome]] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for _, outcome in self.outcomes if outcome.status == status)
+
+
+class SweepInterrupted(Exception):
+    def __init__(self, summary: SweepSummary, spec: RunSpec):
+        super().__init__(f"interrupted during {spec.label()}")
+        self.summary = summary
+        self.spec = spec
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_in_worker(spec: RunSpec, data_dir: str | None,
+                  on_epoch: Callable[[EpochRecord], None]) -> Outcome:
+    """Run `spec` in a new Python process; KeyboardInterrupt stops the worker and propagates."""
+    job = json.dumps({"spec": dataclasses.asdict(spec), "data_dir": data_dir})
+    with tempfile.TemporaryFile(mode="w+") as stderr:
+        # Own session: a terminal's Ctrl-C reaches only the sweep, which then stops the worker
+        # itself and records the run as KILLED.
+        worker = subprocess.Popen([sys.executable, "-m", "batchlab.worker"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True)
+        outcome = None
+        try:
+            worker.stdin.write(job)
+            worker.stdin.close()
+            for line in worker.stdout:
+                if not line.startswith(PREFIX):
+                    continue  # a user model's own output
+                message = json.loads(line[len(PREFIX):])
+                if message["event"] == "epoch":
+                    on_epoch(EpochRecord(**message["record"]))
+                elif message["event"] == "result":
+                    result = result_from_dict(message["result"])
+                    outcome = Outcome(result.status, result, result.error)
+                elif message["event"] == "error":
+                    outcome = Outcome(message["status"], None, message["error"])
+            code = worker.wait()
+        except BaseException:
+            stop(worker)
+            raise
+        if outcome is None:
+            stderr.seek(0)
+            tail = [line for line in stderr.read().splitlines() if line.strip()][-1:]
+            if code < 0:
+                name = signal.Signals(-code).name
+                hint = " (killed from outside: out of memory?)" if name == "SIGKILL" else ""
+                outcome = Outcome("KILLED", None, f"worker ended by {name}{hint}")
+            else:
+                outcome = Outcome("FAILED", None, f"worker exited with code {code}: {tail[0] if tail else 'no message'}")
+        return outcome
+
+
+def stop(worker: subprocess.Popen) -> None:
+    """Terminate a worker, then kill it if it does not end in time; never leave it running."""
+    if worker.poll() is None:
+        worker.terminate()
+        try:
+            worker.wait(STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+def next_repeat(store: Store, spec: RunSpec, machine: str) -> RunSpec:
+    """The first repeat of `spec` not yet finished on this machine (repeat r uses seed + r), so
+    that running the same `batchlab train` twice gives two repeats instead of a skip."""
+    repeat = 0
+    while True:
+        candidate = dataclasses.replace(spec, repeat=repeat, seed=spec.seed + repeat)
+        if store.status(candidate.key, machine) not in FINISHED:
+            return candidate
+        repeat += 1
+
+
+def run_sweep(specs: list[RunSpec], db: str | Path, data_dir: str | None = None,
+              experiment: str | None = None, events: SweepEvents | None = None) -> SweepSummary:
+    events = events or SweepEvents()
+    summary = SweepSummary(planned=len(specs))
+    info = fingerprint()
+    machine = machine_id(info)
+    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with Store(db) as store:
+            store.record_machine(machine, info)
+            todo = []
+            for spec in specs:
+                reason = unavailable_reason(spec.device)
+                if reason:
+                    summary.skipped_device[spec.device] = reason
+                elif store.status(spec.key, machine) in FINISHED:
+                    summary.skipped_finished += 1
+                else:
+                    todo.append(spec)
+            for spec in todo:
+                store.plan(spec, machine, experiment)
+            for index, spec in enumerate(todo):
+                run_id = store.start(spec, machine, experiment)
+                events.run_started(spec, index, len(todo))
+                try:
+                    outcome = run_in_worker(spec, data_dir, lambda record: events.epoch_done(spec, record))
+                except KeyboardInterrupt:
+                    store.fail(run_id, "KILLED", "interrupted (Ctrl-C or SIGTERM) while running")
+                    summary.outcomes.append((spec, Outcome("KILLED", None, "interrupted")))
+                    raise SweepInterrupted(summary, spec) from None
+                if outcome.result is not None:
+                    store.finish(run_id, outcome.result)
+                else:
+                    store.fail(run_id, outcome.status, outcome.error or "")
+                summary.outcomes.append((spec, outcome))
+                events.run_ended(spec, outcome)
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    return summary

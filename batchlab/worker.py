@@ -1,0 +1,108 @@
+"""One run in its own process: `python -m batchlab.worker` reads a job (JSON) on stdin, runs it and
+reports on stdout, one JSON message per line, each prefixed so that anything else a user model
+prints cannot be mistaken for a message:
+
+    @batchlab {"event": "epoch", "record": {...}}
+    @batchlab {"event": "result", "result": {...}}
+    @batchlab {"event": "error", "status": "FAILED" | "OOM", "error": "one line"}
+
+A fresh process per run keeps thread settings, allocator state, memory growth and crashes inside
+the run. The worker never touches the store: the sweep process is its only writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+
+PREFIX = "@batchlab "
+
+
+def send(message: dict) -> None:
+    sys.stdout.write(PREFIX + json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def result_to_dict(result) -> dict:
+    return dataclasses.asdict(result)
+
+
+def result_from_dict(values: dict):
+    from .engine import EpochRecord, RunResult
+    from .spec import RunSpec
+
+    values = dict(values)
+    values["spec"] = RunSpec(**values["spec"])
+    values["epochs"] = [EpochRecord(**e) for e in values["epochs"]]
+    return RunResult(**values)
+
+
+def classify(error: BaseException) -> str:
+    """Run status for an exception: OOM for any out-of-memory condition, else FAILED."""
+    import torch
+
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return "OOM"
+    text = str(error).lower()
+    if isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text):
+        return "OOM"
+    return "FAILED"
+
+
+def one_line(error: BaseException) -> str:
+    """The error in one line; batchlab's own errors are already worded for the user."""
+    from .data import DataError
+    from .machine import DeviceUnavailable
+    from .models import ModelError
+    from .spec import SpecError
+
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if not isinstance(error, (DataError, DeviceUnavailable, ModelError, SpecError)):
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text[:500]
+
+
+def exit_with_parent() -> None:
+    """End this process if the sweep that started it dies (even by SIGKILL): no orphans."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def main() -> int:
+    import psutil
+
+    # Process start → now: interpreter start-up and imports, reported as the run's start-up cost.
+    startup_seconds = time.time() - psutil.Process().create_time()
+    exit_with_parent()
+    job = json.loads(sys.stdin.read())
+    try:
+        from .engine import run
+        from .spec import RunSpec
+
+        spec = RunSpec(**job["spec"])
+        result = run(spec, job.get("data_dir"),
+                     on_epoch=lambda record: send({"event": "epoch", "record": dataclasses.asdict(record)}))
+        result.startup_seconds = startup_seconds
+        result.wall_seconds += startup_seconds
+        send({"event": "result", "result": result_to_dict(result)})
+        return 0
+    except Exception as error:  # reported to the sweep, which stores it; the traceback goes to stderr
+        traceback.print_exc()
+        send({"event": "error", "status": classify(error), "error": one_line(error)})
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

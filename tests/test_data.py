@@ -1,0 +1,107 @@
+import gzip
+import shutil
+
+import numpy as np
+import pytest
+
+from batchlab import data
+from batchlab.data import DataError, DataFile, parse_idx, read_verified
+
+MNIST_TEST_IMAGES = data.DATASETS["mnist"].files[2]
+MNIST_TEST_LABELS = data.DATASETS["mnist"].files[3]
+
+
+def test_reads_real_mnist_test_set(mnist_test_dir):
+    images = parse_idx(read_verified(mnist_test_dir / "t10k-images-idx3-ubyte.gz", MNIST_TEST_IMAGES))
+    labels = parse_idx(read_verified(mnist_test_dir / "t10k-labels-idx1-ubyte.gz", MNIST_TEST_LABELS))
+    assert images.shape == (10_000, 28, 28) and images.dtype == np.uint8
+    assert labels.shape == (10_000,)
+    # Known facts of the MNIST test set: 1,135 ones, 980 zeros, first label is 7.
+    assert np.bincount(labels)[1] == 1135 and np.bincount(labels)[0] == 980 and labels[0] == 7
+    assert images.max() == 255 and images.min() == 0
+
+
+def test_corrupted_file_is_rejected(mnist_test_dir, tmp_path):
+    content = bytearray(gzip.decompress((mnist_test_dir / "t10k-labels-idx1-ubyte.gz").read_bytes()))
+    content[100] ^= 0xFF  # one flipped byte
+    bad = tmp_path / "t10k-labels-idx1-ubyte"
+    bad.write_bytes(bytes(content))
+    with pytest.raises(DataError, match="checksum mismatch"):
+        read_verified(bad, MNIST_TEST_LABELS)
+
+
+def test_truncated_gzip_is_rejected(mnist_test_dir, tmp_path):
+    raw = (mnist_test_dir / "t10k-images-idx3-ubyte.gz").read_bytes()
+    bad = tmp_path / "t10k-images-idx3-ubyte.gz"
+    bad.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(DataError, match="cannot be read or decompressed"):
+        read_verified(bad, MNIST_TEST_IMAGES)
+
+
+def test_truncated_idx_is_rejected_by_structure(mnist_test_dir):
+    content = gzip.decompress((mnist_test_dir / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    with pytest.raises(DataError, match="header promises 10008"):
+        parse_idx(content[:-5], "labels")
+    with pytest.raises(DataError, match="bad magic"):
+        parse_idx(b"\x01\x02" + content[2:], "labels")
+
+
+def test_wrong_dataset_fails_checksum(fashion_dir):
+    # Fashion-MNIST's test labels are a valid IDX file but not MNIST's: only the checksum can tell.
+    with pytest.raises(DataError, match="not this dataset"):
+        read_verified(fashion_dir / "t10k-labels-idx1-ubyte.gz", MNIST_TEST_LABELS)
+
+
+def test_loads_fashion_mnist_with_checksums(fashion_dir):
+    dataset = data.load("fashion-mnist", fashion_dir)
+    assert dataset.train_images.shape == (60_000, 28, 28)
+    assert dataset.test_images.shape == (10_000, 28, 28)
+    assert np.bincount(dataset.train_labels).tolist() == [6000] * 10  # balanced, as published
+    assert dataset.classes == 10 and len(dataset.checksum) == 16
+
+
+def test_lookup_order_data_dir_then_env_then_cache(fashion_dir, tmp_path, monkeypatch):
+    first, second = tmp_path / "first", tmp_path / "second" / "fashion-mnist"
+    for folder in (first, second):
+        folder.mkdir(parents=True)
+        for file in data.DATASETS["fashion-mnist"].files:
+            shutil.copy(fashion_dir / (file.name + ".gz"), folder)
+    monkeypatch.setenv("BATCHLAB_DATA", str(tmp_path / "second"))
+    assert data.locate("fashion-mnist", first) == first
+    assert data.locate("fashion-mnist") == second  # the NAME/ sub-folder of $BATCHLAB_DATA
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path):
+    with pytest.raises(DataError) as caught:
+        data.load("mnist", tmp_path)
+    message = str(caught.value)
+    assert "batchlab data download mnist" in message and str(tmp_path) in message
+    assert "\n" not in message
+
+
+def test_structure_only_file_still_rejects_truncation(tmp_path):
+    unknown = DataFile("x-idx1-ubyte", None)
+    path = tmp_path / "x-idx1-ubyte"
+    path.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 5, 1, 2, 3]))  # promises 5 items, has 3
+    with pytest.raises(DataError, match="truncated"):
+        parse_idx(read_verified(path, unknown), str(path))
+
+
+def test_folder_dataset(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls, level in (("dark", 30), ("bright", 220)):
+        (tmp_path / cls).mkdir()
+        for i in range(12):
+            pixels = np.clip(rng.normal(level, 10, (40, 32)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).convert("RGB").save(tmp_path / cls / f"{i}.png")
+    dataset = data.load(f"folder:{tmp_path}")
+    assert dataset.classes == 2
+    assert len(dataset.train_images) + len(dataset.test_images) == 24 and len(dataset.test_images) == 4
+    assert dataset.train_images.shape[1:] == (28, 28)
+    bright = dataset.train_images[dataset.train_labels == 0]  # classes sorted: bright=0, dark=1
+    assert bright.mean() > 150
+    (tmp_path / "dark" / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match="not a readable image"):
+        data.load(f"folder:{tmp_path}")

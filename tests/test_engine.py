@@ -1,0 +1,64 @@
+"""Real training on real Fashion-MNIST, kept small enough for a 2-core machine."""
+
+import math
+
+import pytest
+
+import batchlab
+from batchlab import RunSpec
+from batchlab.machine import DeviceUnavailable
+from batchlab.devicedata import images_per_epoch, steps_per_epoch
+
+
+def test_short_run_learns(fashion_dir):
+    seen = []
+    result = batchlab.run(RunSpec(model="seed-cnn", batch_size=32, epochs=2, limit_train=3000, val_split=0.1,
+                                  target_accuracy=0.5), data_dir=str(fashion_dir), on_epoch=seen.append)
+    assert result.status == "DONE" and [e.epoch for e in seen] == [1, 2]
+    last = result.epochs[-1]
+    assert last.test_accuracy > 0.6  # chance is 0.1
+    assert result.epochs[1].train_loss < result.epochs[0].train_loss
+    assert result.train_images == 3000 and result.val_images == 6000 and result.test_images == 10_000
+    assert result.images_processed == 6000
+    assert all(e.train_seconds > 0 and e.eval_seconds > 0 for e in result.epochs)
+    assert result.time_to_target_seconds is not None
+    assert result.time_to_target_seconds <= result.train_seconds + 1e-9
+    assert result.wall_seconds > result.train_seconds  # includes load, warm-up, eval
+    assert result.peak_memory_bytes > 100e6
+    assert result.environment["torch_threads"] == result.spec.threads
+
+
+def test_same_seed_same_result_and_partial_batch(fashion_dir):
+    spec = RunSpec(model="mlp", batch_size=300, epochs=1, limit_train=1000, threads=1)
+    first = batchlab.run(spec, data_dir=str(fashion_dir))
+    second = batchlab.run(spec, data_dir=str(fashion_dir))
+    assert first.epochs[0].test_loss == second.epochs[0].test_loss
+    assert first.epochs[0].steps == 4 and first.images_processed == 1000  # 300+300+300+100
+    dropped = batchlab.run(RunSpec(model="mlp", batch_size=300, epochs=1, limit_train=1000, threads=1,
+                                   drop_last=True), data_dir=str(fashion_dir))
+    assert dropped.epochs[0].steps == 3 and dropped.images_processed == 900
+
+
+def test_step_arithmetic():
+    assert steps_per_epoch(1000, 300, drop_last=False) == 4
+    assert steps_per_epoch(1000, 300, drop_last=True) == 3
+    assert images_per_epoch(1000, 300, drop_last=True) == 900
+    assert images_per_epoch(1000, 300, drop_last=False) == 1000
+
+
+def test_divergence_is_detected_with_its_step(fashion_dir):
+    result = batchlab.run(RunSpec(model="mlp", optimizer="sgd", lr=1e8, batch_size=100, epochs=3,
+                                  limit_train=2000), data_dir=str(fashion_dir))
+    assert result.status == "DIVERGED"
+    assert result.diverged_step is not None and 1 <= result.diverged_step <= 20
+    assert "non-finite" in result.error
+    assert all(math.isfinite(e.train_loss) for e in result.epochs)
+
+
+def test_missing_device_is_a_clear_error(fashion_dir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(DeviceUnavailable, match="cuda is not available"):
+        batchlab.run(RunSpec(device="cuda"), data_dir=str(fashion_dir))

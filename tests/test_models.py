@@ -1,0 +1,38 @@
+import torch
+
+from batchlab import models
+
+
+def test_seed_cnn_matches_the_paper():
+    model = models.build("seed-cnn")
+    assert models.parameter_count(model) == 550_886  # "about 551k parameters"
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_builtin_models_and_class_count():
+    for name in models.MODELS:
+        assert models.build(name, classes=4)(torch.zeros(2, 1, 28, 28)).shape == (2, 4)
+    assert models.parameter_count(models.build("keras-cnn")) == 1_199_882
+    assert models.parameter_count(models.build("mlp")) == 784 * 500 + 500 + 500 * 10 + 10
+
+
+def tiny_factory(classes):
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, classes))
+
+
+def not_a_module():
+    return "nope"
+
+
+def test_user_model_by_import_path():
+    model = models.build("test_models:tiny_factory", classes=3)
+    assert models.parameter_count(model) == 784 * 3 + 3
+
+
+def test_user_model_errors():
+    import pytest
+
+    with pytest.raises(models.ModelError, match="cannot load user model"):
+        models.build("no_such_module_xyz:f")
+    with pytest.raises(models.ModelError, match="not a torch.nn.Module"):
+        models.build("test_models:not_a_module")

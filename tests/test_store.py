@@ -1,0 +1,82 @@
+import sqlite3
+
+import pytest
+
+from batchlab.engine import EpochRecord, RunResult
+from batchlab.spec import RunSpec
+from batchlab.store import SCHEMA_VERSION, Store, StoreError
+
+MACHINE = "m1"
+
+
+def finished_result(spec, accuracy=0.8):
+    epochs = [EpochRecord(epoch=e, train_loss=1.0 / e, train_accuracy=0.5, val_loss=None, val_accuracy=None,
+                          test_loss=0.5, test_accuracy=accuracy, train_seconds=2.0 * e, eval_seconds=0.5,
+                          images=1000, steps=10) for e in (1, 2)]
+    return RunResult(spec=spec, epochs=epochs, parameters=10, wall_seconds=9.0)
+
+
+def test_roundtrip_and_derived_columns(tmp_path):
+    spec = RunSpec(model="mlp", batch_size=100, epochs=2)
+    with Store(tmp_path / "s.db") as store:
+        store.record_machine(MACHINE, {"hostname": "h"})
+        run_id = store.start(spec, MACHINE)
+        assert store.status(spec.key, MACHINE) == "RUNNING"
+        store.finish(run_id, finished_result(spec))
+        runs = store.runs_frame()
+    row = runs.iloc[0]
+    assert row["status"] == "DONE" and row["batch_size"] == 100 and row["run_key"] == spec.key
+    assert row["train_seconds"] == 6.0 and row["images_processed"] == 2000
+    assert row["images_per_second"] == pytest.approx(2000 / 6.0)
+    assert row["test_accuracy"] == 0.8 and row["epochs_done"] == 2
+
+
+def test_restart_clears_the_old_attempt(tmp_path):
+    spec = RunSpec(model="mlp")
+    with Store(tmp_path / "s.db") as store:
+        store.record_machine(MACHINE, {})
+        run_id = store.start(spec, MACHINE)
+        store.fail(run_id, "KILLED", "interrupted")
+        assert store.status(spec.key, MACHINE) == "KILLED"
+        again = store.start(spec, MACHINE)
+        assert again == run_id
+        row = store.runs_frame().iloc[0]
+        assert row["status"] == "RUNNING" and row["error"] is None
+
+
+def test_full_disk_loses_no_stored_result(tmp_path):
+    path = tmp_path / "s.db"
+    done = RunSpec(model="mlp", batch_size=1)
+    with Store(path) as store:
+        store.record_machine(MACHINE, {})
+        store.finish(store.start(done, MACHINE), finished_result(done))
+        later = RunSpec(model="mlp", batch_size=2)
+        run_id = store.start(later, MACHINE)
+        pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+        store.db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is now full
+        big = finished_result(later)
+        big.environment = {"padding": "x" * 200_000}
+        with pytest.raises(StoreError, match="full"):
+            store.finish(run_id, big)
+    with Store(path) as store:
+        runs = store.runs_frame().set_index("batch_size")
+        assert runs.loc[1, "status"] == "DONE" and runs.loc[1, "test_accuracy"] == 0.8
+        assert runs.loc[2, "status"] == "RUNNING"  # not DONE: the next sweep runs it again
+        assert len(store.epochs_frame()) == 2
+
+
+def test_schema_version_and_newer_store_rejected(tmp_path):
+    path = tmp_path / "s.db"
+    Store(path).close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer than this batchlab"):
+        Store(path)
+
+
+def test_not_a_database(tmp_path):
+    path = tmp_path / "s.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="cannot open as a batchlab store"):
+        Store(path)
