@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data, models
-from .devicedata import DeviceData, steps_per_epoch, to_device
+from .devicedata import DeviceData, images_per_epoch, steps_per_epoch, to_device
 from .machine import THREAD_ENV, resolve_device
-from .spec import RunSpec
+from .spec import RunSpec, SpecError
 from .timing import Region, peak_memory_bytes, reset_peak_memory
 
 WARMUP_STEPS = 2
@@ -175,12 +175,15 @@ def run(spec: RunSpec, data_dir: str | None = None,
     generator = torch.Generator(device=device)
     generator.manual_seed(spec.seed)
     steps = steps_per_epoch(dd.train_count, spec.batch_size, spec.drop_last)
+    if steps == 0:
+        raise SpecError(f"batch size {spec.batch_size} exceeds the {dd.train_count} training images and "
+                        "--drop-last skips that only batch: nothing to train on")
+    epoch_images = images_per_epoch(dd.train_count, spec.batch_size, spec.drop_last)
     step_losses = torch.empty(steps, device=device)
     step_correct = torch.empty(steps, dtype=torch.int64, device=device)
-    # Images per step: batch_size, except a smaller last batch when drop_last is False.
-    step_images = torch.full((steps,), spec.batch_size, dtype=torch.float32, device=device)
-    step_images[-1] = dd.train_count - (steps - 1) * spec.batch_size if not spec.drop_last else spec.batch_size
-    epoch_images = int(step_images.sum().item())
+    # Images per step, to weight the epoch's mean loss: the last batch may be smaller.
+    step_images = torch.full((steps,), float(spec.batch_size), device=device)
+    step_images[-1] = epoch_images - (steps - 1) * spec.batch_size
     cumulative_train = 0.0
     model.train()
 

@@ -66,7 +66,9 @@ def fingerprint() -> dict[str, Any]:
     }
 
 
-HARDWARE_KEYS = ("hostname", "cpu_model", "logical_cores", "memory_bytes", "gpus", "os")
+# Not the OS string: a kernel update should not make the same box a new machine (and so rerun
+# everything on resume); software versions are recorded with every run instead.
+HARDWARE_KEYS = ("hostname", "cpu_model", "logical_cores", "memory_bytes", "gpus")
 
 
 def machine_id(info: dict[str, Any]) -> str:

@@ -91,6 +91,18 @@ def test_sweep_resume_report_and_failure_isolation(fashion_dir, tmp_path):
         ("no_such_module_xyz:factory", "256", "FAILED"), ("no_such_module_xyz:factory", "64", "FAILED")]
 
 
+def test_sweep_skips_a_device_this_machine_lacks(fashion_dir, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = invoke("sweep", "--model", "mlp", "--device", "cpu,cuda", "--limit-train", "500", "--db",
+                    tmp_path / "s.db", "--data-dir", fashion_dir)
+    assert result.exit_code == 0
+    assert "skipped runs on cuda: device cuda is not available" in result.output
+    assert "1 run(s) done, 0 not done" in result.output
+
+
 def test_train_twice_stores_two_repeats(fashion_dir, tmp_path):
     args = ["train", "--model", "mlp", "--limit-train", "500", "--db", tmp_path / "s.db", "--data-dir", fashion_dir]
     assert invoke(*args).exit_code == 0
