@@ -2,7 +2,8 @@
 
 __version__ = "0.1.0"
 
-from .engine import EpochRecord, RunResult, run  # noqa: E402
+from .engine import EpochRecord, RunResult  # noqa: E402
+from .strategies import run  # noqa: E402
 from .spec import ExperimentSpec, RunSpec, SpecError  # noqa: E402
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -20,7 +22,7 @@ data_app = typer.Typer(help="List, download and verify datasets.", no_args_is_he
 app.add_typer(data_app, name="data")
 # Off a terminal (pipe, file, CI log) rich would wrap at 80 columns; tables need more.
 out = Console() if sys.stdout.isatty() else Console(width=200)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # messages stay one line, whatever the width
 
 DbOpt = Annotated[Path, typer.Option("--db", help="SQLite results store.")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the dataset files (searched first).")]
@@ -40,7 +42,7 @@ def user_errors(command):
             return command(*args, **kwargs)
         except (SpecError, DataError, DeviceUnavailable, ModelError, StoreError, FileNotFoundError,
                 sqlite3.Error) as error:
-            err.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
     return wrapper
 
@@ -62,7 +64,7 @@ def progress_events(progress: Progress):
     def ended(spec, outcome):
         progress.advance(task)
         progress.console.print(run_line(spec, outcome.status, outcome.result, outcome.error),
-                               highlight=False, soft_wrap=True)
+                               markup=False, highlight=False, soft_wrap=True)
 
     return SweepEvents(started, epoch_done, ended)
 
@@ -71,6 +73,14 @@ def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str]
     """Run the specs with a progress bar; print what was skipped and how the runs ended."""
     from .sweep import SweepInterrupted, run_sweep
 
+    from .spec import available_cores
+
+    cores = available_cores()
+    crowded = [spec for spec in specs if spec.workers * spec.threads > cores]
+    if crowded:
+        worst = max(spec.workers * spec.threads for spec in crowded)
+        err.print(f"[yellow]warning:[/yellow] {len(crowded)} run(s) oversubscribe this machine's {cores} core(s) "
+                  f"(workers × threads up to {worst}): their timings include contention for cores.", highlight=False)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=err, transient=True) as progress:
@@ -99,7 +109,9 @@ def train(
     optimizer: Annotated[str, typer.Option(help="sgd, momentum (0.9) or adam.")] = "momentum",
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.01,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
-    threads: Annotated[int, typer.Option(help="torch intra-op threads; 0 = all available cores.")] = 0,
+    strategy: Annotated[str, typer.Option(help="single, hogwild (async, shared memory) or ddp (sync all-reduce).")] = "single",
+    workers: Annotated[int, typer.Option(help="Worker processes for hogwild/ddp (batch size is per worker).")] = 1,
+    threads: Annotated[int, typer.Option(help="torch intra-op threads per process; 0 = cores / workers.")] = 0,
     precision: Annotated[str, typer.Option(help="Numeric precision.")] = "fp32",
     val_split: Annotated[float, typer.Option(help="Fraction of the training set held out for validation.")] = 0.0,
     limit_train: Annotated[int, typer.Option(help="Train on the first N training images only; 0 = all.")] = 0,
@@ -114,16 +126,27 @@ def train(
 
     Example: batchlab train --dataset fashion-mnist --model seed-cnn --batch-size 64 --epochs 2
     """
+    from .ddp import launched_externally
     from .machine import fingerprint, machine_id, resolve_device
     from .spec import RunSpec
     from .store import Store
     from .sweep import next_repeat
 
     spec = RunSpec(dataset=dataset, model=model, batch_size=batch_size, epochs=epochs, optimizer=optimizer, lr=lr,
-                   device=device, threads=threads, precision=precision, val_split=val_split,
+                   device=device, strategy=strategy, workers=workers, threads=threads, precision=precision, val_split=val_split,
                    limit_train=limit_train, drop_last=drop_last, target_accuracy=target_accuracy,
                    seed=seed).validated()
     resolve_device(spec.device)  # a missing device is an error here, not a skipped run
+    if launched_externally():  # one rank of a torchrun job: every rank trains, rank 0 stores
+        from .report import run_line
+        from .strategies import run
+        from .sweep import record_result
+
+        result = run(spec, str(data_dir) if data_dir else None)
+        if os.environ["RANK"] == "0":
+            record_result(db, result)
+            out.print(run_line(spec, result.status, result, result.error), markup=False, highlight=False, soft_wrap=True)
+        return
     with Store(db) as store:
         spec = next_repeat(store, spec, machine_id(fingerprint()))
     summary = execute([spec], db, data_dir, None)
@@ -133,7 +156,7 @@ def train(
 
 GRID_FLAGS = {  # sweep flag → (RunSpec field, value type)
     "dataset": str, "model": str, "batch_size": int, "epochs": int, "optimizer": str, "lr": float,
-    "device": str, "threads": int, "precision": str, "val_split": float, "limit_train": int,
+    "device": str, "strategy": str, "workers": int, "threads": int, "precision": str, "val_split": float, "limit_train": int,
     "target_accuracy": float, "seed": int,
 }
 
@@ -149,7 +172,9 @@ def sweep(
     optimizer: Annotated[Optional[str], typer.Option(help="Comma list: sgd, momentum, adam.")] = None,
     lr: Annotated[Optional[str], typer.Option(help="Comma list of learning rates.")] = None,
     device: Annotated[Optional[str], typer.Option(help="Comma list, e.g. cpu,cuda (missing ones are skipped).")] = None,
-    threads: Annotated[Optional[str], typer.Option(help="Comma list of intra-op thread counts.")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="Comma list: single, hogwild, ddp.")] = None,
+    workers: Annotated[Optional[str], typer.Option(help="Comma list of worker process counts.")] = None,
+    threads: Annotated[Optional[str], typer.Option(help="Comma list of intra-op thread counts per process.")] = None,
     precision: Annotated[Optional[str], typer.Option(help="Comma list of precisions.")] = None,
     val_split: Annotated[Optional[str], typer.Option(help="Validation fraction(s).")] = None,
     limit_train: Annotated[Optional[str], typer.Option(help="Training images per run; 0 = all.")] = None,
@@ -169,11 +194,8 @@ def sweep(
 
     flags = locals()  # the grid flags by name, as GRID_FLAGS lists them
     base = ExperimentSpec.from_toml(experiment) if experiment else ExperimentSpec()
-    grid = dict(base.grid)
-    for name, kind in GRID_FLAGS.items():
-        if flags[name] is not None:
-            grid[name] = parse_list(flags[name], kind, name)
-    spec = ExperimentSpec.from_values(grid, base.name, base.description, repeats or base.repeats)
+    overrides = {name: parse_list(flags[name], kind, name) for name, kind in GRID_FLAGS.items() if flags[name] is not None}
+    spec = base.with_overrides(overrides, repeats)
     execute(spec.runs(), db, data_dir, spec.name)
 
 

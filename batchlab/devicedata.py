@@ -40,6 +40,13 @@ class DeviceData:
     def train_count(self) -> int:
         return len(self.train_labels)
 
+    def share_memory_(self) -> DeviceData:
+        """Move the CPU tensors to shared memory, so worker processes read them without copies."""
+        for tensor in (self.train_images, self.train_labels, self.val_images, self.val_labels,
+                       self.test_images, self.test_labels):
+            tensor.share_memory_()
+        return self
+
 
 def split_train(dataset: Dataset, val_split: float, limit_train: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the training and validation images within dataset.train_*."""
@@ -72,6 +79,32 @@ def to_device(dataset: Dataset, val_split: float, limit_train: int, device: torc
         test_images=images(dataset.test_images), test_labels=labels(dataset.test_labels),
         mean=mean, std=std, classes=dataset.classes,
     )
+
+
+# Which images each process trains on in an epoch, in order, cut from the epoch's permutation.
+# A process trains on its sequence in consecutive batches of `batch_size` (the last may be smaller).
+
+def single_order(order: torch.Tensor, batch_size: int, drop_last: bool) -> torch.Tensor:
+    return order[:len(order) // batch_size * batch_size] if drop_last else order
+
+
+def hogwild_order(order: torch.Tensor, workers: int, rank: int, batch_size: int, drop_last: bool) -> torch.Tensor:
+    """Worker `rank`'s contiguous share of the epoch: together the workers see every image once."""
+    return single_order(order.tensor_split(workers)[rank], batch_size, drop_last)
+
+
+def ddp_order(order: torch.Tensor, workers: int, rank: int, batch_size: int, drop_last: bool) -> torch.Tensor:
+    """Rank `rank`'s part of each global batch of workers × batch_size images, so that step s of
+    all ranks together is exactly global batch s of a single process. A last, partial global batch
+    is split as evenly as possible; it is dropped (or with drop_last) if some rank would get none,
+    since every rank must take the same number of synchronised steps."""
+    global_batch = workers * batch_size
+    full = len(order) // global_batch
+    parts = [order[:full * global_batch].view(full, workers, batch_size)[:, rank].reshape(-1)]
+    rest = order[full * global_batch:]
+    if not drop_last and len(rest) >= workers:
+        parts.append(rest.tensor_split(workers)[rank])
+    return torch.cat(parts)
 
 
 def steps_per_epoch(count: int, batch_size: int, drop_last: bool) -> int:

@@ -16,6 +16,7 @@ the device and are read once per epoch, where a non-finite loss is also detected
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -26,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data, models
-from .devicedata import DeviceData, images_per_epoch, steps_per_epoch, to_device
+from .devicedata import DeviceData, to_device
 from .machine import THREAD_ENV, resolve_device
-from .spec import RunSpec, SpecError
+from .spec import RunSpec, SpecError, available_cores
 from .timing import Region, peak_memory_bytes, reset_peak_memory
 
 WARMUP_STEPS = 2
@@ -68,10 +69,13 @@ class RunResult:
     startup_seconds: float | None = None  # process start → run start, when run in its own process
     wall_seconds: float = 0.0
     peak_memory_bytes: int = 0
+    cores: int = 0  # cores available to the run: workers x threads above this oversubscribes
     time_to_target_seconds: float | None = None
     diverged_step: int | None = None
     error: str | None = None
     environment: dict = field(default_factory=dict)
+    # Final weights (CPU state dict) when asked for with keep_weights; never serialised.
+    weights: dict | None = field(default=None, repr=False)
 
     @property
     def images_processed(self) -> int:
@@ -120,34 +124,82 @@ def evaluate(model: nn.Module, dd: DeviceData, images: torch.Tensor, labels: tor
     return loss_sum.item() / len(labels), correct.item() / len(labels)
 
 
-def warm_up(model: nn.Module, spec: RunSpec, dd: DeviceData) -> None:
-    """A few steps on a copy of the model, so first-call costs (allocator, kernel selection)
-    fall outside the measured epochs while the real model keeps its seeded initial weights."""
-    scratch = copy.deepcopy(model)
+def warm_up(model: nn.Module, spec: RunSpec, dd: DeviceData,
+            wrap: Callable[[nn.Module], nn.Module] = lambda module: module) -> None:
+    """A few steps on a copy of the model, so first-call costs (allocator, kernel selection,
+    for DDP the first all-reduces) fall outside the measured epochs while the real model keeps
+    its seeded initial weights. `wrap` wraps the copy as the strategy wraps the model."""
+    scratch = wrap(copy.deepcopy(model))
     optimizer = make_optimizer(spec.optimizer, scratch.parameters(), spec.lr)
     batch = min(spec.batch_size, dd.train_count)
     for _ in range(WARMUP_STEPS):
         train_step(scratch, optimizer, dd.normalize(dd.train_images[:batch]), dd.train_labels[:batch])
 
 
-def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, dd: DeviceData, spec: RunSpec,
-                order: torch.Tensor, step_losses: torch.Tensor, step_correct: torch.Tensor) -> None:
-    """The hot loop: one pass over `order` in batches, results written into device buffers."""
-    batch_size = spec.batch_size
-    for step in range(len(step_losses)):
-        index = order[step * batch_size:(step + 1) * batch_size]
-        loss, correct = train_step(model, optimizer, dd.normalize(dd.train_images[index]), dd.train_labels[index])
-        step_losses[step] = loss
-        step_correct[step] = correct
+@dataclass
+class EpochWork:
+    """What one process (or, combined, all of them) trained in one epoch."""
+
+    loss_sum: float  # sum over steps of (mean loss of the step × images in the step)
+    correct: int
+    images: int
+    steps: int
+    bad_step: int | None = None  # first step (1-based, in the epoch) whose loss was not finite
 
 
-def run(spec: RunSpec, data_dir: str | None = None,
-        on_epoch: Callable[[EpochRecord], None] | None = None) -> RunResult:
-    """Run one training run in this process and return its measured result."""
+class StepLoop:
+    """The hot loop of one process: trains on a sequence of image indices in consecutive batches.
+    Per-step losses and correct counts go to preallocated device buffers, read once per call."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, dd: DeviceData, batch_size: int):
+        self.model, self.optimizer, self.dd, self.batch_size = model, optimizer, dd, batch_size
+        most_steps = math.ceil(dd.train_count / batch_size)
+        device = dd.train_labels.device
+        self.step_losses = torch.empty(most_steps, device=device)
+        self.step_correct = torch.empty(most_steps, dtype=torch.int64, device=device)
+
+    def train(self, indices: torch.Tensor) -> EpochWork:
+        dd, batch_size = self.dd, self.batch_size
+        steps = math.ceil(len(indices) / batch_size)
+        for step in range(steps):
+            index = indices[step * batch_size:(step + 1) * batch_size]
+            loss, correct = train_step(self.model, self.optimizer, dd.normalize(dd.train_images[index]),
+                                       dd.train_labels[index])
+            self.step_losses[step] = loss
+            self.step_correct[step] = correct
+        return self.totals(steps, len(indices))
+
+    def totals(self, steps: int, images: int) -> EpochWork:
+        """Read the buffers back (the one sync point of the epoch)."""
+        if steps == 0:
+            return EpochWork(0.0, 0, 0, 0)
+        losses = self.step_losses[:steps]
+        weights = torch.full((steps,), float(self.batch_size), device=losses.device)
+        weights[-1] = images - (steps - 1) * self.batch_size  # the last batch may be smaller
+        finite = torch.isfinite(losses)
+        bad_step = None if bool(finite.all()) else int((~finite).nonzero()[0].item()) + 1
+        return EpochWork(float((losses * weights).sum().item()), int(self.step_correct[:steps].sum().item()),
+                         images, steps, bad_step)
+
+
+@dataclass
+class Prepared:
+    """A run ready to train: its data on the device, its seeded model, overheads measured so far."""
+
+    spec: RunSpec
+    device: torch.device
+    dd: DeviceData
+    model: nn.Module
+    result: RunResult
+    started: float
+
+
+def prepare(spec: RunSpec, data_dir: str | None = None, device: str | None = None) -> Prepared:
+    """Validate, load and verify the data, copy it to the device (default: the spec's), build
+    the seeded model."""
     started = time.perf_counter()
     spec = spec.validated()
-    device = resolve_device(spec.device)
-    torch.set_num_threads(spec.threads)
+    device = resolve_device(device or spec.device)
     result = RunResult(spec=spec)
 
     load_start = time.perf_counter()
@@ -163,53 +215,46 @@ def run(spec: RunSpec, data_dir: str | None = None,
     torch.manual_seed(spec.seed)
     with Region(device) as build_region:
         model = models.build(spec.model, dd.classes).to(device)
-        optimizer = make_optimizer(spec.optimizer, model.parameters(), spec.lr)
     result.model_build_seconds = build_region.seconds
     result.parameters = models.parameter_count(model)
-
     reset_peak_memory(device)
-    with Region(device) as warmup_region:
-        warm_up(model, spec, dd)
-    result.warmup_seconds = warmup_region.seconds
+    return Prepared(spec, device, dd, model, result, started)
 
-    generator = torch.Generator(device=device)
+
+def run_epochs(prep: Prepared, train_one_epoch: Callable[[torch.Tensor], EpochWork],
+               on_epoch: Callable[[EpochRecord], None] | None = None, evaluating: bool = True) -> RunResult:
+    """The epoch loop shared by every strategy: draw the epoch's seeded permutation, let the
+    strategy train on it (timed), stop on divergence, evaluate (timed), record. A process that
+    is not `evaluating` (a DDP rank other than 0) records NaN for validation and test."""
+    spec, dd, result = prep.spec, prep.dd, prep.result
+    generator = torch.Generator(device=prep.device)
     generator.manual_seed(spec.seed)
-    steps = steps_per_epoch(dd.train_count, spec.batch_size, spec.drop_last)
-    if steps == 0:
-        raise SpecError(f"batch size {spec.batch_size} exceeds the {dd.train_count} training images and "
-                        "--drop-last skips that only batch: nothing to train on")
-    epoch_images = images_per_epoch(dd.train_count, spec.batch_size, spec.drop_last)
-    step_losses = torch.empty(steps, device=device)
-    step_correct = torch.empty(steps, dtype=torch.int64, device=device)
-    # Images per step, to weight the epoch's mean loss: the last batch may be smaller.
-    step_images = torch.full((steps,), float(spec.batch_size), device=device)
-    step_images[-1] = epoch_images - (steps - 1) * spec.batch_size
+    has_val = len(dd.val_labels) > 0
     cumulative_train = 0.0
-    model.train()
-
+    steps_before = 0
     for epoch in range(1, spec.epochs + 1):
-        order = torch.randperm(dd.train_count, generator=generator, device=device)
-        with Region(device) as train_region:
-            train_epoch(model, optimizer, dd, spec, order, step_losses, step_correct)
-        finite = torch.isfinite(step_losses)
-        if not bool(finite.all()):
-            first_bad = int((~finite).nonzero()[0].item())
+        order = torch.randperm(dd.train_count, generator=generator, device=prep.device)
+        with Region(prep.device) as train_region:
+            work = train_one_epoch(order)
+        if work.images == 0:
+            raise SpecError(f"batch size {spec.batch_size} leaves nothing to train on in {dd.train_count} "
+                            "training images (with --drop-last, or fewer images than workers)")
+        if work.bad_step is not None:
             result.status = "DIVERGED"
-            result.diverged_step = (epoch - 1) * steps + first_bad + 1
+            result.diverged_step = steps_before + work.bad_step
             result.error = f"loss became non-finite at step {result.diverged_step} (epoch {epoch})"
             break
-        with Region(device) as eval_region:
-            val_loss, val_accuracy = evaluate(model, dd, dd.val_images, dd.val_labels)
-            test_loss, test_accuracy = evaluate(model, dd, dd.test_images, dd.test_labels)
-        has_val = len(dd.val_labels) > 0
+        steps_before += work.steps
+        with Region(prep.device) as eval_region:
+            nothing = dd.val_labels[:0]
+            val_loss, val_accuracy = evaluate(prep.model, dd, dd.val_images, dd.val_labels if evaluating else nothing)
+            test_loss, test_accuracy = evaluate(prep.model, dd, dd.test_images, dd.test_labels if evaluating else nothing)
         record = EpochRecord(
-            epoch=epoch,
-            train_loss=float((step_losses * step_images).sum().item()) / epoch_images,
-            train_accuracy=float(step_correct.sum().item()) / epoch_images,
+            epoch=epoch, train_loss=work.loss_sum / work.images, train_accuracy=work.correct / work.images,
             val_loss=val_loss if has_val else None, val_accuracy=val_accuracy if has_val else None,
             test_loss=test_loss, test_accuracy=test_accuracy,
             train_seconds=train_region.seconds, eval_seconds=eval_region.seconds,
-            images=epoch_images, steps=steps)
+            images=work.images, steps=work.steps)
         result.epochs.append(record)
         cumulative_train += record.train_seconds
         watched = record.val_accuracy if has_val else record.test_accuracy
@@ -217,14 +262,20 @@ def run(spec: RunSpec, data_dir: str | None = None,
             result.time_to_target_seconds = cumulative_train
         if on_epoch:
             on_epoch(record)
+    return finish(prep)
 
-    result.peak_memory_bytes = peak_memory_bytes(device)
-    result.wall_seconds = time.perf_counter() - started
+
+def finish(prep: Prepared) -> RunResult:
+    """Close the run's record: peak memory, wall time, the environment the numbers depend on."""
+    result = prep.result
+    result.cores = available_cores()
+    result.peak_memory_bytes = peak_memory_bytes(prep.device)
+    result.wall_seconds = time.perf_counter() - prep.started
     result.environment = {
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "thread_env": {name: os.environ.get(name) for name in THREAD_ENV},
         "torch": torch.__version__,
-        "device_name": str(device),
+        "device_name": str(prep.device),
     }
     return result

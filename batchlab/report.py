@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from rich.table import Table
 
-from .store import Store
+from .store import Store, with_parallelism
 
 GROUP_KEYS = ["dataset", "model", "device", "strategy", "workers", "threads", "precision", "optimizer", "lr",
               "val_split", "limit_train", "drop_last", "target_accuracy", "batch_size", "epochs", "machine"]
@@ -60,13 +60,38 @@ def summarize_group(group: pd.DataFrame) -> dict:
 
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per group of repeats, sorted by the group keys."""
+    """One row per group of repeats, sorted by the group keys, with speedup against 1 worker."""
     if runs.empty:
         return pd.DataFrame(columns=GROUP_KEYS + ["n", "status"])
     rows = []
     for keys, group in runs.groupby(GROUP_KEYS, dropna=False, sort=True):
         rows.append({**dict(zip(GROUP_KEYS, keys)), **summarize_group(group)})
-    return pd.DataFrame(rows)
+    return with_speedup(pd.DataFrame(rows))
+
+
+# A row's baseline is the row at parallelism 1 that differs only in these keys.
+SCALING_KEYS = ("workers", "threads", "batch_size")
+
+
+def with_speedup(rows: pd.DataFrame) -> pd.DataFrame:
+    """speedup = images/s ÷ images/s of the same configuration at parallelism 1 (1 worker, or
+    1 thread for `single`); efficiency = speedup ÷ parallelism. The baseline has the same batch
+    size if such a run exists, else the same batch size per unit of parallelism (the
+    thread-scaling study grows the minibatch with the threads)."""
+    rows = with_parallelism(rows)
+    per_unit = rows["batch_size"] / rows["parallelism"].where(rows["strategy"] == "single", 1)
+    config = [k for k in GROUP_KEYS if k not in SCALING_KEYS]
+    config_id = rows[config].astype(str).agg("|".join, axis=1)
+    speedups = []
+    for index, row in rows.iterrows():
+        ones = rows[(config_id == config_id[index]) & (rows["parallelism"] == 1)]
+        base = ones[ones["batch_size"] == row["batch_size"]]
+        if base.empty:
+            base = ones[per_unit[ones.index] == per_unit[index]]
+        speedups.append(row["images_per_second"] / base["images_per_second"].iloc[0] if len(base) else math.nan)
+    rows["speedup"] = speedups
+    rows["efficiency"] = rows["speedup"] / rows["parallelism"]
+    return rows
 
 
 def json_rows(rows: pd.DataFrame) -> list[dict]:
@@ -93,10 +118,14 @@ def table(rows: pd.DataFrame, title: str = "batchlab results") -> Table:
     always = ["dataset", "model", "device", "batch_size", "epochs"]
     varying = [k for k in GROUP_KEYS if k not in always and k in rows and rows[k].nunique(dropna=False) > 1]
     result = Table(title=title, caption="median \\[min–max] over n DONE repeats; seconds are train seconds "
-                   "(steps only, device synchronised); accuracy after the last epoch")
+                   "(steps only, device synchronised); accuracy after the last epoch; speedup in images/s "
+                   "against parallelism 1 (workers, or threads for single)")
     for key in always[:3] + varying + always[3:]:
         result.add_column(key.replace("_", " "), justify="right" if key in ("batch_size", "epochs") else "left")
-    for label in ("n", "status", "s / epoch", "images / s", "test acc", "test loss", "time to target s"):
+    scaling = bool(rows.get("speedup", pd.Series(dtype=float)).notna().any() and (rows["parallelism"] > 1).any())
+    labels = ["n", "status", "s / epoch", "images / s"] + (["speedup", "efficiency"] if scaling else []) + [
+        "test acc", "test loss", "time to target s"]
+    for label in labels:
         result.add_column(label, justify="left" if label == "status" else "right")
     for _, row in rows.iterrows():
         target = "—"
@@ -107,6 +136,7 @@ def table(rows: pd.DataFrame, title: str = "batchlab results") -> Table:
             str(row["n"]), row["status"],
             spread(row["epoch_train_seconds"], row["epoch_train_seconds_min"], row["epoch_train_seconds_max"], 2),
             spread(row["images_per_second"], row["images_per_second_min"], row["images_per_second_max"], 0),
+            *([number(row["speedup"], 2) + "x", number(row["efficiency"] * 100, 0) + "%"] if scaling else []),
             spread(row["test_accuracy"], row["test_accuracy_min"], row["test_accuracy_max"], 4),
             number(row["test_loss"], 4), target)
     return result

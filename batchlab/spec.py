@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
-STRATEGIES = ("single",)
+STRATEGIES = ("single", "hogwild", "ddp")
 PRECISIONS = ("fp32",)
 DEVICE_KINDS = ("cpu", "cuda", "mps")
 
@@ -47,7 +47,7 @@ class RunSpec:
     device: str = "cpu"
     strategy: str = "single"
     workers: int = 1
-    # torch intra-op threads; 0 means "all available cores", resolved by validated().
+    # torch intra-op threads per process; 0 means "available cores / workers", resolved by validated().
     threads: int = 0
     precision: str = "fp32"
     # Fraction of the training set held out (seeded) as validation; 0 = no validation set.
@@ -94,7 +94,10 @@ class RunSpec:
         need(self.strategy in STRATEGIES,
              f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         need(self.workers >= 1, f"workers must be at least 1, got {self.workers}")
-        need(self.strategy != "single" or self.workers == 1, "strategy 'single' runs exactly 1 worker")
+        need(self.strategy != "single" or self.workers == 1,
+             "strategy 'single' runs exactly 1 worker (use --threads, or --strategy hogwild/ddp)")
+        need(self.strategy != "hogwild" or self.device == "cpu",
+             "strategy 'hogwild' shares parameters in CPU memory: use --device cpu (or ddp on GPUs)")
         need(self.threads >= 0, f"threads must be at least 1 (or 0 for all cores), got {self.threads}")
         need(self.precision in PRECISIONS,
              f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
@@ -103,7 +106,8 @@ class RunSpec:
         need(0.0 <= self.target_accuracy <= 1.0,
              f"target accuracy is a fraction in [0, 1], got {self.target_accuracy}")
         need(self.repeat >= 0, f"repeat must be at least 0, got {self.repeat}")
-        threads = self.threads or available_cores()
+        # Default: share the cores among the worker processes.
+        threads = self.threads or max(1, available_cores() // self.workers)
         return dataclasses.replace(self, threads=threads)
 
     def to_json(self) -> str:
@@ -118,19 +122,32 @@ class RunSpec:
 
 
 RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunSpec))
+FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(RunSpec)}
 # Fields that take part in the grid; repeat is generated from `repeats`.
 GRID_FIELDS = tuple(name for name in RUN_FIELDS if name != "repeat")
 
 
+RANGE = re.compile(r"(\d+)\.\.(\d+|cores)")  # "1..8" or "1..cores" for whole-number fields
+LINK = re.compile(r"=([a-z_]+)(?:\*(\d+))?")  # "=workers" or "=threads*2": another field's value
+
+
 @dataclass
 class ExperimentSpec:
-    """A grid: every RunSpec field may be one value or a list; the product of the lists is run
-    `repeats` times. Repeat r uses seed + r, so repeats differ in initialisation and order."""
+    """A grid of runs. Every RunSpec field may be one value or a list, and the product of the lists
+    is run `repeats` times (repeat r uses seed + r, so repeats differ in initialisation and order).
+
+    Beyond a plain product, for studies whose settings move together:
+    - sub-grids (TOML `[[grid]]` tables): each is merged over the top-level values and expanded on
+      its own; the experiment is all of them (e.g. one sub-grid per strategy);
+    - ranges: a whole-number field may be "1..8" or "1..cores" (this machine's available cores);
+    - links: a field may be "=other" or "=other*k", e.g. batch_size = "=workers".
+    """
 
     name: str = "adhoc"
     description: str = ""
     repeats: int = 1
     grid: dict[str, list[Any]] = field(default_factory=dict)
+    subgrids: list[dict[str, list[Any]]] = field(default_factory=list)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> ExperimentSpec:
@@ -144,33 +161,82 @@ class ExperimentSpec:
         name = values.pop("name", path.stem)
         description = values.pop("description", "")
         repeats = values.pop("repeats", 1)
-        return cls.from_values(values, name=name, description=description, repeats=repeats)
+        subgrids = values.pop("grid", [])
+        if not isinstance(subgrids, list) or not all(isinstance(g, dict) for g in subgrids):
+            raise SpecError(f"{path}: 'grid' must be [[grid]] tables")
+        experiment = cls.from_values(values, name=name, description=description, repeats=repeats)
+        experiment.subgrids = [_as_lists(sub) for sub in subgrids]
+        return experiment
 
     @classmethod
     def from_values(cls, values: dict[str, Any], name: str = "adhoc", description: str = "",
                     repeats: int = 1) -> ExperimentSpec:
-        unknown = set(values) - set(GRID_FIELDS)
-        if unknown:
-            raise SpecError(f"unknown experiment setting(s): {', '.join(sorted(unknown))}; "
-                            f"known: {', '.join(GRID_FIELDS)}, repeats")
         if not isinstance(repeats, int) or repeats < 1:
             raise SpecError(f"repeats must be a whole number of at least 1, got {repeats!r}")
-        grid = {k: (list(v) if isinstance(v, list) else [v]) for k, v in values.items()}
-        empty = [k for k, v in grid.items() if not v]
-        if empty:
-            raise SpecError(f"empty list for {', '.join(empty)}")
-        return cls(name=name, description=description, repeats=repeats, grid=grid)
+        return cls(name=name, description=description, repeats=repeats, grid=_as_lists(values))
+
+    def with_overrides(self, values: dict[str, Any], repeats: int | None = None) -> ExperimentSpec:
+        """The same experiment with these fields (and repeats) fixed everywhere: flags win."""
+        overrides = _as_lists(values)
+        subgrids = [{k: v for k, v in sub.items() if k not in overrides} for sub in self.subgrids]
+        merged = ExperimentSpec.from_values({}, self.name, self.description, self.repeats if repeats is None else repeats)
+        return dataclasses.replace(merged, grid={**self.grid, **overrides}, subgrids=subgrids)
 
     def runs(self) -> list[RunSpec]:
-        """Every RunSpec of the grid, validated, in a stable order (repeats innermost)."""
-        names = list(self.grid)
-        specs = []
-        for combo in itertools.product(*(self.grid[n] for n in names)):
-            base = RunSpec.from_dict(dict(zip(names, combo)))
-            for repeat in range(self.repeats):
-                spec = dataclasses.replace(base, repeat=repeat, seed=base.seed + repeat)
-                specs.append(_typed(spec).validated())
-        return specs
+        """Every RunSpec of the experiment, validated, without duplicates, in a stable order
+        (sub-grids in file order, repeats innermost)."""
+        specs: dict[str, RunSpec] = {}
+        for sub in self.subgrids or [{}]:
+            merged = {**self.grid, **sub}
+            names = list(merged)
+            axes = [_expand(name, merged[name]) for name in names]
+            for combo in itertools.product(*axes):
+                base = _typed(RunSpec.from_dict(_resolve_links(dict(zip(names, combo)))))
+                for repeat in range(self.repeats):
+                    spec = dataclasses.replace(base, repeat=repeat, seed=base.seed + repeat).validated()
+                    specs.setdefault(spec.key, spec)
+        return list(specs.values())
+
+
+def _as_lists(values: dict[str, Any]) -> dict[str, list[Any]]:
+    unknown = set(values) - set(GRID_FIELDS)
+    if unknown:
+        raise SpecError(f"unknown experiment setting(s): {', '.join(sorted(unknown))}; "
+                        f"known: {', '.join(GRID_FIELDS)}, repeats, grid")
+    grid = {k: (list(v) if isinstance(v, list) else [v]) for k, v in values.items()}
+    empty = [k for k, v in grid.items() if not v]
+    if empty:
+        raise SpecError(f"empty list for {', '.join(empty)}")
+    return grid
+
+
+def _expand(name: str, values: list[Any]) -> list[Any]:
+    """Replace range strings ("1..4", "1..cores") in a whole-number field by their values."""
+    expanded = []
+    for value in values:
+        match = RANGE.fullmatch(value) if isinstance(value, str) and FIELD_TYPES[name] == "int" else None
+        if match:
+            low = int(match[1])
+            high = available_cores() if match[2] == "cores" else int(match[2])
+            if high < low:
+                raise SpecError(f"{name}: empty range {value!r}")
+            expanded += range(low, high + 1)
+        else:
+            expanded.append(value)
+    return expanded
+
+
+def _resolve_links(values: dict[str, Any]) -> dict[str, Any]:
+    """Replace "=other" / "=other*k" by the (already expanded) value of field `other`."""
+    resolved = dict(values)
+    for name, value in values.items():
+        match = LINK.fullmatch(value) if isinstance(value, str) else None
+        if match:
+            source = values.get(match[1], getattr(RunSpec(), match[1], None))
+            if match[1] not in FIELD_TYPES or not isinstance(source, int) or isinstance(source, bool):
+                raise SpecError(f"{name} = {value!r}: {match[1]!r} is not a whole-number setting of this run")
+            resolved[name] = source * int(match[2] or 1)
+    return resolved
 
 
 def _typed(spec: RunSpec) -> RunSpec:
@@ -178,7 +244,7 @@ def _typed(spec: RunSpec) -> RunSpec:
     converted = {}
     for f in dataclasses.fields(spec):
         value = getattr(spec, f.name)
-        kind = {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
+        kind = {"int": int, "float": float, "str": str, "bool": bool}[FIELD_TYPES[f.name]]
         if kind is int and isinstance(value, float) and value.is_integer():
             value = int(value)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):

@@ -32,7 +32,8 @@ RESULT_COLUMNS = {
     "dataset_checksum": "TEXT", "dataset_source": "TEXT",
     "load_seconds": "REAL", "to_device_seconds": "REAL", "model_build_seconds": "REAL",
     "warmup_seconds": "REAL", "startup_seconds": "REAL", "wall_seconds": "REAL",
-    "peak_memory_bytes": "INTEGER", "time_to_target_seconds": "REAL", "diverged_step": "INTEGER",
+    "peak_memory_bytes": "INTEGER", "cores": "INTEGER", "time_to_target_seconds": "REAL",
+    "diverged_step": "INTEGER",
 }
 EPOCH_COLUMNS = {f.name: SQL_TYPES.get(str(f.type).replace(" | None", ""), "REAL")
                  for f in dataclasses.fields(EpochRecord)}
@@ -189,6 +190,7 @@ class Store:
         runs["drop_last"] = runs["drop_last"].astype(bool)  # SQLite stores booleans as 0/1
         epochs = self.epochs_frame()
         if epochs.empty:
+            runs = with_parallelism(runs)
             for column in ("epochs_done", "train_seconds", "eval_seconds", "images_processed", "images_per_second",
                            "epoch_train_seconds", "test_accuracy", "test_loss", "val_accuracy", "val_loss",
                            "train_accuracy", "train_loss"):
@@ -203,7 +205,7 @@ class Store:
         merged = runs.merge(totals, left_on="run_id", right_index=True, how="left")
         merged = merged.merge(final, left_on="run_id", right_index=True, how="left")
         merged["images_per_second"] = merged["images_processed"] / merged["train_seconds"]
-        return merged
+        return with_parallelism(merged)
 
     def epochs_frame(self) -> pd.DataFrame:
         return pd.read_sql_query("SELECT * FROM epochs ORDER BY run_id, epoch", self.db)
@@ -211,3 +213,11 @@ class Store:
     def machines(self) -> dict[str, dict]:
         return {row["machine_id"]: json.loads(row["fingerprint"])
                 for row in self.db.execute("SELECT machine_id, fingerprint FROM machines")}
+
+
+def with_parallelism(runs: pd.DataFrame) -> pd.DataFrame:
+    """Add the columns parallel runs are compared by: global_batch_size (images per synchronised
+    step, or in flight for hogwild), parallelism (worker processes, or threads for `single`)."""
+    runs["global_batch_size"] = runs["batch_size"] * runs["workers"]
+    runs["parallelism"] = runs["workers"].where(runs["strategy"] != "single", runs["threads"])
+    return runs

@@ -128,6 +128,15 @@ def next_repeat(store: Store, spec: RunSpec, machine: str) -> RunSpec:
         repeat += 1
 
 
+def record_result(db: str | Path, result: RunResult, experiment: str | None = None) -> None:
+    """Store a result computed outside a sweep (e.g. by rank 0 of a torchrun job)."""
+    info = fingerprint()
+    machine = machine_id(info)
+    with Store(db) as store:
+        store.record_machine(machine, info)
+        store.finish(store.start(result.spec, machine, experiment), result)
+
+
 def run_sweep(specs: list[RunSpec], db: str | Path, data_dir: str | None = None,
               experiment: str | None = None, events: SweepEvents | None = None) -> SweepSummary:
     events = events or SweepEvents()

@@ -59,11 +59,12 @@ def one_line(error: BaseException) -> str:
     from .data import DataError
     from .machine import DeviceUnavailable
     from .models import ModelError
+    from .processes import WorkerFailed
     from .spec import SpecError
 
     lines = [line for line in str(error).strip().splitlines() if line.strip()]
     text = lines[0] if lines else ""
-    if not isinstance(error, (DataError, DeviceUnavailable, ModelError, SpecError)):
+    if not isinstance(error, (DataError, DeviceUnavailable, ModelError, SpecError, WorkerFailed)):
         text = f"{type(error).__name__}: {text}" if text else type(error).__name__
     return text[:500]
 
@@ -88,7 +89,7 @@ def main() -> int:
     exit_with_parent()
     job = json.loads(sys.stdin.read())
     try:
-        from .engine import run
+        from .strategies import run
         from .spec import RunSpec
 
         spec = RunSpec(**job["spec"])

@@ -103,6 +103,15 @@ def test_sweep_skips_a_device_this_machine_lacks(fashion_dir, tmp_path):
     assert "1 run(s) done, 0 not done" in result.output
 
 
+def test_oversubscription_is_warned_about(fashion_dir, tmp_path):
+    cores = len(os.sched_getaffinity(0))
+    result = invoke("sweep", "--model", "mlp", "--strategy", "ddp", "--workers", cores + 1, "--threads", "1",
+                    "--limit-train", "600", "--db", tmp_path / "s.db", "--data-dir", fashion_dir)
+    assert result.exit_code == 0
+    assert f"oversubscribe this machine's {cores} core(s) (workers × threads up to {cores + 1})" in result.output
+    assert "1 run(s) done" in result.output
+
+
 def test_train_twice_stores_two_repeats(fashion_dir, tmp_path):
     args = ["train", "--model", "mlp", "--limit-train", "500", "--db", tmp_path / "s.db", "--data-dir", fashion_dir]
     assert invoke(*args).exit_code == 0

@@ -67,7 +67,7 @@ def test_missing_device_is_a_clear_error(fashion_dir):
 def test_batch_larger_than_data_with_drop_last_is_an_error(fashion_dir):
     from batchlab.spec import SpecError
 
-    with pytest.raises(SpecError, match="batch size 512 exceeds the 100 training images"):
+    with pytest.raises(SpecError, match="batch size 512 leaves nothing to train on in 100 training images"):
         batchlab.run(RunSpec(model="mlp", batch_size=512, limit_train=100, drop_last=True), data_dir=str(fashion_dir))
     whole = batchlab.run(RunSpec(model="mlp", batch_size=512, limit_train=100), data_dir=str(fashion_dir))
     assert whole.epochs[0].steps == 1 and whole.images_processed == 100

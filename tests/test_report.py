@@ -1,0 +1,54 @@
+import dataclasses
+import math
+
+import pytest
+
+from batchlab.engine import EpochRecord, RunResult
+from batchlab.report import aggregate, load_runs
+from batchlab.spec import RunSpec
+from batchlab.store import Store
+
+
+def store_run(store, spec, train_seconds, images=1000, accuracy=0.8):
+    epochs = [EpochRecord(epoch=1, train_loss=1.0, train_accuracy=0.5, val_loss=None, val_accuracy=None,
+                          test_loss=0.5, test_accuracy=accuracy, train_seconds=train_seconds, eval_seconds=0.1,
+                          images=images, steps=10)]
+    store.finish(store.start(spec, "m1"), RunResult(spec=spec, epochs=epochs))
+
+
+def test_groups_repeats_with_median_and_spread(tmp_path):
+    db = tmp_path / "s.db"
+    base = RunSpec(model="mlp", batch_size=64, threads=2)
+    with Store(db) as store:
+        store.record_machine("m1", {"hostname": "box"})
+        for repeat, seconds in enumerate([1.0, 2.0, 4.0]):
+            store_run(store, dataclasses.replace(base, repeat=repeat, seed=repeat), seconds, accuracy=0.7 + repeat / 10)
+        failed = dataclasses.replace(base, repeat=3, seed=3)
+        store.fail(store.start(failed, "m1"), "OOM", "out of memory")
+    rows = aggregate(load_runs(db))
+    assert len(rows) == 1
+    row = rows.iloc[0]
+    assert row["n"] == 3 and row["runs"] == 4 and row["status"] in ("DONE 3, OOM 1", "OOM 1, DONE 3")
+    assert row["epoch_train_seconds"] == 2.0
+    assert (row["epoch_train_seconds_min"], row["epoch_train_seconds_max"]) == (1.0, 4.0)
+    assert row["images_per_second"] == 500.0 and row["images_per_second_max"] == 1000.0
+    assert row["test_accuracy"] == pytest.approx(0.8) and row["machine"] == "box"
+
+
+def test_speedup_and_efficiency_against_one_worker(tmp_path):
+    db = tmp_path / "s.db"
+    with Store(db) as store:
+        store.record_machine("m1", {"hostname": "box"})
+        # thread-scaling shape: the minibatch grows with the parallelism
+        store_run(store, RunSpec(model="mlp", strategy="ddp", workers=1, threads=1, batch_size=1), 10.0)
+        store_run(store, RunSpec(model="mlp", strategy="ddp", workers=2, threads=1, batch_size=1), 8.0)
+        store_run(store, RunSpec(model="mlp", strategy="single", threads=1, batch_size=1), 10.0)
+        store_run(store, RunSpec(model="mlp", strategy="single", threads=2, batch_size=2), 4.0)
+        store_run(store, RunSpec(model="mlp", strategy="hogwild", workers=2, threads=1, batch_size=1), 5.0)
+    rows = aggregate(load_runs(db)).set_index(["strategy", "parallelism"])
+    assert rows.loc[("ddp", 1), "speedup"] == 1.0
+    assert rows.loc[("ddp", 2), "speedup"] == pytest.approx(10 / 8)
+    assert rows.loc[("ddp", 2), "efficiency"] == pytest.approx(10 / 8 / 2)
+    assert rows.loc[("single", 2), "speedup"] == pytest.approx(2.5)  # baseline: batch 1 at 1 thread
+    assert math.isnan(rows.loc[("hogwild", 2), "speedup"])  # no 1-worker hogwild run: no made-up baseline
+    assert rows.loc[("ddp", 2), "global_batch_size"] == 2

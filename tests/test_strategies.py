@@ -1,0 +1,104 @@
+"""Parallel strategies: how work is split, DDP against a single process, Hogwild learning,
+and what happens when a worker dies."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import torch
+
+from batchlab import RunSpec
+from batchlab.devicedata import ddp_order, hogwild_order, single_order
+from batchlab.strategies import run
+
+
+def test_hogwild_shares_cover_the_epoch_once():
+    order = torch.randperm(1001)
+    shares = [hogwild_order(order, 3, rank, batch_size=16, drop_last=False) for rank in range(3)]
+    assert torch.equal(torch.cat(shares), order)
+    dropped = [hogwild_order(order, 3, rank, batch_size=16, drop_last=True) for rank in range(3)]
+    assert all(len(share) % 16 == 0 for share in dropped)
+
+
+def test_ddp_steps_are_the_single_process_global_batches():
+    order = torch.randperm(100)
+    ranks = [ddp_order(order, 2, rank, batch_size=8, drop_last=False) for rank in range(2)]
+    single = single_order(order, 16, drop_last=False)
+    for step in range(6):  # 6 full global batches of 16
+        together = torch.cat([ranks[r][step * 8:(step + 1) * 8] for r in range(2)])
+        assert torch.equal(together, single[step * 16:(step + 1) * 16])
+    # The last 4 images are split 2 + 2: both ranks take a 7th, smaller step.
+    assert [len(r) for r in ranks] == [50, 50]
+    assert sorted(torch.cat(ranks).tolist()) == list(range(100))
+    # 1 image left for 2 ranks: dropped, since every rank must step the same number of times.
+    uneven = [ddp_order(torch.arange(33), 2, rank, batch_size=8, drop_last=False) for rank in range(2)]
+    assert [len(r) for r in uneven] == [16, 16]
+
+
+def test_ddp_matches_single_process_with_the_same_global_batch(fashion_dir):
+    common = dict(model="mlp", optimizer="momentum", lr=0.05, epochs=1, limit_train=1200, threads=1, seed=3)
+    single = run(RunSpec(batch_size=60, **common), data_dir=str(fashion_dir), keep_weights=True)
+    ddp = run(RunSpec(strategy="ddp", workers=2, batch_size=30, **common), data_dir=str(fashion_dir),
+              keep_weights=True)
+    other_seed = run(RunSpec(batch_size=60, **dict(common, seed=4)), data_dir=str(fashion_dir), keep_weights=True)
+    for name, tensor in single.weights.items():
+        assert torch.allclose(tensor, ddp.weights[name], atol=1e-6), name
+        assert not torch.allclose(tensor, other_seed.weights[name], atol=1e-3)  # the check can fail
+    assert ddp.epochs[0].steps == single.epochs[0].steps == 20
+    assert ddp.images_processed == single.images_processed == 1200
+    assert ddp.epochs[0].train_loss == pytest.approx(single.epochs[0].train_loss, rel=1e-5)
+
+
+def test_hogwild_two_workers_learn_and_see_each_image_once(fashion_dir):
+    result = run(RunSpec(model="mlp", strategy="hogwild", workers=2, batch_size=16, epochs=2, limit_train=3000),
+                 data_dir=str(fashion_dir))
+    assert result.status == "DONE"
+    assert [e.images for e in result.epochs] == [3000, 3000]
+    assert [e.steps for e in result.epochs] == [188, 188]  # 2 shares of 1500 images in batches of 16
+    assert result.epochs[-1].test_accuracy > 0.6  # chance is 0.1
+    assert result.spec.threads == max(1, len(os.sched_getaffinity(0)) // 2)
+
+
+def test_hogwild_is_cpu_only():
+    from batchlab.spec import SpecError
+
+    with pytest.raises(SpecError, match="hogwild"):
+        RunSpec(strategy="hogwild", workers=2, device="cuda").validated()
+
+
+def descendants(pid):
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.mark.parametrize("strategy", ["hogwild", "ddp"])
+def test_killed_worker_fails_the_run_and_leaves_no_process(strategy, fashion_dir, tmp_path):
+    db = tmp_path / "s.db"
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "batchlab", "sweep", "--strategy", strategy, "--workers", "2", "--batch-size", "1",
+         "--model", "seed-cnn", "--epochs", "3", "--limit-train", "20000", "--db", str(db),
+         "--data-dir", str(fashion_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    workers = []
+    while time.monotonic() < deadline and len(workers) < 2:
+        workers = [p for p in descendants(sweep.pid) if "spawn_main" in " ".join(p.cmdline())]
+        time.sleep(0.2)
+    assert len(workers) == 2, "the two worker processes did not start"
+    time.sleep(3)  # let them start training
+    everything = descendants(sweep.pid)
+    os.kill(workers[0].pid, signal.SIGKILL)
+    _, stderr = sweep.communicate(timeout=120)
+    assert sweep.returncode == 0, stderr
+    with sqlite3.connect(db) as con:
+        status, error = con.execute("SELECT status, error FROM runs").fetchone()
+    assert status == "FAILED" and "worker" in error, error
+    time.sleep(0.5)
+    alive = [p for p in everything if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], [p.cmdline() for p in alive]
