@@ -26,6 +26,7 @@ err = Console(stderr=True, soft_wrap=True)  # messages stay one line, whatever t
 
 DbOpt = Annotated[Path, typer.Option("--db", help="SQLite results store.")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the dataset files (searched first).")]
+MemoryOpt = Annotated[Optional[float], typer.Option("--memory-limit", help="GiB of address space per run process; beyond it a run ends as OOM.")]
 
 
 def user_errors(command):
@@ -49,13 +50,14 @@ def user_errors(command):
 
 def progress_events(progress: Progress):
     """SweepEvents drawing one progress bar over runs, its text the current run and epoch."""
-    from .report import run_line
+    from .report import outcome_line
     from .sweep import SweepEvents
 
     task = progress.add_task("starting", total=None)
 
     def started(spec, index, total):
-        progress.update(task, total=total, completed=index, description=f"{spec.label()} epoch 0/{spec.epochs}")
+        epochs = f" epoch 0/{spec.epochs}" if spec.KIND == "train" else ""
+        progress.update(task, total=total, completed=index, description=spec.label() + epochs)
 
     def epoch_done(spec, record):
         progress.update(task, description=f"{spec.label()} epoch {record.epoch}/{spec.epochs} "
@@ -63,28 +65,30 @@ def progress_events(progress: Progress):
 
     def ended(spec, outcome):
         progress.advance(task)
-        progress.console.print(run_line(spec, outcome.status, outcome.result, outcome.error),
+        progress.console.print(outcome_line(spec, outcome.status, outcome.result, outcome.error),
                                markup=False, highlight=False, soft_wrap=True)
 
     return SweepEvents(started, epoch_done, ended)
 
 
-def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str]):
+def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str], save_weights: bool = False,
+            memory_limit: Optional[float] = None):
     """Run the specs with a progress bar; print what was skipped and how the runs ended."""
+    from .spec import available_cores
     from .sweep import SweepInterrupted, run_sweep
 
-    from .spec import available_cores
-
     cores = available_cores()
-    crowded = [spec for spec in specs if spec.workers * spec.threads > cores]
+    processes = {spec.key: getattr(spec, "workers", 1) * spec.threads for spec in specs}
+    crowded = [key for key, count in processes.items() if count > cores]
     if crowded:
-        worst = max(spec.workers * spec.threads for spec in crowded)
+        worst = max(processes[key] for key in crowded)
         err.print(f"[yellow]warning:[/yellow] {len(crowded)} run(s) oversubscribe this machine's {cores} core(s) "
                   f"(workers × threads up to {worst}): their timings include contention for cores.", highlight=False)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=err, transient=True) as progress:
-            summary = run_sweep(specs, db, str(data_dir) if data_dir else None, experiment, progress_events(progress))
+            summary = run_sweep(specs, db, str(data_dir) if data_dir else None, experiment, progress_events(progress),
+                                save_weights, int(memory_limit * 2**30) if memory_limit else None)
     except SweepInterrupted as stopped:
         done = stopped.summary.count("DONE")
         err.print(f"interrupted: {stopped.spec.label()} stored as KILLED; {done} run(s) finished and stored "
@@ -118,6 +122,8 @@ def train(
     drop_last: Annotated[bool, typer.Option(help="Skip the last, smaller batch of each epoch.")] = False,
     target_accuracy: Annotated[float, typer.Option(help="Report the train seconds until this accuracy.")] = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of weights, batch order and dropout.")] = 0,
+    save_weights: Annotated[bool, typer.Option(help="Store the trained weights with the run (for infer --weights).")] = False,
+    memory_limit: MemoryOpt = None,
     db: DbOpt = Path("batchlab.db"),
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -140,16 +146,16 @@ def train(
     if launched_externally():  # one rank of a torchrun job: every rank trains, rank 0 stores
         from .report import run_line
         from .strategies import run
-        from .sweep import record_result
+        from .sweep import record_result, saved_weights
 
-        result = run(spec, str(data_dir) if data_dir else None)
+        result = run(spec, str(data_dir) if data_dir else None, keep_weights=save_weights)
         if os.environ["RANK"] == "0":
-            record_result(db, result)
+            record_result(db, result, saved_weights(result))
             out.print(run_line(spec, result.status, result, result.error), markup=False, highlight=False, soft_wrap=True)
         return
     with Store(db) as store:
         spec = next_repeat(store, spec, machine_id(fingerprint()))
-    summary = execute([spec], db, data_dir, None)
+    summary = execute([spec], db, data_dir, None, save_weights, memory_limit)
     if summary.count("DONE") != 1:
         raise typer.Exit(1)
 
@@ -181,6 +187,8 @@ def sweep(
     target_accuracy: Annotated[Optional[str], typer.Option(help="Accuracy for time to target.")] = None,
     seed: Annotated[Optional[str], typer.Option(help="Base seed(s); repeat r uses seed + r.")] = None,
     repeats: Annotated[Optional[int], typer.Option(help="Runs per grid point.")] = None,
+    save_weights: Annotated[bool, typer.Option(help="Store every run's trained weights (for infer --weights).")] = False,
+    memory_limit: MemoryOpt = None,
     db: DbOpt = Path("batchlab.db"),
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -196,7 +204,46 @@ def sweep(
     base = ExperimentSpec.from_toml(experiment) if experiment else ExperimentSpec()
     overrides = {name: parse_list(flags[name], kind, name) for name, kind in GRID_FLAGS.items() if flags[name] is not None}
     spec = base.with_overrides(overrides, repeats)
-    execute(spec.runs(), db, data_dir, spec.name)
+    execute(spec.runs() + spec.inferences(), db, data_dir, spec.name, save_weights, memory_limit)
+
+
+@app.command()
+@user_errors
+def infer(
+    dataset: Annotated[str, typer.Option(help="Dataset whose test set is tiled into the batches.")] = "fashion-mnist",
+    model: Annotated[str, typer.Option(help="Comma list of models.")] = "seed-cnn",
+    batch_size: Annotated[str, typer.Option(help="Comma list; larger than the test set is fine (tiled).")] = "1,16,256,4096,40000",
+    device: Annotated[str, typer.Option(help="Comma list, e.g. cpu,cuda (missing ones are skipped).")] = "cpu",
+    threads: Annotated[str, typer.Option(help="Comma list of intra-op thread counts; 0 = all cores.")] = "0",
+    precision: Annotated[str, typer.Option(help="Comma list: fp32, bf16, fp16.")] = "fp32",
+    weights: Annotated[str, typer.Option(help="'' = fresh seeded weights; a training run's key (prefix) or 'latest' (needs --save-weights on train).")] = "",
+    memory_limit: MemoryOpt = None,
+    db: DbOpt = Path("batchlab.db"),
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Inference throughput and latency against batch size: compute only and with overheads
+    (host↔device copies), first-call cost apart; each batch size in its own process.
+
+    Example: batchlab infer --batch-size 1,16,256,4096,40000 --threads 1,0 --precision fp32,bf16
+    """
+    from .inference_report import comparison_lines, inference_table, load_inference
+    from .spec import ExperimentSpec, InferSpec, parse_list
+    from .store import Store
+
+    grid = {"dataset": [dataset], "model": parse_list(model, str, "model"),
+            "batch_size": parse_list(batch_size, int, "batch_size"), "device": parse_list(device, str, "device"),
+            "threads": parse_list(threads, int, "threads"), "precision": parse_list(precision, str, "precision")}
+    if weights:
+        with Store(db) as store:  # a fixed run key, so the measurement's key names its weights
+            grid["weights"] = [store.weights(weights, name, dataset)[0] for name in grid["model"]]
+    specs = ExperimentSpec(infer_grid=grid).inferences()
+    execute(specs, db, data_dir, None, memory_limit=memory_limit)
+    measured = load_inference(db)
+    mine = measured[measured["run_key"].isin({spec.key for spec in specs})].reset_index(drop=True)
+    if len(mine):
+        out.print(inference_table(mine))
+        for line in comparison_lines(mine):
+            out.print(line, highlight=False)
 
 
 @app.command()
@@ -206,18 +253,23 @@ def report(
     format: Annotated[str, typer.Option("--format", help="table or json (rows on stdout).")] = "table",
     csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write the rows to this CSV file.")] = None,
     runs: Annotated[bool, typer.Option("--runs", help="One row per run instead of per group of repeats.")] = False,
+    inference: Annotated[bool, typer.Option("--inference", help="The inference measurements instead of training.")] = False,
 ) -> None:
     """Show stored results grouped over repeats: median [min–max] of seconds per epoch, images/s,
     accuracy, loss and time to target.
 
     Example: batchlab report --format json
     """
+    from .inference_report import comparison_lines, inference_table, load_inference
     from .report import aggregate, json_rows, load_runs, table
 
     if format not in ("table", "json"):
         raise typer.BadParameter("--format must be table or json")
-    all_runs = load_runs(db)
-    rows = all_runs if runs else aggregate(all_runs)
+    training, measured = load_runs(db), load_inference(db)
+    if inference:  # raw per-call timings only with --runs
+        rows = measured if runs else measured.drop(columns=["compute_seconds", "overhead_seconds"])
+    else:
+        rows = training if runs else aggregate(training)
     if csv:
         rows.to_csv(csv, index=False)
     if format == "json":
@@ -225,7 +277,12 @@ def report(
     elif runs:
         out.print(rows.to_string(index=False))
     else:
-        out.print(table(rows))
+        if len(rows) and not inference:
+            out.print(table(rows))
+        if len(measured):
+            out.print(inference_table(measured))
+            for line in comparison_lines(measured):
+                out.print(line, highlight=False)
 
 
 @app.command()

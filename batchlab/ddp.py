@@ -74,7 +74,7 @@ def run_rank(spec: RunSpec, data_dir: str | None, keep_weights: bool = False,
         model = wrap(prep.model)  # broadcasts rank 0's initial weights (identical anyway: same seed)
         optimizer = make_optimizer(spec.optimizer, model.parameters(), spec.lr)
         torch.manual_seed(spec.seed * 1009 + rank + 1)  # each rank its own dropout masks
-        loop = StepLoop(model, optimizer, prep.dd, spec.batch_size)
+        loop = StepLoop(model, optimizer, prep.dd, spec.batch_size, spec.precision)
         model.train()
 
         def one_epoch(order: torch.Tensor) -> EpochWork:
@@ -85,7 +85,7 @@ def run_rank(spec: RunSpec, data_dir: str | None, keep_weights: bool = False,
         # Leave together: a rank that tears down its process group while a peer still talks to
         # it can abort the peer.
         dist.barrier()
-        return keep(result, prep.model, keep_weights)
+        return keep(result, prep, keep_weights)
     finally:
         dist.destroy_process_group()
 

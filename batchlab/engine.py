@@ -96,18 +96,30 @@ def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {name!r}")
 
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed precision for the forward pass: fp32 runs as is; bf16/fp16 through torch.autocast
+    (weights and optimizer stay fp32). fp16 is used without loss scaling."""
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES.get(precision, torch.float32),
+                          enabled=precision in AUTOCAST_DTYPES)
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+               labels: torch.Tensor, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step; returns (loss, number correct) as device tensors (no host sync)."""
-    logits = model(images)
-    loss = F.cross_entropy(logits, labels)
+    with autocast(images.device, precision):
+        logits = model(images)
+    loss = F.cross_entropy(logits.float(), labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss.detach(), (logits.argmax(1) == labels).sum()
 
 
-def evaluate(model: nn.Module, dd: DeviceData, images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+def evaluate(model: nn.Module, dd: DeviceData, images: torch.Tensor, labels: torch.Tensor,
+             precision: str = "fp32") -> tuple[float, float]:
     """(mean loss, accuracy) over a whole split, in fixed-size batches."""
     if len(labels) == 0:
         return float("nan"), float("nan")
@@ -116,7 +128,8 @@ def evaluate(model: nn.Module, dd: DeviceData, images: torch.Tensor, labels: tor
     correct = torch.zeros((), dtype=torch.int64, device=labels.device)
     with torch.inference_mode():
         for start in range(0, len(labels), EVAL_BATCH_SIZE):
-            logits = model(dd.normalize(images[start:start + EVAL_BATCH_SIZE]))
+            with autocast(labels.device, precision):
+                logits = model(dd.normalize(images[start:start + EVAL_BATCH_SIZE])).float()
             target = labels[start:start + EVAL_BATCH_SIZE]
             loss_sum += F.cross_entropy(logits, target, reduction="sum")
             correct += (logits.argmax(1) == target).sum()
@@ -133,7 +146,7 @@ def warm_up(model: nn.Module, spec: RunSpec, dd: DeviceData,
     optimizer = make_optimizer(spec.optimizer, scratch.parameters(), spec.lr)
     batch = min(spec.batch_size, dd.train_count)
     for _ in range(WARMUP_STEPS):
-        train_step(scratch, optimizer, dd.normalize(dd.train_images[:batch]), dd.train_labels[:batch])
+        train_step(scratch, optimizer, dd.normalize(dd.train_images[:batch]), dd.train_labels[:batch], spec.precision)
 
 
 @dataclass
@@ -151,8 +164,10 @@ class StepLoop:
     """The hot loop of one process: trains on a sequence of image indices in consecutive batches.
     Per-step losses and correct counts go to preallocated device buffers, read once per call."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, dd: DeviceData, batch_size: int):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, dd: DeviceData, batch_size: int,
+                 precision: str = "fp32"):
         self.model, self.optimizer, self.dd, self.batch_size = model, optimizer, dd, batch_size
+        self.precision = precision
         most_steps = math.ceil(dd.train_count / batch_size)
         device = dd.train_labels.device
         self.step_losses = torch.empty(most_steps, device=device)
@@ -164,7 +179,7 @@ class StepLoop:
         for step in range(steps):
             index = indices[step * batch_size:(step + 1) * batch_size]
             loss, correct = train_step(self.model, self.optimizer, dd.normalize(dd.train_images[index]),
-                                       dd.train_labels[index])
+                                       dd.train_labels[index], self.precision)
             self.step_losses[step] = loss
             self.step_correct[step] = correct
         return self.totals(steps, len(indices))
@@ -247,8 +262,10 @@ def run_epochs(prep: Prepared, train_one_epoch: Callable[[torch.Tensor], EpochWo
         steps_before += work.steps
         with Region(prep.device) as eval_region:
             nothing = dd.val_labels[:0]
-            val_loss, val_accuracy = evaluate(prep.model, dd, dd.val_images, dd.val_labels if evaluating else nothing)
-            test_loss, test_accuracy = evaluate(prep.model, dd, dd.test_images, dd.test_labels if evaluating else nothing)
+            val_loss, val_accuracy = evaluate(prep.model, dd, dd.val_images, dd.val_labels if evaluating else nothing,
+                                              spec.precision)
+            test_loss, test_accuracy = evaluate(prep.model, dd, dd.test_images, dd.test_labels if evaluating else nothing,
+                                                spec.precision)
         record = EpochRecord(
             epoch=epoch, train_loss=work.loss_sum / work.images, train_accuracy=work.correct / work.images,
             val_loss=val_loss if has_val else None, val_accuracy=val_accuracy if has_val else None,

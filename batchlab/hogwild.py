@@ -27,7 +27,7 @@ def hogwild_worker(rank: int, spec: RunSpec, dd: DeviceData, model: torch.nn.Mod
     torch.manual_seed(spec.seed * 1009 + rank + 1)  # each worker its own dropout masks
     optimizer = make_optimizer(spec.optimizer, model.parameters(), spec.lr)
     warm_up(model, spec, dd)
-    loop = StepLoop(model, optimizer, dd, spec.batch_size)
+    loop = StepLoop(model, optimizer, dd, spec.batch_size, spec.precision)
     model.train()
     results.put(("ready", rank, None))
     while commands.get() is not None:
@@ -62,4 +62,4 @@ def train_hogwild(spec: RunSpec, data_dir: str | None = None,
             team.collect("ready")
         prep.result.warmup_seconds = start_region.seconds
         result = run_epochs(prep, one_epoch, on_epoch)
-    return keep(result, prep.model, keep_weights)
+    return keep(result, prep, keep_weights)

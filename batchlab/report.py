@@ -155,3 +155,22 @@ def run_line(spec, status: str, result=None, error: str | None = None) -> str:
     if result.time_to_target_seconds is not None:
         text += f", target reached after {result.time_to_target_seconds:.1f} s"
     return text + (f" ({error})" if error else "")
+
+
+def infer_line(spec, status: str, result=None, error: str | None = None) -> str:
+    """One line for one inference measurement."""
+    from .inference import images_per_second, percentiles
+
+    head = f"{status:<8} {spec.label()}"
+    if result is None:
+        return f"{head}: {error or 'no result'}"
+    latency = percentiles(result.compute_seconds)
+    text = (f"{head}: {images_per_second(spec.batch_size, result.compute_seconds):,.0f} img/s compute only, "
+            f"p50 {latency['p50'] * 1000:.3g} ms (n={len(result.compute_seconds)}), "
+            f"{images_per_second(spec.batch_size, result.overhead_seconds):,.0f} img/s with overheads, "
+            f"first call {result.first_call_seconds * 1000:.3g} ms")
+    return text + (f", accuracy {result.accuracy:.4f}" if result.accuracy is not None else "")
+
+
+def outcome_line(spec, status: str, result=None, error: str | None = None) -> str:
+    return (infer_line if spec.KIND == "infer" else run_line)(spec, status, result, error)

@@ -19,12 +19,52 @@ from typing import Any
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
 STRATEGIES = ("single", "hogwild", "ddp")
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "bf16", "fp16")
 DEVICE_KINDS = ("cpu", "cuda", "mps")
 
 
 class SpecError(ValueError):
     """A run or experiment asks for something invalid; the message is one line for the user."""
+
+
+def need(ok: bool, message: str) -> None:
+    if not ok:
+        raise SpecError(message)
+
+
+def check_common(spec: RunSpec | InferSpec) -> None:
+    """The checks training and inference specs share."""
+    from . import data, models  # late import: registries pull in torch
+
+    need(data.is_known_dataset(spec.dataset),
+         f"unknown dataset {spec.dataset!r}; choose one of {', '.join(data.DATASETS)} or folder:PATH")
+    need(models.is_known_model(spec.model),
+         f"unknown model {spec.model!r}; choose one of {', '.join(models.MODELS)} or package.module:factory")
+    need(spec.batch_size >= 1, f"batch size must be at least 1, got {spec.batch_size}")
+    need(re.fullmatch(r"cpu|mps|cuda(:\d+)?", spec.device) is not None,
+         f"unknown device {spec.device!r}; use cpu, cuda, cuda:N or mps")
+    need(spec.threads >= 0, f"threads must be at least 1 (or 0 for all cores), got {spec.threads}")
+    need(spec.precision in PRECISIONS,
+         f"unknown precision {spec.precision!r}; choose one of {', '.join(PRECISIONS)}")
+
+
+class Keyed:
+    """Identity and serialisation shared by the spec records."""
+
+    KIND = "train"
+
+    @property
+    def key(self) -> str:
+        """Stable identity: a hash over the kind and every field (so also repeat and seed)."""
+        payload = json.dumps({"kind": self.KIND, **dataclasses.asdict(self)}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise SpecError(f"unknown {cls.KIND} setting(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
 
 
 def available_cores() -> int:
@@ -36,7 +76,7 @@ def available_cores() -> int:
 
 
 @dataclass(frozen=True)
-class RunSpec:
+class RunSpec(Keyed):
     dataset: str = "fashion-mnist"
     model: str = "seed-cnn"
     batch_size: int = 64
@@ -61,12 +101,6 @@ class RunSpec:
     seed: int = 0
     repeat: int = 0
 
-    @property
-    def key(self) -> str:
-        """Stable identity of the run: a hash over every field (so also repeat and seed)."""
-        payload = json.dumps(dataclasses.asdict(self), sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
     def label(self) -> str:
         """Short human description for progress bars and messages."""
         return (f"{self.model} {self.dataset} bs={self.batch_size} {self.device} "
@@ -74,23 +108,11 @@ class RunSpec:
 
     def validated(self) -> RunSpec:
         """Check every field; return a copy with defaults resolved (threads=0 → core count)."""
-        from . import data, models  # late import: registries pull in torch
-
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise SpecError(message)
-
-        need(data.is_known_dataset(self.dataset),
-             f"unknown dataset {self.dataset!r}; choose one of {', '.join(data.DATASETS)} or folder:PATH")
-        need(models.is_known_model(self.model),
-             f"unknown model {self.model!r}; choose one of {', '.join(models.MODELS)} or package.module:factory")
-        need(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
+        check_common(self)
         need(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
         need(self.optimizer in OPTIMIZERS,
              f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         need(self.lr > 0, f"learning rate must be positive, got {self.lr}")
-        need(re.fullmatch(r"cpu|mps|cuda(:\d+)?", self.device) is not None,
-             f"unknown device {self.device!r}; use cpu, cuda, cuda:N or mps")
         need(self.strategy in STRATEGIES,
              f"unknown strategy {self.strategy!r}; choose one of {', '.join(STRATEGIES)}")
         need(self.workers >= 1, f"workers must be at least 1, got {self.workers}")
@@ -98,9 +120,6 @@ class RunSpec:
              "strategy 'single' runs exactly 1 worker (use --threads, or --strategy hogwild/ddp)")
         need(self.strategy != "hogwild" or self.device == "cpu",
              "strategy 'hogwild' shares parameters in CPU memory: use --device cpu (or ddp on GPUs)")
-        need(self.threads >= 0, f"threads must be at least 1 (or 0 for all cores), got {self.threads}")
-        need(self.precision in PRECISIONS,
-             f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         need(0.0 <= self.val_split < 1.0, f"val split must be in [0, 1), got {self.val_split}")
         need(self.limit_train >= 0, f"limit-train must be at least 0, got {self.limit_train}")
         need(0.0 <= self.target_accuracy <= 1.0,
@@ -110,21 +129,39 @@ class RunSpec:
         threads = self.threads or max(1, available_cores() // self.workers)
         return dataclasses.replace(self, threads=threads)
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> RunSpec:
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise SpecError(f"unknown run setting(s): {', '.join(sorted(unknown))}")
-        return cls(**values)
 
 
-RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunSpec))
-FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(RunSpec)}
-# Fields that take part in the grid; repeat is generated from `repeats`.
-GRID_FIELDS = tuple(name for name in RUN_FIELDS if name != "repeat")
+@dataclass(frozen=True)
+class InferSpec(Keyed):
+    """One inference measurement: a model at one batch size on one device configuration."""
+
+    KIND = "infer"
+    dataset: str = "fashion-mnist"  # the test set, tiled up to the batch size
+    model: str = "seed-cnn"
+    batch_size: int = 256
+    device: str = "cpu"
+    threads: int = 0  # 0 = all available cores
+    precision: str = "fp32"
+    # "" = freshly initialised (seeded) weights: timing does not depend on them; else the key of
+    # a stored training run whose saved weights are used (and accuracy is reported).
+    weights: str = ""
+    seed: int = 0
+
+    def label(self) -> str:
+        return (f"infer {self.model} {self.dataset} bs={self.batch_size} {self.device} t={self.threads} "
+                f"{self.precision}{' trained' if self.weights else ''}")
+
+    def validated(self) -> InferSpec:
+        check_common(self)
+        return dataclasses.replace(self, threads=self.threads or available_cores())
+
+
+def field_types(cls: type) -> dict[str, str]:
+    return {f.name: str(f.type) for f in dataclasses.fields(cls)}
+
+
+# Fields that take part in a training grid; repeat is generated from `repeats`.
+GRID_FIELDS = tuple(name for name in field_types(RunSpec) if name != "repeat")
 
 
 RANGE = re.compile(r"(\d+)\.\.(\d+|cores)")  # "1..8" or "1..cores" for whole-number fields
@@ -140,7 +177,8 @@ class ExperimentSpec:
     - sub-grids (TOML `[[grid]]` tables): each is merged over the top-level values and expanded on
       its own; the experiment is all of them (e.g. one sub-grid per strategy);
     - ranges: a whole-number field may be "1..8" or "1..cores" (this machine's available cores);
-    - links: a field may be "=other" or "=other*k", e.g. batch_size = "=workers".
+    - links: a field may be "=other" or "=other*k", e.g. batch_size = "=workers";
+    - an [infer] table: inference measurements (InferSpec fields, lists multiply) next to training.
     """
 
     name: str = "adhoc"
@@ -148,6 +186,8 @@ class ExperimentSpec:
     repeats: int = 1
     grid: dict[str, list[Any]] = field(default_factory=dict)
     subgrids: list[dict[str, list[Any]]] = field(default_factory=list)
+    # An [infer] table: a grid of inference measurements (InferSpec fields), run after training.
+    infer_grid: dict[str, list[Any]] = field(default_factory=dict)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> ExperimentSpec:
@@ -164,8 +204,12 @@ class ExperimentSpec:
         subgrids = values.pop("grid", [])
         if not isinstance(subgrids, list) or not all(isinstance(g, dict) for g in subgrids):
             raise SpecError(f"{path}: 'grid' must be [[grid]] tables")
+        infer = values.pop("infer", {})
+        if not isinstance(infer, dict):
+            raise SpecError(f"{path}: 'infer' must be an [infer] table")
         experiment = cls.from_values(values, name=name, description=description, repeats=repeats)
         experiment.subgrids = [_as_lists(sub) for sub in subgrids]
+        experiment.infer_grid = _as_lists(infer, InferSpec)
         return experiment
 
     @classmethod
@@ -180,7 +224,8 @@ class ExperimentSpec:
         overrides = _as_lists(values)
         subgrids = [{k: v for k, v in sub.items() if k not in overrides} for sub in self.subgrids]
         merged = ExperimentSpec.from_values({}, self.name, self.description, self.repeats if repeats is None else repeats)
-        return dataclasses.replace(merged, grid={**self.grid, **overrides}, subgrids=subgrids)
+        return dataclasses.replace(merged, grid={**self.grid, **overrides}, subgrids=subgrids,
+                                   infer_grid=self.infer_grid)
 
     def runs(self) -> list[RunSpec]:
         """Every RunSpec of the experiment, validated, without duplicates, in a stable order
@@ -189,7 +234,7 @@ class ExperimentSpec:
         for sub in self.subgrids or [{}]:
             merged = {**self.grid, **sub}
             names = list(merged)
-            axes = [_expand(name, merged[name]) for name in names]
+            axes = [_expand(name, merged[name], RunSpec) for name in names]
             for combo in itertools.product(*axes):
                 base = _typed(RunSpec.from_dict(_resolve_links(dict(zip(names, combo)))))
                 for repeat in range(self.repeats):
@@ -197,12 +242,26 @@ class ExperimentSpec:
                     specs.setdefault(spec.key, spec)
         return list(specs.values())
 
+    def inferences(self) -> list[InferSpec]:
+        """Every InferSpec of the [infer] table, validated (none if the experiment has none)."""
+        if not self.infer_grid:
+            return []
+        names = list(self.infer_grid)
+        axes = [_expand(name, self.infer_grid[name], InferSpec) for name in names]
+        specs = {}
+        for combo in itertools.product(*axes):
+            spec = _typed(InferSpec.from_dict(_resolve_links(dict(zip(names, combo))))).validated()
+            specs.setdefault(spec.key, spec)
+        return list(specs.values())
 
-def _as_lists(values: dict[str, Any]) -> dict[str, list[Any]]:
-    unknown = set(values) - set(GRID_FIELDS)
+
+def _as_lists(values: dict[str, Any], kind: type = RunSpec) -> dict[str, list[Any]]:
+    known = [name for name in field_types(kind) if name != "repeat"]
+    unknown = set(values) - set(known)
     if unknown:
-        raise SpecError(f"unknown experiment setting(s): {', '.join(sorted(unknown))}; "
-                        f"known: {', '.join(GRID_FIELDS)}, repeats, grid")
+        where = "experiment" if kind is RunSpec else "[infer]"
+        raise SpecError(f"unknown {where} setting(s): {', '.join(sorted(unknown))}; "
+                        f"known: {', '.join(known)}" + (", repeats, grid, infer" if kind is RunSpec else ""))
     grid = {k: (list(v) if isinstance(v, list) else [v]) for k, v in values.items()}
     empty = [k for k, v in grid.items() if not v]
     if empty:
@@ -210,11 +269,11 @@ def _as_lists(values: dict[str, Any]) -> dict[str, list[Any]]:
     return grid
 
 
-def _expand(name: str, values: list[Any]) -> list[Any]:
+def _expand(name: str, values: list[Any], kind: type) -> list[Any]:
     """Replace range strings ("1..4", "1..cores") in a whole-number field by their values."""
     expanded = []
     for value in values:
-        match = RANGE.fullmatch(value) if isinstance(value, str) and FIELD_TYPES[name] == "int" else None
+        match = RANGE.fullmatch(value) if isinstance(value, str) and field_types(kind)[name] == "int" else None
         if match:
             low = int(match[1])
             high = available_cores() if match[2] == "cores" else int(match[2])
@@ -232,19 +291,20 @@ def _resolve_links(values: dict[str, Any]) -> dict[str, Any]:
     for name, value in values.items():
         match = LINK.fullmatch(value) if isinstance(value, str) else None
         if match:
-            source = values.get(match[1], getattr(RunSpec(), match[1], None))
-            if match[1] not in FIELD_TYPES or not isinstance(source, int) or isinstance(source, bool):
+            source = values.get(match[1])
+            if not isinstance(source, int) or isinstance(source, bool):
                 raise SpecError(f"{name} = {value!r}: {match[1]!r} is not a whole-number setting of this run")
             resolved[name] = source * int(match[2] or 1)
     return resolved
 
 
-def _typed(spec: RunSpec) -> RunSpec:
+def _typed(spec: RunSpec | InferSpec) -> RunSpec | InferSpec:
     """Coerce TOML/CLI values to the field types (e.g. lr = 1 → 1.0) with a clear error."""
     converted = {}
+    types = field_types(type(spec))
     for f in dataclasses.fields(spec):
         value = getattr(spec, f.name)
-        kind = {"int": int, "float": float, "str": str, "bool": bool}[FIELD_TYPES[f.name]]
+        kind = {"int": int, "float": float, "str": str, "bool": bool}[types[f.name]]
         if kind is int and isinstance(value, float) and value.is_integer():
             value = int(value)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -252,7 +312,7 @@ def _typed(spec: RunSpec) -> RunSpec:
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise SpecError(f"{f.name} must be {kind.__name__}, got {value!r}")
         converted[f.name] = value
-    return RunSpec(**converted)
+    return type(spec)(**converted)
 
 
 def parse_list(text: str, kind: type, name: str) -> list[Any]:

@@ -13,20 +13,29 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass
 import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
-from .engine import EpochRecord, RunResult
-from .spec import RunSpec
+from .engine import RunResult
+from .inference import InferResult, images_per_second, percentiles
+from .spec import InferSpec, RunSpec
 
 STATUSES = ("PENDING", "RUNNING", "DONE", "FAILED", "OOM", "DIVERGED", "KILLED")
 FINISHED = ("DONE", "DIVERGED")  # outcomes a resumed sweep does not run again
 
-SQL_TYPES = {"int": "INTEGER", "float": "REAL", "str": "TEXT", "bool": "INTEGER"}
-SPEC_COLUMNS = {f.name: SQL_TYPES[str(f.type)] for f in dataclasses.fields(RunSpec)}
+# The schema is written out, not derived from the dataclasses: a stored schema version must mean
+# the same tables forever. A new RunSpec/InferSpec/result field needs a new migration (ALTER TABLE)
+# and its column here; tests/test_store.py fails until both exist.
+RUN_SPEC_COLUMNS = {
+    "dataset": "TEXT", "model": "TEXT", "batch_size": "INTEGER", "epochs": "INTEGER", "optimizer": "TEXT",
+    "lr": "REAL", "device": "TEXT", "strategy": "TEXT", "workers": "INTEGER", "threads": "INTEGER",
+    "precision": "TEXT", "val_split": "REAL", "limit_train": "INTEGER", "drop_last": "INTEGER",
+    "target_accuracy": "REAL", "seed": "INTEGER", "repeat": "INTEGER",
+}
 RESULT_COLUMNS = {
     "parameters": "INTEGER", "train_images": "INTEGER", "val_images": "INTEGER", "test_images": "INTEGER",
     "dataset_checksum": "TEXT", "dataset_source": "TEXT",
@@ -35,12 +44,45 @@ RESULT_COLUMNS = {
     "peak_memory_bytes": "INTEGER", "cores": "INTEGER", "time_to_target_seconds": "REAL",
     "diverged_step": "INTEGER",
 }
-EPOCH_COLUMNS = {f.name: SQL_TYPES.get(str(f.type).replace(" | None", ""), "REAL")
-                 for f in dataclasses.fields(EpochRecord)}
+EPOCH_COLUMNS = {
+    "epoch": "INTEGER", "train_loss": "REAL", "train_accuracy": "REAL", "val_loss": "REAL",
+    "val_accuracy": "REAL", "test_loss": "REAL", "test_accuracy": "REAL", "train_seconds": "REAL",
+    "eval_seconds": "REAL", "images": "INTEGER", "steps": "INTEGER",
+}
+INFER_SPEC_COLUMNS = {
+    "dataset": "TEXT", "model": "TEXT", "batch_size": "INTEGER", "device": "TEXT", "threads": "INTEGER",
+    "precision": "TEXT", "weights": "TEXT", "seed": "INTEGER",
+}
+# Raw per-call timings are stored (JSON lists); images/s and percentiles are derived on reading.
+INFER_RESULT_COLUMNS = {
+    "compute_seconds": "TEXT", "overhead_seconds": "TEXT", "first_call_seconds": "REAL", "accuracy": "REAL",
+    "weights_source": "TEXT", "load_seconds": "REAL", "peak_memory_bytes": "INTEGER", "cores": "INTEGER",
+}
+JSON_COLUMNS = ("compute_seconds", "overhead_seconds")
 
 
 def _columns(columns: dict[str, str]) -> str:
-    return ",\n    ".join(f"{name} {kind}" for name, kind in columns.items())
+    return ",\n        ".join(f"{name} {kind}" for name, kind in columns.items())
+
+
+def _run_table(table: str, spec_columns: dict[str, str], result_columns: dict[str, str]) -> str:
+    return f"""
+    CREATE TABLE {table} (
+        run_id INTEGER PRIMARY KEY,
+        run_key TEXT NOT NULL,
+        machine_id TEXT NOT NULL REFERENCES machines(machine_id),
+        status TEXT NOT NULL CHECK (status IN {STATUSES}),
+        experiment TEXT,
+        {_columns(spec_columns)},
+        {_columns(result_columns)},
+        environment TEXT,
+        error TEXT,
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT,
+        UNIQUE (run_key, machine_id)
+    );
+    CREATE INDEX {table}_status ON {table}(status);"""
 
 
 MIGRATIONS = [
@@ -50,30 +92,32 @@ MIGRATIONS = [
         fingerprint TEXT NOT NULL,
         first_seen TEXT NOT NULL
     );
-    CREATE TABLE runs (
-        run_id INTEGER PRIMARY KEY,
-        run_key TEXT NOT NULL,
-        machine_id TEXT NOT NULL REFERENCES machines(machine_id),
-        status TEXT NOT NULL CHECK (status IN {STATUSES}),
-        experiment TEXT,
-        {_columns(SPEC_COLUMNS)},
-        {_columns(RESULT_COLUMNS)},
-        environment TEXT,
-        error TEXT,
-        created_at TEXT NOT NULL,
-        started_at TEXT,
-        finished_at TEXT,
-        UNIQUE (run_key, machine_id)
-    );
+    {_run_table("runs", RUN_SPEC_COLUMNS, RESULT_COLUMNS)}
     CREATE TABLE epochs (
         run_id INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
         {_columns(EPOCH_COLUMNS)},
         PRIMARY KEY (run_id, epoch)
     );
-    CREATE INDEX runs_status ON runs(status);
+    CREATE TABLE weights (
+        run_id INTEGER PRIMARY KEY REFERENCES runs(run_id) ON DELETE CASCADE,
+        state BLOB NOT NULL
+    );
+    {_run_table("inference", INFER_SPEC_COLUMNS, INFER_RESULT_COLUMNS)}
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True)
+class Row:
+    """Where a run lives in the store: its table and row id."""
+
+    table: str
+    run_id: int
+
+
+def table_of(spec: RunSpec | InferSpec) -> tuple[str, dict[str, str]]:
+    return ("inference", INFER_SPEC_COLUMNS) if isinstance(spec, InferSpec) else ("runs", RUN_SPEC_COLUMNS)
 
 
 class StoreError(RuntimeError):
@@ -132,54 +176,83 @@ class Store:
         self._write("INSERT INTO machines VALUES (?, ?, ?) ON CONFLICT(machine_id) DO UPDATE SET fingerprint = excluded.fingerprint",
                     (machine_id, json.dumps(fingerprint, sort_keys=True), now()))
 
-    def status(self, key: str, machine_id: str) -> str | None:
-        row = self.db.execute("SELECT status FROM runs WHERE run_key = ? AND machine_id = ?", (key, machine_id)).fetchone()
+    def status(self, spec: RunSpec | InferSpec, machine_id: str) -> str | None:
+        table, _ = table_of(spec)
+        row = self.db.execute(f"SELECT status FROM {table} WHERE run_key = ? AND machine_id = ?",
+                              (spec.key, machine_id)).fetchone()
         return row["status"] if row else None
 
-    def plan(self, spec: RunSpec, machine_id: str, experiment: str | None = None) -> None:
+    def plan(self, spec: RunSpec | InferSpec, machine_id: str, experiment: str | None = None) -> None:
         """Record a planned run as PENDING (no-op if the key is already stored for this machine)."""
+        table, _ = table_of(spec)
         values = {"run_key": spec.key, "machine_id": machine_id, "status": "PENDING", "experiment": experiment,
                   "created_at": now(), **dataclasses.asdict(spec)}
         names = ", ".join(values)
-        self._write(f"INSERT INTO runs ({names}) VALUES ({', '.join(':' + n for n in values)}) "
+        self._write(f"INSERT INTO {table} ({names}) VALUES ({', '.join(':' + n for n in values)}) "
                     "ON CONFLICT(run_key, machine_id) DO NOTHING", values)
 
-    def start(self, spec: RunSpec, machine_id: str, experiment: str | None = None) -> int:
-        """Mark a run RUNNING (clearing any earlier unfinished attempt) and return its run_id."""
+    def start(self, spec: RunSpec | InferSpec, machine_id: str, experiment: str | None = None) -> Row:
+        """Mark a run RUNNING (clearing any earlier unfinished attempt) and return where it is."""
         self.plan(spec, machine_id, experiment)
-        blank = ", ".join(f"{name} = NULL" for name in RESULT_COLUMNS)
+        table, _ = table_of(spec)
+        results = RESULT_COLUMNS if table == "runs" else INFER_RESULT_COLUMNS
+        blank = ", ".join(f"{name} = NULL" for name in results)
         try:
             with self.db:
-                row = self.db.execute("SELECT run_id FROM runs WHERE run_key = ? AND machine_id = ?",
+                row = self.db.execute(f"SELECT run_id FROM {table} WHERE run_key = ? AND machine_id = ?",
                                       (spec.key, machine_id)).fetchone()
-                self.db.execute("DELETE FROM epochs WHERE run_id = ?", (row["run_id"],))
-                self.db.execute(f"UPDATE runs SET status = 'RUNNING', error = NULL, {blank}, environment = NULL, "
+                if table == "runs":
+                    self.db.execute("DELETE FROM epochs WHERE run_id = ?", (row["run_id"],))
+                    self.db.execute("DELETE FROM weights WHERE run_id = ?", (row["run_id"],))
+                self.db.execute(f"UPDATE {table} SET status = 'RUNNING', error = NULL, {blank}, environment = NULL, "
                                 "started_at = ?, finished_at = NULL WHERE run_id = ?", (now(), row["run_id"]))
         except sqlite3.Error as error:
             raise StoreError(f"{self.path}: write failed ({error}); stored results are unchanged") from None
-        return row["run_id"]
+        return Row(table, row["run_id"])
 
-    def finish(self, run_id: int, result: RunResult) -> None:
-        """Store a completed (DONE or DIVERGED) result and its epochs in one transaction."""
-        values = {name: getattr(result, name) for name in RESULT_COLUMNS}
+    def finish(self, row: Row, result: RunResult | InferResult, weights: bytes | None = None) -> None:
+        """Store a completed result (with its epochs, and weights if given) in one transaction."""
+        columns = RESULT_COLUMNS if row.table == "runs" else INFER_RESULT_COLUMNS
+        values = {name: getattr(result, name) for name in columns}
+        values.update({name: json.dumps(values[name]) for name in JSON_COLUMNS if name in values})
         assignments = ", ".join(f"{name} = :{name}" for name in values)
-        epoch_names = list(EPOCH_COLUMNS)
         try:
             with self.db:
-                self.db.execute(f"UPDATE runs SET status = :status, error = :error, environment = :environment, "
+                self.db.execute(f"UPDATE {row.table} SET status = :status, error = :error, environment = :environment, "
                                 f"finished_at = :finished_at, {assignments} WHERE run_id = :run_id",
-                                {**values, "status": result.status, "error": result.error, "run_id": run_id,
+                                {**values, "status": result.status, "error": result.error, "run_id": row.run_id,
                                  "environment": json.dumps(result.environment, sort_keys=True), "finished_at": now()})
-                self.db.executemany(
-                    f"INSERT INTO epochs (run_id, {', '.join(epoch_names)}) VALUES (?, {', '.join('?' * len(epoch_names))})",
-                    [(run_id, *(getattr(e, n) for n in epoch_names)) for e in result.epochs])
+                if row.table == "runs":
+                    names = list(EPOCH_COLUMNS)
+                    self.db.executemany(
+                        f"INSERT INTO epochs (run_id, {', '.join(names)}) VALUES (?, {', '.join('?' * len(names))})",
+                        [(row.run_id, *(getattr(e, n) for n in names)) for e in result.epochs])
+                if weights is not None:
+                    self.db.execute("INSERT INTO weights VALUES (?, ?)", (row.run_id, weights))
         except sqlite3.Error as error:
-            raise StoreError(f"{self.path}: could not store run {run_id} ({error}); earlier results are unchanged") from None
+            raise StoreError(f"{self.path}: could not store run {row.run_id} ({error}); earlier results are unchanged") from None
 
-    def fail(self, run_id: int, status: str, error: str) -> None:
+    def fail(self, row: Row, status: str, error: str) -> None:
         """End a run without a result: FAILED, OOM or KILLED, with the error text."""
-        self._write("UPDATE runs SET status = ?, error = ?, finished_at = ? WHERE run_id = ?",
-                    (status, error, now(), run_id))
+        self._write(f"UPDATE {row.table} SET status = ?, error = ?, finished_at = ? WHERE run_id = ?",
+                    (status, error, now(), row.run_id))
+
+    def weights(self, key: str, model: str | None = None, dataset: str | None = None) -> tuple[str, bytes]:
+        """(run key, saved weights) of the DONE training run `key` (a unique prefix is enough), or
+        with key 'latest' of the newest one for this model and dataset."""
+        query = ("SELECT r.run_key, w.state FROM runs r JOIN weights w USING (run_id) WHERE r.status = 'DONE' AND ")
+        if key == "latest":
+            row = self.db.execute(query + "r.model = ? AND r.dataset = ? ORDER BY r.finished_at DESC, r.run_id DESC",
+                                  (model, dataset)).fetchone()
+            if row is None:
+                raise StoreError(f"{self.path}: no finished training run of {model} on {dataset} with saved weights; "
+                                 "train one with --save-weights")
+            return row["run_key"], row["state"]
+        rows = self.db.execute(query + "r.run_key LIKE ?", (key + "%",)).fetchall()
+        if len(rows) != 1:
+            found = "no" if not rows else "more than one"
+            raise StoreError(f"{self.path}: {found} finished run with saved weights has a key starting {key!r}")
+        return rows[0]["run_key"], rows[0]["state"]
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -209,6 +282,20 @@ class Store:
 
     def epochs_frame(self) -> pd.DataFrame:
         return pd.read_sql_query("SELECT * FROM epochs ORDER BY run_id, epoch", self.db)
+
+    def inference_frame(self) -> pd.DataFrame:
+        """One row per inference measurement, with images/s and latency percentiles (seconds)
+        derived from the stored per-call timings, compute only and with overheads."""
+        rows = pd.read_sql_query("SELECT * FROM inference ORDER BY run_id", self.db)
+        for series, prefix in (("compute_seconds", ""), ("overhead_seconds", "overhead_")):
+            timings = rows[series].map(lambda text: json.loads(text) if isinstance(text, str) else [])
+            rows[series] = timings
+            rows[prefix + "images_per_second"] = [images_per_second(b, t) for b, t in zip(rows["batch_size"], timings)]
+            stats = pd.DataFrame([percentiles(t) for t in timings], index=rows.index)
+            for name in ("p50", "p90", "p99"):
+                rows[f"{prefix}latency_{name}"] = stats[name] if len(stats) else pd.Series(dtype=float)
+            rows[prefix + "repeats"] = timings.map(len)
+        return rows
 
     def machines(self) -> dict[str, dict]:
         return {row["machine_id"]: json.loads(row["fingerprint"])

@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from .engine import EpochRecord, RunResult, StepLoop, make_optimizer, prepare, run_epochs, warm_up
+from .engine import EpochRecord, Prepared, RunResult, StepLoop, make_optimizer, prepare, run_epochs, warm_up
 from .devicedata import single_order
 from .spec import RunSpec
 from .timing import Region
@@ -34,15 +34,19 @@ def train_single(spec: RunSpec, data_dir: str | None = None,
     with Region(prep.device) as warmup_region:
         warm_up(prep.model, spec, prep.dd)
     prep.result.warmup_seconds = warmup_region.seconds
-    loop = StepLoop(prep.model, optimizer, prep.dd, spec.batch_size)
+    loop = StepLoop(prep.model, optimizer, prep.dd, spec.batch_size, spec.precision)
     prep.model.train()
     result = run_epochs(prep, lambda order: loop.train(single_order(order, spec.batch_size, spec.drop_last)), on_epoch)
-    return keep(result, prep.model, keep_weights)
+    return keep(result, prep, keep_weights)
 
 
-def keep(result: RunResult, model: torch.nn.Module, keep_weights: bool) -> RunResult:
+def keep(result: RunResult, prep: Prepared, keep_weights: bool) -> RunResult:
+    """Attach the trained weights, with the input normalisation they were trained with, so that
+    inference can use them as they are."""
     if keep_weights:
-        result.weights = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
+        state = {name: tensor.detach().cpu().clone() for name, tensor in prep.model.state_dict().items()}
+        result.weights = {"state_dict": state, "mean": prep.dd.mean, "std": prep.dd.std,
+                          "classes": prep.dd.classes, "model": prep.spec.model, "dataset": prep.spec.dataset}
     return result
 
 

@@ -12,7 +12,9 @@ The caller watches through SweepEvents callbacks (the CLI draws a progress bar w
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import resource
 import signal
 import subprocess
 import sys
@@ -22,8 +24,9 @@ from pathlib import Path
 from typing import Callable
 
 from .engine import EpochRecord, RunResult
+from .inference import InferResult
 from .machine import fingerprint, machine_id, unavailable_reason
-from .spec import RunSpec
+from .spec import InferSpec, RunSpec
 from .store import FINISHED, Store
 from .worker import PREFIX, result_from_dict
 
@@ -33,8 +36,9 @@ STOP_GRACE_SECONDS = 10
 @dataclass
 class Outcome:
     status: str
-    result: RunResult | None = None
+    result: RunResult | InferResult | None = None
     error: str | None = None
+    weights: bytes | None = None  # saved weights of a training run, when asked for
 
 
 @dataclass
@@ -66,15 +70,37 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_in_worker(spec: RunSpec, data_dir: str | None,
-                  on_epoch: Callable[[EpochRecord], None]) -> Outcome:
+def run_in_worker(spec: RunSpec | InferSpec, data_dir: str | None, on_epoch: Callable[[EpochRecord], None],
+                  weights_in: bytes | None = None, save_weights: bool = False,
+                  memory_limit: int | None = None) -> Outcome:
     """Run `spec` in a new Python process; KeyboardInterrupt stops the worker and propagates."""
-    job = json.dumps({"spec": dataclasses.asdict(spec), "data_dir": data_dir})
+    with tempfile.TemporaryDirectory(prefix="batchlab-") as scratch:
+        job = {"kind": spec.KIND, "spec": dataclasses.asdict(spec), "data_dir": data_dir}
+        if weights_in is not None:
+            job["weights_in"] = str(Path(scratch) / "weights_in.pt")
+            Path(job["weights_in"]).write_bytes(weights_in)
+        if save_weights and isinstance(spec, RunSpec):
+            job["weights_out"] = str(Path(scratch) / "weights_out.pt")
+        outcome = _supervise(json.dumps(job), on_epoch, memory_limit)
+        saved = job.get("weights_out")
+        if outcome.result is not None and saved and Path(saved).exists():
+            outcome.weights = Path(saved).read_bytes()
+        return outcome
+
+
+def limit_memory(limit: int) -> None:
+    """In the worker before it starts: cap its address space, so that a run that needs more
+    fails with an allocation error (stored as OOM) instead of waking the kernel's OOM killer."""
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _supervise(job: str, on_epoch: Callable[[EpochRecord], None], memory_limit: int | None = None) -> Outcome:
     with tempfile.TemporaryFile(mode="w+") as stderr:
         # Own session: a terminal's Ctrl-C reaches only the sweep, which then stops the worker
         # itself and records the run as KILLED.
         worker = subprocess.Popen([sys.executable, "-m", "batchlab.worker"], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True)
+                                  stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
+                                  preexec_fn=functools.partial(limit_memory, memory_limit) if memory_limit else None)
         outcome = None
         try:
             worker.stdin.write(job)
@@ -86,7 +112,7 @@ def run_in_worker(spec: RunSpec, data_dir: str | None,
                 if message["event"] == "epoch":
                     on_epoch(EpochRecord(**message["record"]))
                 elif message["event"] == "result":
-                    result = result_from_dict(message["result"])
+                    result = result_from_dict(message["kind"], message["result"])
                     outcome = Outcome(result.status, result, result.error)
                 elif message["event"] == "error":
                     outcome = Outcome(message["status"], None, message["error"])
@@ -123,22 +149,38 @@ def next_repeat(store: Store, spec: RunSpec, machine: str) -> RunSpec:
     repeat = 0
     while True:
         candidate = dataclasses.replace(spec, repeat=repeat, seed=spec.seed + repeat)
-        if store.status(candidate.key, machine) not in FINISHED:
+        if store.status(candidate, machine) not in FINISHED:
             return candidate
         repeat += 1
 
 
-def record_result(db: str | Path, result: RunResult, experiment: str | None = None) -> None:
+def saved_weights(result: RunResult) -> bytes | None:
+    """A result's kept weights as the bytes the store holds (torch.save format)."""
+    if result.weights is None:
+        return None
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(result.weights, buffer)
+    return buffer.getvalue()
+
+
+def record_result(db: str | Path, result: RunResult, weights: bytes | None = None) -> None:
     """Store a result computed outside a sweep (e.g. by rank 0 of a torchrun job)."""
     info = fingerprint()
     machine = machine_id(info)
     with Store(db) as store:
         store.record_machine(machine, info)
-        store.finish(store.start(result.spec, machine, experiment), result)
+        store.finish(store.start(result.spec, machine), result, weights)
 
 
-def run_sweep(specs: list[RunSpec], db: str | Path, data_dir: str | None = None,
-              experiment: str | None = None, events: SweepEvents | None = None) -> SweepSummary:
+def run_sweep(specs: list[RunSpec | InferSpec], db: str | Path, data_dir: str | None = None,
+              experiment: str | None = None, events: SweepEvents | None = None,
+              save_weights: bool = False, memory_limit: int | None = None) -> SweepSummary:
+    """Run every spec not yet finished on this machine, each in its own worker process.
+    Inference specs that name a training run get its saved weights from the store."""
     events = events or SweepEvents()
     summary = SweepSummary(planned=len(specs))
     info = fingerprint()
@@ -152,25 +194,27 @@ def run_sweep(specs: list[RunSpec], db: str | Path, data_dir: str | None = None,
                 reason = unavailable_reason(spec.device)
                 if reason:
                     summary.skipped_device[spec.device] = reason
-                elif store.status(spec.key, machine) in FINISHED:
+                elif store.status(spec, machine) in FINISHED:
                     summary.skipped_finished += 1
                 else:
                     todo.append(spec)
             for spec in todo:
                 store.plan(spec, machine, experiment)
             for index, spec in enumerate(todo):
-                run_id = store.start(spec, machine, experiment)
+                weights = store.weights(spec.weights)[1] if isinstance(spec, InferSpec) and spec.weights else None
+                row = store.start(spec, machine, experiment)
                 events.run_started(spec, index, len(todo))
                 try:
-                    outcome = run_in_worker(spec, data_dir, lambda record: events.epoch_done(spec, record))
+                    outcome = run_in_worker(spec, data_dir, lambda record: events.epoch_done(spec, record),
+                                            weights, save_weights, memory_limit)
                 except KeyboardInterrupt:
-                    store.fail(run_id, "KILLED", "interrupted (Ctrl-C or SIGTERM) while running")
+                    store.fail(row, "KILLED", "interrupted (Ctrl-C or SIGTERM) while running")
                     summary.outcomes.append((spec, Outcome("KILLED", None, "interrupted")))
                     raise SweepInterrupted(summary, spec) from None
                 if outcome.result is not None:
-                    store.finish(run_id, outcome.result)
+                    store.finish(row, outcome.result, outcome.weights)
                 else:
-                    store.fail(run_id, outcome.status, outcome.error or "")
+                    store.fail(row, outcome.status, outcome.error or "")
                 summary.outcomes.append((spec, outcome))
                 events.run_ended(spec, outcome)
     finally:

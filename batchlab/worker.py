@@ -1,6 +1,8 @@
 """One run in its own process: `python -m batchlab.worker` reads a job (JSON) on stdin, runs it and
 reports on stdout, one JSON message per line, each prefixed so that anything else a user model
-prints cannot be mistaken for a message:
+prints cannot be mistaken for a message. A job is a training run ("train": a RunSpec; with
+"weights_out", the trained weights are written to that file) or an inference measurement
+("infer": an InferSpec; with "weights_in", the weights to load).
 
     @batchlab {"event": "epoch", "record": {...}}
     @batchlab {"event": "result", "result": {...}}
@@ -28,18 +30,37 @@ def send(message: dict) -> None:
     sys.stdout.flush()
 
 
-def result_to_dict(result) -> dict:
-    return dataclasses.asdict(result)
-
-
-def result_from_dict(values: dict):
+def result_from_dict(kind: str, values: dict):
     from .engine import EpochRecord, RunResult
-    from .spec import RunSpec
+    from .inference import InferResult
+    from .spec import InferSpec, RunSpec
 
     values = dict(values)
+    if kind == "infer":
+        values["spec"] = InferSpec(**values["spec"])
+        return InferResult(**values)
     values["spec"] = RunSpec(**values["spec"])
     values["epochs"] = [EpochRecord(**e) for e in values["epochs"]]
     return RunResult(**values)
+
+
+def perform(job: dict):
+    """Run the job in this process and return its result (weights, if any, written to file)."""
+    import torch
+
+    from .inference import measure
+    from .spec import InferSpec, RunSpec
+    from .strategies import run
+
+    if job["kind"] == "infer":
+        weights = open(job["weights_in"], "rb").read() if job.get("weights_in") else None
+        return measure(InferSpec(**job["spec"]), job.get("data_dir"), weights)
+    result = run(RunSpec(**job["spec"]), job.get("data_dir"), keep_weights=bool(job.get("weights_out")),
+                 on_epoch=lambda record: send({"event": "epoch", "record": dataclasses.asdict(record)}))
+    if result.weights is not None:
+        torch.save(result.weights, job["weights_out"])
+        result.weights = None
+    return result
 
 
 def classify(error: BaseException) -> str:
@@ -89,15 +110,11 @@ def main() -> int:
     exit_with_parent()
     job = json.loads(sys.stdin.read())
     try:
-        from .strategies import run
-        from .spec import RunSpec
-
-        spec = RunSpec(**job["spec"])
-        result = run(spec, job.get("data_dir"),
-                     on_epoch=lambda record: send({"event": "epoch", "record": dataclasses.asdict(record)}))
-        result.startup_seconds = startup_seconds
-        result.wall_seconds += startup_seconds
-        send({"event": "result", "result": result_to_dict(result)})
+        result = perform(job)
+        if job["kind"] == "train":
+            result.startup_seconds = startup_seconds
+            result.wall_seconds += startup_seconds
+        send({"event": "result", "kind": job["kind"], "result": dataclasses.asdict(result)})
         return 0
     except Exception as error:  # reported to the sweep, which stores it; the traceback goes to stderr
         traceback.print_exc()

@@ -21,7 +21,7 @@ def test_roundtrip_and_derived_columns(tmp_path):
     with Store(tmp_path / "s.db") as store:
         store.record_machine(MACHINE, {"hostname": "h"})
         run_id = store.start(spec, MACHINE)
-        assert store.status(spec.key, MACHINE) == "RUNNING"
+        assert store.status(spec, MACHINE) == "RUNNING"
         store.finish(run_id, finished_result(spec))
         runs = store.runs_frame()
     row = runs.iloc[0]
@@ -37,9 +37,9 @@ def test_restart_clears_the_old_attempt(tmp_path):
         store.record_machine(MACHINE, {})
         run_id = store.start(spec, MACHINE)
         store.fail(run_id, "KILLED", "interrupted")
-        assert store.status(spec.key, MACHINE) == "KILLED"
+        assert store.status(spec, MACHINE) == "KILLED"
         again = store.start(spec, MACHINE)
-        assert again == run_id
+        assert again == run_id and again.table == "runs"
         row = store.runs_frame().iloc[0]
         assert row["status"] == "RUNNING" and row["error"] is None
 
@@ -80,3 +80,21 @@ def test_not_a_database(tmp_path):
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError, match="cannot open as a batchlab store"):
         Store(path)
+
+
+def test_schema_has_a_column_for_every_field():
+    """Adding a spec or result field needs a migration: this fails until the column exists."""
+    import dataclasses
+
+    from batchlab.inference import InferResult
+    from batchlab.spec import InferSpec
+    from batchlab.store import (EPOCH_COLUMNS, INFER_RESULT_COLUMNS, INFER_SPEC_COLUMNS, RESULT_COLUMNS,
+                                RUN_SPEC_COLUMNS)
+
+    names = lambda cls: {f.name for f in dataclasses.fields(cls)}  # noqa: E731
+    assert names(RunSpec) == set(RUN_SPEC_COLUMNS)
+    assert names(InferSpec) == set(INFER_SPEC_COLUMNS)
+    assert names(EpochRecord) == set(EPOCH_COLUMNS)
+    assert set(RESULT_COLUMNS) <= names(RunResult)
+    assert names(RunResult) - set(RESULT_COLUMNS) == {"spec", "status", "epochs", "error", "environment", "weights"}
+    assert names(InferResult) - set(INFER_RESULT_COLUMNS) == {"spec", "status", "error", "environment"}

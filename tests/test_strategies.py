@@ -46,9 +46,9 @@ def test_ddp_matches_single_process_with_the_same_global_batch(fashion_dir):
     ddp = run(RunSpec(strategy="ddp", workers=2, batch_size=30, **common), data_dir=str(fashion_dir),
               keep_weights=True)
     other_seed = run(RunSpec(batch_size=60, **dict(common, seed=4)), data_dir=str(fashion_dir), keep_weights=True)
-    for name, tensor in single.weights.items():
-        assert torch.allclose(tensor, ddp.weights[name], atol=1e-6), name
-        assert not torch.allclose(tensor, other_seed.weights[name], atol=1e-3)  # the check can fail
+    for name, tensor in single.weights["state_dict"].items():
+        assert torch.allclose(tensor, ddp.weights["state_dict"][name], atol=1e-6), name
+        assert not torch.allclose(tensor, other_seed.weights["state_dict"][name], atol=1e-3)  # the check can fail
     assert ddp.epochs[0].steps == single.epochs[0].steps == 20
     assert ddp.images_processed == single.images_processed == 1200
     assert ddp.epochs[0].train_loss == pytest.approx(single.epochs[0].train_loss, rel=1e-5)

@@ -1,0 +1,99 @@
+"""Inference: tiling, the statistics derived from raw timings, crossover, OOM, trained weights."""
+
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from batchlab.cli import app
+from batchlab.inference import images_per_second, measure, percentiles, tiled
+from batchlab.inference_report import comparisons, crossover
+from batchlab.spec import InferSpec
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_tiling_gives_exactly_the_requested_batch():
+    images = np.arange(10 * 4, dtype=np.uint8).reshape(10, 2, 2)
+    labels = np.arange(10)
+    batch, batch_labels = tiled(images, labels, 25)
+    assert batch.shape == (25, 1, 2, 2) and batch_labels.shape == (25,)
+    assert batch_labels.tolist() == list(range(10)) * 2 + list(range(5))
+    assert bool((batch[10, 0] == batch[0, 0]).all()) and bool((batch[24, 0] == batch[4, 0]).all())
+
+
+def test_statistics_from_raw_timings():
+    seconds = [0.1, 0.2, 0.3, 0.4]
+    assert images_per_second(8, seconds) == pytest.approx(8 * 4 / 1.0)
+    stats = percentiles(seconds)
+    assert stats["p50"] == pytest.approx(0.25) and stats["p99"] == pytest.approx(0.397)
+
+
+@pytest.mark.parametrize("sizes, slow, fast, expected", [
+    ([1, 16, 256, 4096], [100, 900, 1000, 1000], [50, 800, 1500, 3000], 256),
+    ([1, 16, 256], [10, 10, 10], [20, 30, 40], 1),       # wins everywhere
+    ([1, 16, 256], [10, 10, 10], [20, 30, 5], None),     # loses at the largest batch
+    ([4096, 1, 256], [1000, 100, 1000], [3000, 50, 900], 4096),  # order of input does not matter
+])
+def test_crossover(sizes, slow, fast, expected):
+    assert crossover(sizes, slow, fast) == expected
+
+
+def test_measure_one_configuration(fashion_dir):
+    result = measure(InferSpec(model="mlp", batch_size=300, threads=1), str(fashion_dir))
+    assert result.status == "DONE" and result.weights_source == "random" and result.accuracy is None
+    assert len(result.compute_seconds) >= 3 and sum(result.compute_seconds) >= 1.0
+    assert len(result.overhead_seconds) >= 3 and result.first_call_seconds > 0
+
+
+def test_cli_stores_raw_timings_and_derives_throughput(fashion_dir, tmp_path):
+    db = tmp_path / "s.db"
+    result = invoke("infer", "--model", "mlp", "--batch-size", "16,20000", "--threads", "1,2", "--db", db,
+                    "--data-dir", fashion_dir)
+    assert result.exit_code == 0, result.output
+    assert "4 run(s) done" in result.output and "vs cpu t=1 fp32" in result.output
+    with sqlite3.connect(db) as con:
+        stored = con.execute("SELECT batch_size, threads, compute_seconds FROM inference").fetchall()
+    rows = json.loads(invoke("report", "--db", db, "--inference", "--format", "json").stdout)
+    assert len(stored) == len(rows) == 4
+    for batch, threads, raw in stored:
+        timings = json.loads(raw)
+        row = next(r for r in rows if r["batch_size"] == batch and r["threads"] == threads)
+        assert row["images_per_second"] == pytest.approx(batch * len(timings) / sum(timings))
+        assert row["repeats"] == len(timings)
+        assert row["latency_p50"] == pytest.approx(float(np.median(timings)))
+    found = comparisons(__import__("batchlab.inference_report", fromlist=["x"]).load_inference(db))
+    assert {f["other"].split(" @")[0] for f in found} | {f["baseline"].split(" @")[0] for f in found} == {
+        "cpu t=1 fp32", "cpu t=2 fp32"}
+
+
+def test_batch_too_large_for_memory_is_stored_as_oom(fashion_dir, tmp_path):
+    db = tmp_path / "s.db"
+    result = invoke("infer", "--model", "seed-cnn", "--batch-size", "8,300000", "--threads", "1",
+                    "--memory-limit", "4", "--db", db, "--data-dir", fashion_dir)
+    assert result.exit_code == 0, result.output
+    with sqlite3.connect(db) as con:
+        statuses = dict(con.execute("SELECT batch_size, status FROM inference").fetchall())
+    assert statuses == {8: "DONE", 300000: "OOM"}
+    table = invoke("report", "--db", db, "--inference")
+    assert "OOM" in table.output
+
+
+def test_trained_weights_give_accuracy(fashion_dir, tmp_path):
+    db = tmp_path / "s.db"
+    trained = invoke("train", "--model", "mlp", "--limit-train", "3000", "--save-weights", "--db", db,
+                     "--data-dir", fashion_dir)
+    assert trained.exit_code == 0, trained.output
+    result = invoke("infer", "--model", "mlp", "--batch-size", "1000", "--weights", "latest", "--db", db,
+                    "--data-dir", fashion_dir)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(invoke("report", "--db", db, "--inference", "--format", "json").stdout)
+    assert rows[0]["accuracy"] > 0.6 and rows[0]["weights_source"] == rows[0]["weights"] != ""
+    untrained = invoke("infer", "--model", "keras-cnn", "--weights", "latest", "--db", db)
+    assert untrained.exit_code == 2 and "no finished training run of keras-cnn" in untrained.output
