@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 from rich.table import Table
 
+from .report import number, read_store
 from .store import Store
 
 CONFIG_KEYS = ["device", "threads", "precision", "machine"]  # one "device" in comparisons
@@ -16,12 +17,7 @@ SERIES_KEYS = ["dataset", "model", "weights_source"]  # only measurements of the
 
 
 def load_inference(db: str | Path) -> pd.DataFrame:
-    if not Path(db).exists():
-        raise FileNotFoundError(f"no results store at {db}; run `batchlab infer` first")
-    with Store(db) as store:
-        rows = store.inference_frame()
-        hosts = {mid: info.get("hostname", mid) for mid, info in store.machines().items()}
-    rows["machine"] = rows["machine_id"].map(hosts).fillna(rows["machine_id"])
+    rows = read_store(db, Store.inference_frame)
     return rows.sort_values(SERIES_KEYS + CONFIG_KEYS + ["batch_size"]).reset_index(drop=True)
 
 
@@ -78,10 +74,6 @@ def ms(value: float) -> str:
     return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value * 1000:,.3g}"
 
 
-def number(value: float, digits: int = 0) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:,.{digits}f}"
-
-
 def inference_table(rows: pd.DataFrame) -> Table:
     best = best_batches(rows)
     table = Table(title="inference", caption="latency per batch in ms (p50/p90/p99 over n calls); ★ best "
@@ -98,9 +90,9 @@ def inference_table(rows: pd.DataFrame) -> Table:
             row["weights_source"] if isinstance(row["weights_source"], str) else "—", f"{row['batch_size']:,}",
             row["status"],
             str(row["repeats"]) if row["status"] == "DONE" else "—",
-            number(row["images_per_second"]) + (" ★" if best[index] else ""),
+            number(row["images_per_second"], 0) + (" ★" if best[index] else ""),
             ms(row["latency_p50"]), ms(row["latency_p90"]), ms(row["latency_p99"]),
-            number(row["overhead_images_per_second"]), ms(row["overhead_latency_p50"]),
+            number(row["overhead_images_per_second"], 0), ms(row["overhead_latency_p50"]),
             ms(row["first_call_seconds"]), number(row["accuracy"], 4))
     return table
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 from rich.table import Table
@@ -24,15 +25,20 @@ MEDIAN_FIGURES = ["test_loss", "val_accuracy", "time_to_target_seconds", "wall_s
                   "load_seconds", "peak_memory_bytes"]
 
 
-def load_runs(db: str | Path) -> pd.DataFrame:
-    """All runs of a store with a readable `machine` column (host name)."""
+def read_store(db: str | Path, read: Callable[[Store], pd.DataFrame]) -> pd.DataFrame:
+    """`read(store)` on an existing store, plus a readable `machine` column (host name)."""
     if not Path(db).exists():
-        raise FileNotFoundError(f"no results store at {db}; run `batchlab sweep` or `batchlab train` first")
+        raise FileNotFoundError(f"no results store at {db}; run `batchlab sweep`, `train` or `infer` first")
     with Store(db) as store:
-        runs = store.runs_frame()
+        frame = read(store)
         hosts = {mid: info.get("hostname", mid) for mid, info in store.machines().items()}
-    runs["machine"] = runs["machine_id"].map(hosts).fillna(runs["machine_id"])
-    return runs
+    frame["machine"] = frame["machine_id"].map(hosts).fillna(frame["machine_id"])
+    return frame
+
+
+def load_runs(db: str | Path) -> pd.DataFrame:
+    """All training runs of a store, one row per run."""
+    return read_store(db, Store.runs_frame)
 
 
 def status_text(statuses: pd.Series) -> str:

@@ -220,12 +220,15 @@ class ExperimentSpec:
         return cls(name=name, description=description, repeats=repeats, grid=_as_lists(values))
 
     def with_overrides(self, values: dict[str, Any], repeats: int | None = None) -> ExperimentSpec:
-        """The same experiment with these fields (and repeats) fixed everywhere: flags win."""
+        """The same experiment with these fields (and repeats) fixed everywhere: flags win. The
+        [infer] grid takes the overrides it has fields for, except batch sizes (of another scale)."""
         overrides = _as_lists(values)
         subgrids = [{k: v for k, v in sub.items() if k not in overrides} for sub in self.subgrids]
         merged = ExperimentSpec.from_values({}, self.name, self.description, self.repeats if repeats is None else repeats)
-        return dataclasses.replace(merged, grid={**self.grid, **overrides}, subgrids=subgrids,
-                                   infer_grid=self.infer_grid)
+        infer_fields = set(field_types(InferSpec)) - {"batch_size"}
+        infer_grid = {**self.infer_grid, **{k: v for k, v in overrides.items() if k in infer_fields}} \
+            if self.infer_grid else {}
+        return dataclasses.replace(merged, grid={**self.grid, **overrides}, subgrids=subgrids, infer_grid=infer_grid)
 
     def runs(self) -> list[RunSpec]:
         """Every RunSpec of the experiment, validated, without duplicates, in a stable order
