@@ -34,6 +34,7 @@ def user_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         from .data import DataError
+        from .export import ExportError
         from .machine import DeviceUnavailable
         from .models import ModelError
         from .spec import SpecError
@@ -41,7 +42,7 @@ def user_errors(command):
 
         try:
             return command(*args, **kwargs)
-        except (SpecError, DataError, DeviceUnavailable, ModelError, StoreError, FileNotFoundError,
+        except (SpecError, DataError, DeviceUnavailable, ModelError, StoreError, ExportError, FileNotFoundError,
                 sqlite3.Error) as error:
             err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
@@ -74,9 +75,11 @@ def progress_events(progress: Progress):
 def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str], save_weights: bool = False,
             memory_limit: Optional[float] = None):
     """Run the specs with a progress bar; print what was skipped and how the runs ended."""
-    from .spec import available_cores
+    from .spec import SpecError, available_cores
     from .sweep import SweepInterrupted, run_sweep
 
+    if memory_limit is not None and memory_limit <= 0:
+        raise SpecError(f"--memory-limit is in GiB and must be positive, got {memory_limit}")
     cores = available_cores()
     processes = {spec.key: getattr(spec, "workers", 1) * spec.threads for spec in specs}
     crowded = [key for key, count in processes.items() if count > cores]
@@ -249,23 +252,31 @@ def infer(
 @app.command()
 @user_errors
 def report(
+    stores: Annotated[Optional[list[Path]], typer.Argument(help="Stores to merge (default: --db), e.g. desktop.db hpc.db.")] = None,
     db: DbOpt = Path("batchlab.db"),
     format: Annotated[str, typer.Option("--format", help="table or json (rows on stdout).")] = "table",
     csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write the rows to this CSV file.")] = None,
     runs: Annotated[bool, typer.Option("--runs", help="One row per run instead of per group of repeats.")] = False,
     inference: Annotated[bool, typer.Option("--inference", help="The inference measurements instead of training.")] = False,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Write one self-contained HTML page with the figures.")] = None,
+    png: Annotated[Optional[Path], typer.Option("--png", help="Write every figure as a PNG file into this folder.")] = None,
 ) -> None:
     """Show stored results grouped over repeats: median [min–max] of seconds per epoch, images/s,
-    accuracy, loss and time to target.
+    accuracy, loss and time to target; inference throughput, latency and crossovers. Several
+    stores are merged, machines side by side.
 
-    Example: batchlab report --format json
+    Example: batchlab report --html report.html
+    Example: batchlab report desktop.db hpc.db --png figures/
     """
     from .inference_report import comparison_lines, inference_table, load_inference
-    from .report import aggregate, json_rows, load_runs, table
+    from .report import aggregate, json_rows, load_runs, merged, table
 
     if format not in ("table", "json"):
         raise typer.BadParameter("--format must be table or json")
-    training, measured = load_runs(db), load_inference(db)
+    sources = stores or [db]
+    training, measured = merged(sources, load_runs), merged(sources, load_inference)
+    if html or png:
+        write_figures(sources, training, measured, html, png)
     if inference:  # raw per-call timings only with --runs
         rows = measured if runs else measured.drop(columns=["compute_seconds", "overhead_seconds"])
     else:
@@ -283,6 +294,44 @@ def report(
             out.print(inference_table(measured))
             for line in comparison_lines(measured):
                 out.print(line, highlight=False)
+
+
+def write_figures(sources: list[Path], training, measured, html: Optional[Path], png: Optional[Path]) -> None:
+    from .htmlreport import page
+    from .plots import all_figures
+    from .report import aggregate, load_epochs, load_machines, merged
+
+    rows = aggregate(training) if len(training) else training
+    figures = all_figures(rows, merged(sources, load_epochs), measured)
+    if png:
+        png.mkdir(parents=True, exist_ok=True)
+        for name, figure in figures.items():
+            figure.savefig(png / f"{name}.png", dpi=110)
+        err.print(f"{len(figures)} figure(s) written to {png}/")
+    if html:
+        machines = {k: v for source in sources for k, v in load_machines(source).items()}
+        html.write_text(page(figures, rows, measured, machines, [str(s) for s in sources]))
+        err.print(f"report written to {html}")
+
+
+@app.command()
+@user_errors
+def export(
+    tensorboard: Annotated[Path, typer.Option("--tensorboard", help="Folder for TensorBoard event files, one sub-folder per run.")],
+    db: DbOpt = Path("batchlab.db"),
+) -> None:
+    """Export stored training runs for TensorBoard (scalars per epoch: loss, accuracy, seconds, images/s).
+
+    Example: batchlab export --tensorboard tb/ && tensorboard --logdir tb/
+    """
+    from .export import tensorboard as write_tensorboard
+    from .store import Store
+
+    if not db.exists():
+        raise FileNotFoundError(f"no results store at {db}")
+    with Store(db) as store:
+        written = write_tensorboard(store.epochs_frame(), store.runs_frame(), tensorboard)
+    err.print(f"{len(written)} run(s) written to {tensorboard}/")
 
 
 @app.command()

@@ -41,6 +41,28 @@ def load_runs(db: str | Path) -> pd.DataFrame:
     return read_store(db, Store.runs_frame)
 
 
+def load_epochs(db: str | Path) -> pd.DataFrame:
+    """Per-epoch records of the DONE training runs, each with its run's group keys."""
+    def read(store: Store) -> pd.DataFrame:
+        runs = store.runs_frame()
+        keys = runs[runs["status"] == "DONE"][["run_id", "machine_id"] + [k for k in GROUP_KEYS if k != "machine"]]
+        return store.epochs_frame().merge(keys, on="run_id")
+
+    return read_store(db, read)
+
+
+def load_machines(db: str | Path) -> dict[str, dict]:
+    with Store(db) as store:
+        return store.machines()
+
+
+def merged(dbs: list[Path], load: Callable[[Path], pd.DataFrame]) -> pd.DataFrame:
+    """One frame from several stores (e.g. a desktop's and an HPC node's): rows keep their
+    `machine`, so the same configuration on two machines stays two groups."""
+    frames = [load(db).assign(store=str(db)) for db in dbs]
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
 def status_text(statuses: pd.Series) -> str:
     counts = statuses.value_counts()
     if len(counts) == 1:
@@ -88,14 +110,16 @@ def with_speedup(rows: pd.DataFrame) -> pd.DataFrame:
     per_unit = rows["batch_size"] / rows["parallelism"].where(rows["strategy"] == "single", 1)
     config = [k for k in GROUP_KEYS if k not in SCALING_KEYS]
     config_id = rows[config].astype(str).agg("|".join, axis=1)
-    speedups = []
+    speedups, baselines = [], []
     for index, row in rows.iterrows():
         ones = rows[(config_id == config_id[index]) & (rows["parallelism"] == 1)]
         base = ones[ones["batch_size"] == row["batch_size"]]
         if base.empty:
             base = ones[per_unit[ones.index] == per_unit[index]]
         speedups.append(row["images_per_second"] / base["images_per_second"].iloc[0] if len(base) else math.nan)
+        baselines.append(base["batch_size"].iloc[0] if len(base) else math.nan)
     rows["speedup"] = speedups
+    rows["baseline_batch_size"] = baselines  # one scaling curve per configuration and baseline
     rows["efficiency"] = rows["speedup"] / rows["parallelism"]
     return rows
 

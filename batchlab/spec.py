@@ -103,7 +103,8 @@ class RunSpec(Keyed):
 
     def label(self) -> str:
         """Short human description for progress bars and messages."""
-        return (f"{self.model} {self.dataset} bs={self.batch_size} {self.device} "
+        precision = "" if self.precision == "fp32" else f" {self.precision}"
+        return (f"{self.model} {self.dataset} bs={self.batch_size} {self.device}{precision} "
                 f"{self.strategy}x{self.workers} t={self.threads} r={self.repeat}")
 
     def validated(self) -> RunSpec:
