@@ -1,5 +1,5 @@
 # Set-up and the two everyday jobs. Every target creates .venv with pinned versions if needed.
-#   make demo    a small real sweep on Fashion-MNIST, then its table
+#   make demo    a small real sweep on Fashion-MNIST, then its table and demo-report.html
 #   make test    the test suite
 # TORCH_SPEC picks the torch build, e.g. make demo TORCH_SPEC="torch==2.13.0 --index-url <your CUDA index>"
 
@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 DEMO_DB ?= demo.db
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo data debian-data test clean
+.PHONY: install demo data debian-data test bench bench-tf clean
 
 install: $(STAMP)
 
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 demo: $(STAMP) data
 	$(BIN)/batchlab sweep --dataset fashion-mnist --model seed-cnn --batch-size 32,128,512 \
 		--epochs 2 --limit-train 10000 --repeats 2 --db $(DEMO_DB)
-	$(BIN)/batchlab report --db $(DEMO_DB)
+	$(BIN)/batchlab report --db $(DEMO_DB) --html demo-report.html
 
 # Fashion-MNIST: already present, else from the official mirror, else Debian/Ubuntu's package.
 data: $(STAMP)
@@ -38,5 +38,18 @@ debian-data:
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# Benchmarks against plain PyTorch and Keras/TensorFlow (not part of the tests): see bench/run.py.
+bench: $(STAMP)
+	-$(MAKE) --no-print-directory bench-tf
+	$(BIN)/python bench/run.py
+
+# The optional Keras 3 + TensorFlow peer lives in its own environment (large; may be unavailable).
+bench-tf: bench/.venv-tf/.installed
+
+bench/.venv-tf/.installed:
+	$(PYTHON) -m venv bench/.venv-tf
+	bench/.venv-tf/bin/pip install --quiet tensorflow-cpu==2.21.0 keras==3.15.1
+	touch $@
+
 clean:
-	rm -rf $(VENV) $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm
+	rm -rf $(VENV) $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm demo-report.html

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -133,14 +134,19 @@ def _supervise(job: str, on_epoch: Callable[[EpochRecord], None], memory_limit: 
 
 
 def stop(worker: subprocess.Popen) -> None:
-    """Terminate a worker, then kill it if it does not end in time; never leave it running."""
-    if worker.poll() is None:
-        worker.terminate()
+    """Terminate a worker and everything it started (its process group: hogwild workers, DDP
+    ranks), then kill what does not end in time; never leave any of it running."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if worker.poll() is not None:
+            break
+        try:
+            os.killpg(worker.pid, sig)  # the worker leads its own session, so its group is its pid
+        except ProcessLookupError:
+            break
         try:
             worker.wait(STOP_GRACE_SECONDS)
         except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+            pass  # still running: the next, harder signal
 
 
 def next_repeat(store: Store, spec: RunSpec, machine: str) -> RunSpec:

@@ -121,6 +121,16 @@ def test_train_twice_stores_two_repeats(fashion_dir, tmp_path):
     assert len(rows) == 1 and rows[0]["n"] == 2
 
 
+def team_started(pid, size):
+    """All descendants of `pid` once `size` spawned worker processes are among them, else None."""
+    everything = psutil.Process(pid).children(recursive=True)
+    try:
+        spawned = [p for p in everything if "spawn_main" in " ".join(p.cmdline())]
+    except psutil.NoSuchProcess:
+        return None
+    return everything if len(spawned) == size else None
+
+
 def wait_for(condition, timeout=60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -131,11 +141,13 @@ def wait_for(condition, timeout=60.0):
     raise AssertionError("condition not reached in time")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_run_is_killed_then_rerun(signum, fashion_dir, tmp_path):
+@pytest.mark.parametrize("signum, strategy", [(signal.SIGINT, "single"), (signal.SIGTERM, "single"),
+                                              (signal.SIGINT, "hogwild")])
+def test_interrupted_run_is_killed_then_rerun(signum, strategy, fashion_dir, tmp_path):
     db = tmp_path / "s.db"
     args = [sys.executable, "-m", "batchlab", "sweep", "--model", "seed-cnn", "--batch-size", "32",
-            "--epochs", "3", "--limit-train", "3000", "--db", str(db), "--data-dir", str(fashion_dir)]
+            "--epochs", "3", "--limit-train", "3000", "--db", str(db), "--data-dir", str(fashion_dir),
+            "--strategy", strategy, "--workers", "2" if strategy == "hogwild" else "1"]
     sweep = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def running_worker():
@@ -150,6 +162,8 @@ def test_interrupted_run_is_killed_then_rerun(signum, fashion_dir, tmp_path):
         return children if status == ("RUNNING",) and children else None
 
     workers = wait_for(running_worker)
+    if strategy == "hogwild":  # wait for its two worker processes too, so that they must be stopped
+        workers = wait_for(lambda: team_started(sweep.pid, 2))
     os.kill(sweep.pid, signum)
     _, stderr = sweep.communicate(timeout=60)
     assert sweep.returncode == 130, stderr
@@ -160,7 +174,7 @@ def test_interrupted_run_is_killed_then_rerun(signum, fashion_dir, tmp_path):
     for worker in workers:
         assert not psutil.pid_exists(worker.pid) or worker.status() == psutil.STATUS_ZOMBIE
 
-    if signum == signal.SIGINT:  # the next sweep runs it again, to the end
+    if signum == signal.SIGINT and strategy == "single":  # the next sweep runs it again, to the end
         finished = subprocess.run(args, capture_output=True, text=True, timeout=300)
         assert finished.returncode == 0, finished.stderr
         with sqlite3.connect(db) as con:

@@ -102,3 +102,30 @@ def test_killed_worker_fails_the_run_and_leaves_no_process(strategy, fashion_dir
     time.sleep(0.5)
     alive = [p for p in everything if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert alive == [], [p.cmdline() for p in alive]
+
+
+def test_hung_worker_fails_the_run_within_the_timeout(fashion_dir, tmp_path):
+    db = tmp_path / "s.db"
+    env = dict(os.environ, BATCHLAB_WORKER_TIMEOUT="8")  # an epoch here takes about a second
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "batchlab", "sweep", "--strategy", "hogwild", "--workers", "2", "--batch-size", "8",
+         "--model", "mlp", "--epochs", "200", "--limit-train", "2000", "--db", str(db), "--data-dir", str(fashion_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    workers = []
+    while time.monotonic() < deadline and len(workers) < 2:
+        workers = [p for p in descendants(sweep.pid) if "spawn_main" in " ".join(p.cmdline())]
+        time.sleep(0.2)
+    time.sleep(3)
+    everything = descendants(sweep.pid)
+    stopped_at = time.monotonic()
+    os.kill(workers[1].pid, signal.SIGSTOP)  # hangs: alive, but never answers
+    _, stderr = sweep.communicate(timeout=120)
+    assert sweep.returncode == 0, stderr
+    assert time.monotonic() - stopped_at < 60
+    with sqlite3.connect(db) as con:
+        status, error = con.execute("SELECT status, error FROM runs").fetchone()
+    assert status == "FAILED" and "no answer within 8 s" in error, error
+    time.sleep(0.5)
+    alive = [p for p in everything if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert alive == [], [p.cmdline() for p in alive]
