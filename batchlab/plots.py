@@ -12,6 +12,8 @@ error bars are the min–max spread over repeats.
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
@@ -28,7 +30,7 @@ from .report import GROUP_KEYS  # noqa: E402
 SERIES_KEYS = [k for k in GROUP_KEYS if k != "batch_size"]
 # Keys that make "another device" in figure 6; the rest must match.
 DEVICE_KEYS = ["device", "threads", "precision", "machine"]
-MAX_PANELS = 6
+MAX_ACCURACY_PANELS = 4
 
 
 def series_labels(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
@@ -39,10 +41,33 @@ def series_labels(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
     return frame[varying].astype(str).apply(lambda row: " ".join(f"{k}={v}" for k, v in row.items()), axis=1)
 
 
+def panels(count: int, series: int, width: float = 5.5) -> tuple[Figure, list]:
+    """A figure of `count` plots side by side with room below them for a legend of `series`
+    entries: labels can be long when stores are merged, so the legend never covers the data."""
+    legend_height = 0.3 + 0.17 * series
+    figure = plt.figure(figsize=(width * count, 4 + legend_height))
+    grid = figure.add_gridspec(2, count, height_ratios=[4, legend_height])
+    axes = [figure.add_subplot(grid[0, i]) for i in range(count)]
+    legend_axis = figure.add_subplot(grid[1, :])
+    legend_axis.set_axis_off()
+    figure.legend_axis = legend_axis
+    return figure, axes
+
+
 def titled(figure: Figure, title: str) -> Figure:
+    """Title the figure; gather its first plot's legend into the space below (panels()) if any."""
     figure.suptitle(title)
+    legend_axis = getattr(figure, "legend_axis", None)
+    if legend_axis is not None:
+        handles, labels = figure.axes[0].get_legend_handles_labels()
+        legend_axis.legend(handles, labels, loc="upper center", fontsize=7, frameon=False)
     figure.tight_layout()
     return figure
+
+
+def line_style(index: int) -> str:
+    """Solid for the first ten series, then dashed, dotted…: colours repeat after ten."""
+    return ["-", "--", ":", "-."][index // 10 % 4]
 
 
 def log2_batch_axis(axis) -> None:
@@ -56,37 +81,48 @@ def time_vs_batch(rows: pd.DataFrame) -> Figure | None:
     done = rows[rows["n"] > 0]
     if done.empty:
         return None
-    figure, (seconds_axis, rate_axis) = plt.subplots(1, 2, figsize=(11, 4))
     labels = series_labels(done, SERIES_KEYS)
-    for label, part in done.groupby(labels, sort=True):
+    figure, (seconds_axis, rate_axis) = panels(2, labels.nunique())
+    for index, (label, part) in enumerate(done.groupby(labels, sort=True)):
         part = part.sort_values("batch_size")
         for axis, name in ((seconds_axis, "epoch_train_seconds"), (rate_axis, "images_per_second")):
             spread = [part[name] - part[name + "_min"], part[name + "_max"] - part[name]]
-            axis.errorbar(part["batch_size"], part[name], yerr=spread, marker="o", capsize=3, label=label)
+            axis.errorbar(part["batch_size"], part[name], yerr=spread, marker="o", capsize=3, label=label,
+                          linestyle=line_style(index))
     seconds_axis.set_ylabel("train seconds per epoch")
     rate_axis.set_ylabel("training images / s")
     for axis in (seconds_axis, rate_axis):
         log2_batch_axis(axis)
-    rate_axis.legend(fontsize=8)
     return titled(figure, "Training time and throughput vs batch size (median, bars min–max over repeats)")
 
 
 def accuracy_vs_epoch(epochs: pd.DataFrame) -> Figure | None:
-    """epochs: per-epoch records joined with their runs' group keys (DONE runs only)."""
-    if epochs.empty or epochs["epoch"].max() < 2:
+    """epochs: per-epoch records joined with their runs' group keys (DONE runs only). One panel per
+    training series with several epochs, the richest first (most batch sizes, then epochs)."""
+    if epochs.empty:
         return None
-    panels = list(epochs.groupby(series_labels(epochs, SERIES_KEYS), sort=True))[:MAX_PANELS]
-    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for axis, (title, part) in zip(axes[0], panels):
+    series = [(title, part) for title, part in epochs.groupby(series_labels(epochs, SERIES_KEYS), sort=True)
+              if part["epoch"].max() >= 2]
+    series.sort(key=lambda item: (item[1]["batch_size"].nunique(), item[1]["epoch"].max()), reverse=True)
+    panels = series[:MAX_ACCURACY_PANELS]
+    if not panels:
+        return None
+    columns = min(2, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(6 * columns, 4 * rows), squeeze=False)
+    for axis, (title, part) in zip(axes.flat, panels):
         for batch, curve in part.groupby("batch_size"):
             stats = curve.groupby("epoch")["test_accuracy"].agg(["median", "min", "max"])
             axis.plot(stats.index, stats["median"], marker="o", label=f"batch {batch}")
             axis.fill_between(stats.index, stats["min"], stats["max"], alpha=0.2)
-        axis.set_title(title, fontsize=9)
+        axis.set_title(textwrap.fill(title, 70), fontsize=8)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("epoch")
         axis.set_ylabel("test accuracy")
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=8)
+    for axis in list(axes.flat)[len(panels):]:
+        axis.set_visible(False)
     return titled(figure, "Test accuracy per epoch, one line per batch size (band: min–max over repeats)")
 
 
@@ -95,23 +131,21 @@ def accuracy_vs_batch(rows: pd.DataFrame) -> Figure | None:
     if done.empty:
         return None
     targets = done[done["time_to_target_seconds"].notna()]
-    figure, axes = plt.subplots(1, 2 if len(targets) else 1, figsize=(11 if len(targets) else 5.5, 4), squeeze=False)
     labels = series_labels(done, SERIES_KEYS)
-    for label, part in done.groupby(labels, sort=True):
+    figure, axes = panels(2 if len(targets) else 1, labels.nunique())
+    for index, (label, part) in enumerate(done.groupby(labels, sort=True)):
         part = part.sort_values("batch_size")
         spread = [part["test_accuracy"] - part["test_accuracy_min"], part["test_accuracy_max"] - part["test_accuracy"]]
-        axes[0][0].errorbar(part["batch_size"], part["test_accuracy"], yerr=spread, marker="o", capsize=3,
-                            label=f"{label} ({part['epochs'].iloc[0]} epochs)")
-    axes[0][0].set_ylabel("test accuracy after the last epoch")
-    axes[0][0].legend(fontsize=8)
+        axes[0].errorbar(part["batch_size"], part["test_accuracy"], yerr=spread, marker="o", capsize=3, label=label,
+                         linestyle=line_style(index))
+    axes[0].set_ylabel("test accuracy after the last epoch")
     if len(targets):
-        for label, part in targets.groupby(labels[targets.index], sort=True):
+        for index, (label, part) in enumerate(targets.groupby(labels[targets.index], sort=True)):
             part = part.sort_values("batch_size")
-            axes[0][1].plot(part["batch_size"], part["time_to_target_seconds"], marker="o",
-                            label=f"{label} (target {part['target_accuracy'].iloc[0]:.2f})")
-        axes[0][1].set_ylabel("train seconds to target accuracy")
-        axes[0][1].legend(fontsize=8)
-    for axis in axes[0]:
+            axes[1].plot(part["batch_size"], part["time_to_target_seconds"], marker="o", linestyle=line_style(index),
+                         label=f"{label} (target {part['target_accuracy'].iloc[0]:.2f})")
+        axes[1].set_ylabel("train seconds to target accuracy")
+    for axis in axes:
         log2_batch_axis(axis)
     return titled(figure, "What batch size costs in accuracy")
 
@@ -120,12 +154,14 @@ def scaling(rows: pd.DataFrame) -> Figure | None:
     scaled = rows[rows["speedup"].notna()]
     if scaled.empty or scaled["parallelism"].max() < 2:
         return None
-    figure, (speedup_axis, efficiency_axis) = plt.subplots(1, 2, figsize=(11, 4))
     keys = [k for k in SERIES_KEYS if k not in ("workers", "threads")] + ["baseline_batch_size"]
-    for label, part in scaled.groupby(series_labels(scaled, keys), sort=True):
+    labels = series_labels(scaled, keys)
+    figure, (speedup_axis, efficiency_axis) = panels(2, labels.nunique() + 1)
+    for index, (label, part) in enumerate(scaled.groupby(labels, sort=True)):
         part = part.sort_values("parallelism")
-        speedup_axis.plot(part["parallelism"], part["speedup"], marker="o", label=label)
-        efficiency_axis.plot(part["parallelism"], part["efficiency"] * 100, marker="o", label=label)
+        speedup_axis.plot(part["parallelism"], part["speedup"], marker="o", label=label, linestyle=line_style(index))
+        efficiency_axis.plot(part["parallelism"], part["efficiency"] * 100, marker="o", label=label,
+                             linestyle=line_style(index))
     top = int(scaled["parallelism"].max())
     speedup_axis.plot([1, top], [1, top], "k--", linewidth=1, label="ideal")
     efficiency_axis.axhline(100, color="k", linestyle="--", linewidth=1, label="ideal")
@@ -135,7 +171,6 @@ def scaling(rows: pd.DataFrame) -> Figure | None:
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("parallelism (workers, or threads for single)")
         axis.grid(True, alpha=0.3)
-    speedup_axis.legend(fontsize=8)
     return titled(figure, "Scaling with workers / threads")
 
 
@@ -143,8 +178,9 @@ def inference(measured: pd.DataFrame) -> Figure | None:
     done = measured[measured["status"] == "DONE"]
     if done.empty:
         return None
-    figure, axis = plt.subplots(figsize=(8, 4.5))
-    for name, part in done.groupby(done.apply(config_name, axis=1), sort=True):
+    names = done.apply(config_name, axis=1)
+    figure, (axis,) = panels(1, 2 * names.nunique(), width=9)
+    for name, part in done.groupby(names, sort=True):
         part = part.sort_values("batch_size")
         line, = axis.plot(part["batch_size"], part["images_per_second"], marker="o", label=f"{name} compute only")
         axis.plot(part["batch_size"], part["overhead_images_per_second"], marker="s", linestyle="--",
@@ -159,7 +195,6 @@ def inference(measured: pd.DataFrame) -> Figure | None:
                       xytext=(3, 5), textcoords="offset points", fontsize=7, rotation=90)
     log2_batch_axis(axis)
     axis.set_ylabel("inference images / s")
-    axis.legend(fontsize=7)
     return titled(figure, "Inference throughput vs batch size (dotted: crossover of the faster configuration)")
 
 
@@ -188,14 +223,13 @@ def device_speedup(rows: pd.DataFrame, measured: pd.DataFrame) -> Figure | None:
         lines += [(f"infer: {f['other']} vs {f['baseline']}", pd.Series(f["speedup"])) for f in comparisons(measured)]
     if not lines:
         return None
-    figure, axis = plt.subplots(figsize=(8, 4.5))
-    for label, ratio in lines:
+    figure, (axis,) = panels(1, len(lines), width=9)
+    for index, (label, ratio) in enumerate(lines):
         ratio = ratio.sort_index()
-        axis.plot(ratio.index, ratio.values, marker="o", label=label)
+        axis.plot(ratio.index, ratio.values, marker="o", label=label, linestyle=line_style(index))
     axis.axhline(1, color="k", linestyle="--", linewidth=1)
     log2_batch_axis(axis)
     axis.set_ylabel("speedup (images/s ratio)")
-    axis.legend(fontsize=7)
     return titled(figure, "Device vs device (or machine vs machine), per batch size")
 
 
