@@ -99,11 +99,11 @@ def _supervise(job: str, on_epoch: Callable[[EpochRecord], None], memory_limit: 
     with tempfile.TemporaryFile(mode="w+") as stderr:
         # Own session: a terminal's Ctrl-C reaches only the sweep, which then stops the worker
         # itself and records the run as KILLED.
-        worker = subprocess.Popen([sys.executable, "-m", "batchlab.worker"], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
-                                  preexec_fn=functools.partial(limit_memory, memory_limit) if memory_limit else None)
-        outcome = None
+        worker, outcome = None, None
         try:
+            worker = subprocess.Popen([sys.executable, "-m", "batchlab.worker"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
+                                      preexec_fn=functools.partial(limit_memory, memory_limit) if memory_limit else None)
             worker.stdin.write(job)
             worker.stdin.close()
             for line in worker.stdout:
@@ -119,7 +119,8 @@ def _supervise(job: str, on_epoch: Callable[[EpochRecord], None], memory_limit: 
                     outcome = Outcome(message["status"], None, message["error"])
             code = worker.wait()
         except BaseException:
-            stop(worker)
+            if worker is not None:
+                stop(worker)
             raise
         if outcome is None:
             stderr.seek(0)
@@ -208,19 +209,21 @@ def run_sweep(specs: list[RunSpec | InferSpec], db: str | Path, data_dir: str | 
                 store.plan(spec, machine, experiment)
             for index, spec in enumerate(todo):
                 weights = store.weights(spec.weights)[1] if isinstance(spec, InferSpec) and spec.weights else None
-                row = store.start(spec, machine, experiment)
-                events.run_started(spec, index, len(todo))
-                try:
+                row = None
+                try:  # an interrupt anywhere in here ends this run as KILLED, never half-stored
+                    row = store.start(spec, machine, experiment)
+                    events.run_started(spec, index, len(todo))
                     outcome = run_in_worker(spec, data_dir, lambda record: events.epoch_done(spec, record),
                                             weights, save_weights, memory_limit)
+                    if outcome.result is not None:
+                        store.finish(row, outcome.result, outcome.weights)
+                    else:
+                        store.fail(row, outcome.status, outcome.error or "")
                 except KeyboardInterrupt:
-                    store.fail(row, "KILLED", "interrupted (Ctrl-C or SIGTERM) while running")
+                    if row is not None:
+                        store.fail(row, "KILLED", "interrupted (Ctrl-C or SIGTERM) while running")
                     summary.outcomes.append((spec, Outcome("KILLED", None, "interrupted")))
                     raise SweepInterrupted(summary, spec) from None
-                if outcome.result is not None:
-                    store.finish(row, outcome.result, outcome.weights)
-                else:
-                    store.fail(row, outcome.status, outcome.error or "")
                 summary.outcomes.append((spec, outcome))
                 events.run_ended(spec, outcome)
     finally:

@@ -7,10 +7,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 
-import psutil
 import pytest
+from processes_helpers import descendants, spawned_workers, still_alive, wait_for
 from typer.testing import CliRunner
 
 from batchlab.cli import app
@@ -121,26 +120,6 @@ def test_train_twice_stores_two_repeats(fashion_dir, tmp_path):
     assert len(rows) == 1 and rows[0]["n"] == 2
 
 
-def team_started(pid, size):
-    """All descendants of `pid` once `size` spawned worker processes are among them, else None."""
-    everything = psutil.Process(pid).children(recursive=True)
-    try:
-        spawned = [p for p in everything if "spawn_main" in " ".join(p.cmdline())]
-    except psutil.NoSuchProcess:
-        return None
-    return everything if len(spawned) == size else None
-
-
-def wait_for(condition, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
-
-
 @pytest.mark.parametrize("signum, strategy", [(signal.SIGINT, "single"), (signal.SIGTERM, "single"),
                                               (signal.SIGINT, "hogwild")])
 def test_interrupted_run_is_killed_then_rerun(signum, strategy, fashion_dir, tmp_path):
@@ -158,12 +137,13 @@ def test_interrupted_run_is_killed_then_rerun(signum, strategy, fashion_dir, tmp
                 status = con.execute("SELECT status FROM runs").fetchone()
         except sqlite3.OperationalError:
             return None
-        children = psutil.Process(sweep.pid).children(recursive=True)
+        children = descendants(sweep.pid)
         return children if status == ("RUNNING",) and children else None
 
     workers = wait_for(running_worker)
     if strategy == "hogwild":  # wait for its two worker processes too, so that they must be stopped
-        workers = wait_for(lambda: team_started(sweep.pid, 2))
+        wait_for(lambda: len(spawned_workers(sweep.pid)) == 2)
+        workers = descendants(sweep.pid)
     os.kill(sweep.pid, signum)
     _, stderr = sweep.communicate(timeout=60)
     assert sweep.returncode == 130, stderr
@@ -171,8 +151,7 @@ def test_interrupted_run_is_killed_then_rerun(signum, strategy, fashion_dir, tmp
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT status, error FROM runs").fetchall() == [
             ("KILLED", "interrupted (Ctrl-C or SIGTERM) while running")]
-    for worker in workers:
-        assert not psutil.pid_exists(worker.pid) or worker.status() == psutil.STATUS_ZOMBIE
+    assert still_alive(workers) == []
 
     if signum == signal.SIGINT and strategy == "single":  # the next sweep runs it again, to the end
         finished = subprocess.run(args, capture_output=True, text=True, timeout=300)

@@ -8,9 +8,10 @@ import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 import torch
+
+from processes_helpers import descendants, spawned_workers, still_alive, wait_for
 
 from batchlab import RunSpec
 from batchlab.devicedata import ddp_order, hogwild_order, single_order
@@ -71,13 +72,6 @@ def test_hogwild_is_cpu_only():
         RunSpec(strategy="hogwild", workers=2, device="cuda").validated()
 
 
-def descendants(pid):
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-
-
 @pytest.mark.parametrize("strategy", ["hogwild", "ddp"])
 def test_killed_worker_fails_the_run_and_leaves_no_process(strategy, fashion_dir, tmp_path):
     db = tmp_path / "s.db"
@@ -85,12 +79,7 @@ def test_killed_worker_fails_the_run_and_leaves_no_process(strategy, fashion_dir
         [sys.executable, "-m", "batchlab", "sweep", "--strategy", strategy, "--workers", "2", "--batch-size", "1",
          "--model", "seed-cnn", "--epochs", "3", "--limit-train", "20000", "--db", str(db),
          "--data-dir", str(fashion_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    workers = []
-    while time.monotonic() < deadline and len(workers) < 2:
-        workers = [p for p in descendants(sweep.pid) if "spawn_main" in " ".join(p.cmdline())]
-        time.sleep(0.2)
-    assert len(workers) == 2, "the two worker processes did not start"
+    workers = wait_for(lambda: len(spawned_workers(sweep.pid)) == 2 and spawned_workers(sweep.pid))
     time.sleep(3)  # let them start training
     everything = descendants(sweep.pid)
     os.kill(workers[0].pid, signal.SIGKILL)
@@ -99,9 +88,7 @@ def test_killed_worker_fails_the_run_and_leaves_no_process(strategy, fashion_dir
     with sqlite3.connect(db) as con:
         status, error = con.execute("SELECT status, error FROM runs").fetchone()
     assert status == "FAILED" and "worker" in error, error
-    time.sleep(0.5)
-    alive = [p for p in everything if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert alive == [], [p.cmdline() for p in alive]
+    assert still_alive(everything) == []
 
 
 def test_hung_worker_fails_the_run_within_the_timeout(fashion_dir, tmp_path):
@@ -111,11 +98,7 @@ def test_hung_worker_fails_the_run_within_the_timeout(fashion_dir, tmp_path):
         [sys.executable, "-m", "batchlab", "sweep", "--strategy", "hogwild", "--workers", "2", "--batch-size", "8",
          "--model", "mlp", "--epochs", "200", "--limit-train", "2000", "--db", str(db), "--data-dir", str(fashion_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 120
-    workers = []
-    while time.monotonic() < deadline and len(workers) < 2:
-        workers = [p for p in descendants(sweep.pid) if "spawn_main" in " ".join(p.cmdline())]
-        time.sleep(0.2)
+    workers = wait_for(lambda: len(spawned_workers(sweep.pid)) == 2 and spawned_workers(sweep.pid))
     time.sleep(3)
     everything = descendants(sweep.pid)
     stopped_at = time.monotonic()
@@ -126,6 +109,4 @@ def test_hung_worker_fails_the_run_within_the_timeout(fashion_dir, tmp_path):
     with sqlite3.connect(db) as con:
         status, error = con.execute("SELECT status, error FROM runs").fetchone()
     assert status == "FAILED" and "no answer within 8 s" in error, error
-    time.sleep(0.5)
-    alive = [p for p in everything if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    assert alive == [], [p.cmdline() for p in alive]
+    assert still_alive(everything) == []
