@@ -7,7 +7,6 @@ DataLoader, no worker processes, no host→device copy in the hot loop.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,13 +104,3 @@ def ddp_order(order: torch.Tensor, workers: int, rank: int, batch_size: int, dro
     if not drop_last and len(rest) >= workers:
         parts.append(rest.tensor_split(workers)[rank])
     return torch.cat(parts)
-
-
-def steps_per_epoch(count: int, batch_size: int, drop_last: bool) -> int:
-    """Optimizer steps in one epoch. With drop_last=False the last, smaller batch is a step too,
-    so every image is seen exactly once per epoch."""
-    return count // batch_size if drop_last else math.ceil(count / batch_size)
-
-
-def images_per_epoch(count: int, batch_size: int, drop_last: bool) -> int:
-    return steps_per_epoch(count, batch_size, drop_last) * batch_size if drop_last else count

@@ -116,8 +116,8 @@ class Row:
     run_id: int
 
 
-def table_of(spec: RunSpec | InferSpec) -> tuple[str, dict[str, str]]:
-    return ("inference", INFER_SPEC_COLUMNS) if isinstance(spec, InferSpec) else ("runs", RUN_SPEC_COLUMNS)
+def table_of(spec: RunSpec | InferSpec) -> str:
+    return "inference" if isinstance(spec, InferSpec) else "runs"
 
 
 class StoreError(RuntimeError):
@@ -177,14 +177,14 @@ class Store:
                     (machine_id, json.dumps(fingerprint, sort_keys=True), now()))
 
     def status(self, spec: RunSpec | InferSpec, machine_id: str) -> str | None:
-        table, _ = table_of(spec)
+        table = table_of(spec)
         row = self.db.execute(f"SELECT status FROM {table} WHERE run_key = ? AND machine_id = ?",
                               (spec.key, machine_id)).fetchone()
         return row["status"] if row else None
 
     def plan(self, spec: RunSpec | InferSpec, machine_id: str, experiment: str | None = None) -> None:
         """Record a planned run as PENDING (no-op if the key is already stored for this machine)."""
-        table, _ = table_of(spec)
+        table = table_of(spec)
         values = {"run_key": spec.key, "machine_id": machine_id, "status": "PENDING", "experiment": experiment,
                   "created_at": now(), **dataclasses.asdict(spec)}
         names = ", ".join(values)
@@ -194,7 +194,7 @@ class Store:
     def start(self, spec: RunSpec | InferSpec, machine_id: str, experiment: str | None = None) -> Row:
         """Mark a run RUNNING (clearing any earlier unfinished attempt) and return where it is."""
         self.plan(spec, machine_id, experiment)
-        table, _ = table_of(spec)
+        table = table_of(spec)
         results = RESULT_COLUMNS if table == "runs" else INFER_RESULT_COLUMNS
         blank = ", ".join(f"{name} = NULL" for name in results)
         try:

@@ -7,7 +7,6 @@ import pytest
 import batchlab
 from batchlab import RunSpec
 from batchlab.machine import DeviceUnavailable
-from batchlab.devicedata import images_per_epoch, steps_per_epoch
 
 
 def test_short_run_learns(fashion_dir):
@@ -37,13 +36,6 @@ def test_same_seed_same_result_and_partial_batch(fashion_dir):
     dropped = batchlab.run(RunSpec(model="mlp", batch_size=300, epochs=1, limit_train=1000, threads=1,
                                    drop_last=True), data_dir=str(fashion_dir))
     assert dropped.epochs[0].steps == 3 and dropped.images_processed == 900
-
-
-def test_step_arithmetic():
-    assert steps_per_epoch(1000, 300, drop_last=False) == 4
-    assert steps_per_epoch(1000, 300, drop_last=True) == 3
-    assert images_per_epoch(1000, 300, drop_last=True) == 900
-    assert images_per_epoch(1000, 300, drop_last=False) == 1000
 
 
 def test_divergence_is_detected_with_its_step(fashion_dir):
