@@ -45,7 +45,7 @@ def panels(count: int, series: int, width: float = 5.5) -> tuple[Figure, list]:
     """A figure of `count` plots side by side with room below them for a legend of `series`
     entries: labels can be long when stores are merged, so the legend never covers the data."""
     legend_height = 0.3 + 0.17 * series
-    figure = plt.figure(figsize=(width * count, 4 + legend_height))
+    figure = plt.figure(figsize=(max(width * count, 11), 4 + legend_height))  # wide enough for long labels
     grid = figure.add_gridspec(2, count, height_ratios=[4, legend_height])
     axes = [figure.add_subplot(grid[0, i]) for i in range(count)]
     legend_axis = figure.add_subplot(grid[1, :])
