@@ -153,8 +153,9 @@ def table(rows: pd.DataFrame, title: str = "batchlab results") -> Table:
     for key in always[:3] + varying + always[3:]:
         result.add_column(key.replace("_", " "), justify="right" if key in ("batch_size", "epochs") else "left")
     scaling = bool(rows.get("speedup", pd.Series(dtype=float)).notna().any() and (rows["parallelism"] > 1).any())
-    labels = ["n", "status", "s / epoch", "images / s"] + (["speedup", "efficiency"] if scaling else []) + [
-        "test acc", "test loss", "time to target s"]
+    validated = bool(rows["val_accuracy"].notna().any())  # runs with --val-split: show what they watched
+    labels = ["n", "status", "s / epoch", "images / s"] + (["speedup", "efficiency"] if scaling else []) + (
+        ["val acc"] if validated else []) + ["test acc", "test loss", "time to target s"]
     for label in labels:
         result.add_column(label, justify="left" if label == "status" else "right")
     for _, row in rows.iterrows():
@@ -167,6 +168,7 @@ def table(rows: pd.DataFrame, title: str = "batchlab results") -> Table:
             spread(row["epoch_train_seconds"], row["epoch_train_seconds_min"], row["epoch_train_seconds_max"], 2),
             spread(row["images_per_second"], row["images_per_second_min"], row["images_per_second_max"], 0),
             *([number(row["speedup"], 2) + "x", number(row["efficiency"] * 100, 0) + "%"] if scaling else []),
+            *([number(row["val_accuracy"], 4)] if validated else []),
             spread(row["test_accuracy"], row["test_accuracy_min"], row["test_accuracy_max"], 4),
             number(row["test_loss"], 4), target)
     return result

@@ -52,3 +52,22 @@ def test_speedup_and_efficiency_against_one_worker(tmp_path):
     assert rows.loc[("single", 2), "speedup"] == pytest.approx(2.5)  # baseline: batch 1 at 1 thread
     assert math.isnan(rows.loc[("hogwild", 2), "speedup"])  # no 1-worker hogwild run: no made-up baseline
     assert rows.loc[("ddp", 2), "global_batch_size"] == 2
+
+
+def test_table_shows_validation_accuracy_only_when_measured(tmp_path):
+    from batchlab.report import table
+
+    db = tmp_path / "s.db"
+    with Store(db) as store:
+        store.record_machine("m1", {"hostname": "box"})
+        store_run(store, RunSpec(model="mlp", batch_size=8), 1.0)
+    headers = [column.header for column in table(aggregate(load_runs(db))).columns]
+    assert "val acc" not in headers
+    with Store(db) as store:
+        spec = RunSpec(model="mlp", batch_size=8, val_split=0.25)
+        epochs = [EpochRecord(epoch=1, train_loss=1.0, train_accuracy=0.5, val_loss=0.6, val_accuracy=0.77,
+                              test_loss=0.5, test_accuracy=0.8, train_seconds=1.0, eval_seconds=0.1, images=100, steps=13)]
+        store.finish(store.start(spec, "m1"), RunResult(spec=spec, epochs=epochs))
+    rendered = table(aggregate(load_runs(db)))
+    column = next(c for c in rendered.columns if c.header == "val acc")
+    assert "0.7700" in list(column.cells)
