@@ -74,14 +74,15 @@ def spread(row: pd.Series, name: str, digits: int) -> str:
 
 def training_table(rows: pd.DataFrame) -> str:
     head = ["dataset", "model", "device", "strategy", "workers", "threads", "precision", "batch", "epochs",
-            "machine", "n", "status", "s / epoch", "images / s", "speedup", "test acc", "test loss", "time to target s"]
+            "machine", "n", "status", "s / epoch", "images / s", "speedup", "val acc", "test acc", "test loss",
+            "time to target s"]
     body = []
     for _, row in rows.iterrows():
         body.append("<tr>" + "".join(cell(row[k]) for k in ("dataset", "model", "device", "strategy", "workers",
                                                             "threads", "precision", "batch_size", "epochs",
                                                             "machine", "n", "status"))
                     + spread(row, "epoch_train_seconds", 2) + spread(row, "images_per_second", 0)
-                    + cell(row.get("speedup"), 2) + spread(row, "test_accuracy", 4) + cell(row["test_loss"], 4)
+                    + cell(row.get("speedup"), 2) + cell(row["val_accuracy"], 4) + spread(row, "test_accuracy", 4) + cell(row["test_loss"], 4)
                     + cell(row["time_to_target_seconds"], 1) + "</tr>")
     return table_html(head, body)
 
