@@ -288,6 +288,8 @@ def report(
     elif runs:
         out.print(rows.to_string(index=False))
     else:
+        if not len(training) and not len(measured):
+            err.print(f"no runs stored in {', '.join(map(str, sources))} yet: run `batchlab sweep`, `train` or `infer`")
         if len(rows) and not inference:
             out.print(table(rows))
         if len(measured):

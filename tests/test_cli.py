@@ -43,6 +43,15 @@ def test_bad_input_gets_one_line_and_nonzero_exit(args, message, tmp_path, monke
     assert not (tmp_path / "batchlab.db").exists() or args[0] == "report"
 
 
+def test_report_on_an_empty_store_says_so(tmp_path):
+    from batchlab.store import Store
+
+    Store(tmp_path / "s.db").close()
+    result = invoke("report", "--db", tmp_path / "s.db")
+    assert result.exit_code == 0 and "no runs stored in" in result.output
+    assert json.loads(invoke("report", "--db", tmp_path / "s.db", "--format", "json").stdout) == []
+
+
 def test_missing_gpu_is_reported(tmp_path):
     import torch
 
