@@ -201,11 +201,13 @@ def sweep(
     Example: batchlab sweep --batch-size 16,64,256,1024 --epochs 3 --repeats 2
     Example: batchlab sweep experiments/small-batches.toml
     """
-    from .spec import ExperimentSpec, parse_list
+    from .spec import ExperimentSpec, SpecError, parse_list
 
     flags = locals()  # the grid flags by name, as GRID_FLAGS lists them
     base = ExperimentSpec.from_toml(experiment) if experiment else ExperimentSpec()
     overrides = {name: parse_list(flags[name], kind, name) for name, kind in GRID_FLAGS.items() if flags[name] is not None}
+    if experiment is None and not overrides:
+        raise SpecError("nothing to sweep: give an experiment file or grid flags, e.g. --batch-size 16,64,256")
     spec = base.with_overrides(overrides, repeats)
     execute(spec.runs() + spec.inferences(), db, data_dir, spec.name, save_weights, memory_limit)
 

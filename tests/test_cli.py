@@ -31,6 +31,7 @@ def invoke(*args):
     (["train", "--device", "tpu"], "error: unknown device 'tpu'"),
     (["sweep", "--batch-size", "16,x"], "error: --batch-size: cannot read '16,x' as int values"),
     (["sweep", "missing.toml"], "error: experiment file not found: missing.toml"),
+    (["sweep"], "error: nothing to sweep: give an experiment file or grid flags"),
     (["report", "--db", "nothing-here.db"], "error: no results store at nothing-here.db"),
     (["data", "verify", "cifar"], "error: unknown dataset 'cifar'"),
 ])
