@@ -235,13 +235,16 @@ def infer(
     from .spec import ExperimentSpec, InferSpec, parse_list
     from .store import Store
 
-    grid = {"dataset": [dataset], "model": parse_list(model, str, "model"),
-            "batch_size": parse_list(batch_size, int, "batch_size"), "device": parse_list(device, str, "device"),
-            "threads": parse_list(threads, int, "threads"), "precision": parse_list(precision, str, "precision")}
-    if weights:
-        with Store(db) as store:  # a fixed run key, so the measurement's key names its weights
-            grid["weights"] = [store.weights(weights, name, dataset)[0] for name in grid["model"]]
-    specs = ExperimentSpec(infer_grid=grid).inferences()
+    grid = {"dataset": [dataset], "batch_size": parse_list(batch_size, int, "batch_size"),
+            "device": parse_list(device, str, "device"), "threads": parse_list(threads, int, "threads"),
+            "precision": parse_list(precision, str, "precision")}
+    specs = []
+    for name in parse_list(model, str, "model"):  # each model with its own weights
+        keyed = ""
+        if weights:
+            with Store(db) as store:  # a fixed run key, so the measurement's key names its weights
+                keyed = store.weights(weights, name, dataset)[0]
+        specs += ExperimentSpec(infer_grid={**grid, "model": [name], "weights": [keyed]}).inferences()
     execute(specs, db, data_dir, None, memory_limit=memory_limit)
     measured = load_inference(db)
     mine = measured[measured["run_key"].isin({spec.key for spec in specs})].reset_index(drop=True)

@@ -97,3 +97,19 @@ def test_trained_weights_give_accuracy(fashion_dir, tmp_path):
     assert rows[0]["accuracy"] > 0.6 and rows[0]["weights_source"] == rows[0]["weights"] != ""
     untrained = invoke("infer", "--model", "keras-cnn", "--weights", "latest", "--db", db)
     assert untrained.exit_code == 2 and "no finished training run of keras-cnn" in untrained.output
+
+
+def test_each_model_gets_its_own_trained_weights(fashion_dir, tmp_path):
+    db = tmp_path / "s.db"
+    for model in ("mlp", "seed-cnn"):
+        trained = invoke("train", "--model", model, "--limit-train", "2000", "--save-weights", "--db", db,
+                         "--data-dir", fashion_dir)
+        assert trained.exit_code == 0, trained.output
+    result = invoke("infer", "--model", "mlp,seed-cnn", "--batch-size", "500", "--weights", "latest", "--db", db,
+                    "--data-dir", fashion_dir)
+    assert result.exit_code == 0 and "2 run(s) done, 0 not done" in result.output, result.output
+    rows = json.loads(invoke("report", "--db", db, "--inference", "--format", "json").stdout)
+    with sqlite3.connect(db) as con:
+        trained_keys = dict(con.execute("SELECT model, run_key FROM runs").fetchall())
+    assert {row["model"]: row["weights"] for row in rows} == trained_keys
+    assert all(row["accuracy"] > 0.5 for row in rows)
