@@ -232,7 +232,7 @@ def infer(
     Example: batchlab infer --batch-size 1,16,256,4096,40000 --threads 1,0 --precision fp32,bf16
     """
     from .inference_report import comparison_lines, inference_table, load_inference
-    from .spec import ExperimentSpec, InferSpec, parse_list
+    from .spec import ExperimentSpec, parse_list
     from .store import Store
 
     grid = {"dataset": [dataset], "batch_size": parse_list(batch_size, int, "batch_size"),

@@ -10,7 +10,6 @@ import importlib
 import inspect
 from typing import Callable
 
-import torch
 from torch import nn
 
 

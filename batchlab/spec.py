@@ -20,7 +20,6 @@ from typing import Any
 OPTIMIZERS = ("sgd", "momentum", "adam")
 STRATEGIES = ("single", "hogwild", "ddp")
 PRECISIONS = ("fp32", "bf16", "fp16")
-DEVICE_KINDS = ("cpu", "cuda", "mps")
 
 
 class SpecError(ValueError):
