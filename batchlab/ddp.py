@@ -32,6 +32,7 @@ from .spec import RunSpec, SpecError
 from .strategies import keep
 from .timing import Region
 
+NO_BAD_STEP = 2**62  # stands for "every loss finite" in the MIN all-reduce of first bad steps
 LAUNCH_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -42,7 +43,7 @@ def launched_externally() -> bool:
 
 def all_reduced(work: EpochWork, device: torch.device) -> EpochWork:
     """Sum the ranks' epoch figures (one small all-reduce per epoch, a sync point)."""
-    bad = work.bad_step if work.bad_step is not None else 2**62
+    bad = work.bad_step if work.bad_step is not None else NO_BAD_STEP
     totals = torch.tensor([work.loss_sum, work.correct, work.images], dtype=torch.float64, device=device)
     first_bad = torch.tensor([bad], dtype=torch.int64, device=device)
     dist.all_reduce(totals)
@@ -50,7 +51,7 @@ def all_reduced(work: EpochWork, device: torch.device) -> EpochWork:
     bad_step = int(first_bad.item())
     # steps: synchronised updates of the model, the same on every rank.
     return EpochWork(float(totals[0]), int(totals[1]), int(totals[2]), work.steps,
-                     None if bad_step == 2**62 else bad_step)
+                     None if bad_step == NO_BAD_STEP else bad_step)
 
 
 def run_rank(spec: RunSpec, data_dir: str | None, keep_weights: bool = False,

@@ -260,12 +260,11 @@ def run_epochs(prep: Prepared, train_one_epoch: Callable[[torch.Tensor], EpochWo
             result.error = f"loss became non-finite at step {result.diverged_step} (epoch {epoch})"
             break
         steps_before += work.steps
+        val_loss = val_accuracy = test_loss = test_accuracy = float("nan")
         with Region(prep.device) as eval_region:
-            nothing = dd.val_labels[:0]
-            val_loss, val_accuracy = evaluate(prep.model, dd, dd.val_images, dd.val_labels if evaluating else nothing,
-                                              spec.precision)
-            test_loss, test_accuracy = evaluate(prep.model, dd, dd.test_images, dd.test_labels if evaluating else nothing,
-                                                spec.precision)
+            if evaluating:
+                val_loss, val_accuracy = evaluate(prep.model, dd, dd.val_images, dd.val_labels, spec.precision)
+                test_loss, test_accuracy = evaluate(prep.model, dd, dd.test_images, dd.test_labels, spec.precision)
         record = EpochRecord(
             epoch=epoch, train_loss=work.loss_sum / work.images, train_accuracy=work.correct / work.images,
             val_loss=val_loss if has_val else None, val_accuracy=val_accuracy if has_val else None,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import html
 import io
 import json
-import math
 from datetime import datetime, timezone
 
 import matplotlib.pyplot as plt
@@ -16,6 +15,7 @@ from matplotlib.figure import Figure
 
 from . import __version__
 from .inference_report import best_batches, comparison_lines
+from .report import missing, number, spread
 
 DEFINITIONS = [
     ("train seconds", "the optimizer steps of an epoch only (batch gather, forward, loss, backward, update), device "
@@ -57,19 +57,16 @@ def svg(figure: Figure) -> str:
 
 
 def cell(value, digits: int | None = None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if missing(value):
         return "<td>—</td>"
-    if digits is not None:
-        return f'<td class="n">{value:,.{digits}f}</td>'
-    return f"<td>{html.escape(str(value))}</td>"
+    if digits is None:
+        return f"<td>{html.escape(str(value))}</td>"
+    return f'<td class="n">{number(value, digits)}</td>'
 
 
-def spread(row: pd.Series, name: str, digits: int) -> str:
-    median, low, high = row[name], row[name + "_min"], row[name + "_max"]
-    if median is None or math.isnan(median):
-        return "<td>—</td>"
-    text = f"{median:,.{digits}f}" + (f" [{low:,.{digits}f}–{high:,.{digits}f}]" if low != high else "")
-    return f'<td class="n">{text}</td>'
+def spread_cell(row: pd.Series, name: str, digits: int) -> str:
+    text = spread(row[name], row[name + "_min"], row[name + "_max"], digits)
+    return f'<td class="n">{text}</td>' if text != "—" else "<td>—</td>"
 
 
 def training_table(rows: pd.DataFrame) -> str:
@@ -81,8 +78,8 @@ def training_table(rows: pd.DataFrame) -> str:
         body.append("<tr>" + "".join(cell(row[k]) for k in ("dataset", "model", "device", "strategy", "workers",
                                                             "threads", "precision", "batch_size", "epochs",
                                                             "machine", "n", "status"))
-                    + spread(row, "epoch_train_seconds", 2) + spread(row, "images_per_second", 0)
-                    + cell(row.get("speedup"), 2) + cell(row["val_accuracy"], 4) + spread(row, "test_accuracy", 4) + cell(row["test_loss"], 4)
+                    + spread_cell(row, "epoch_train_seconds", 2) + spread_cell(row, "images_per_second", 0)
+                    + cell(row.get("speedup"), 2) + cell(row["val_accuracy"], 4) + spread_cell(row, "test_accuracy", 4) + cell(row["test_loss"], 4)
                     + cell(row["time_to_target_seconds"], 1) + "</tr>")
     return table_html(head, body)
 

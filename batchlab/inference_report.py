@@ -3,13 +3,12 @@ device configuration, and device-vs-device speedup with the crossover batch size
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
 from rich.table import Table
 
-from .report import number, read_store
+from .report import missing, number, read_store
 from .store import Store
 
 CONFIG_KEYS = ["device", "threads", "precision", "machine"]  # one "device" in comparisons
@@ -71,7 +70,7 @@ def best_batches(rows: pd.DataFrame) -> pd.Series:
 
 
 def ms(value: float) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value * 1000:,.3g}"
+    return "—" if missing(value) else f"{value * 1000:,.3g}"
 
 
 def inference_table(rows: pd.DataFrame) -> Table:

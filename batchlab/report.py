@@ -130,8 +130,13 @@ def json_rows(rows: pd.DataFrame) -> list[dict]:
     return [{k: (v.item() if hasattr(v, "item") else v) for k, v in record.items()} for record in records]
 
 
+def missing(value) -> bool:
+    """None or NaN: a figure that was not measured (shown as —)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def spread(median: float, low: float, high: float, digits: int) -> str:
-    if median is None or (isinstance(median, float) and math.isnan(median)):
+    if missing(median):
         return "—"
     text = f"{median:,.{digits}f}"
     if low != high:
@@ -140,7 +145,7 @@ def spread(median: float, low: float, high: float, digits: int) -> str:
 
 
 def number(value: float, digits: int) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:,.{digits}f}"
+    return "—" if missing(value) else f"{value:,.{digits}f}"
 
 
 def table(rows: pd.DataFrame, title: str = "batchlab results") -> Table:

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from batchlab.cli import app
 from batchlab.inference import images_per_second, measure, percentiles, tiled
-from batchlab.inference_report import comparisons, crossover
+from batchlab.inference_report import comparisons, crossover, load_inference
 from batchlab.spec import InferSpec
 
 runner = CliRunner()
@@ -68,7 +68,7 @@ def test_cli_stores_raw_timings_and_derives_throughput(fashion_dir, tmp_path):
         assert row["images_per_second"] == pytest.approx(batch * len(timings) / sum(timings))
         assert row["repeats"] == len(timings)
         assert row["latency_p50"] == pytest.approx(float(np.median(timings)))
-    found = comparisons(__import__("batchlab.inference_report", fromlist=["x"]).load_inference(db))
+    found = comparisons(load_inference(db))
     assert {f["other"].split(" @")[0] for f in found} | {f["baseline"].split(" @")[0] for f in found} == {
         "cpu t=1 fp32", "cpu t=2 fp32"}
 
