@@ -106,6 +106,10 @@ def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str]
     return summary
 
 
+MICRO_BATCH_HELP = ("Images per slice of a batch (gradients accumulate to one update); 0 = automatic "
+                    "(cache-sized on CPU, whole on GPU), ≥ batch size = whole batches.")
+
+
 @app.command()
 @user_errors
 def train(
@@ -124,6 +128,7 @@ def train(
     limit_train: Annotated[int, typer.Option(help="Train on the first N training images only; 0 = all.")] = 0,
     drop_last: Annotated[bool, typer.Option(help="Skip the last, smaller batch of each epoch.")] = False,
     target_accuracy: Annotated[float, typer.Option(help="Report the train seconds until this accuracy.")] = 0.0,
+    micro_batch: Annotated[int, typer.Option(help=MICRO_BATCH_HELP)] = 0,
     seed: Annotated[int, typer.Option(help="Seed of weights, batch order and dropout.")] = 0,
     save_weights: Annotated[bool, typer.Option(help="Store the trained weights with the run (for infer --weights).")] = False,
     memory_limit: MemoryOpt = None,
@@ -144,7 +149,7 @@ def train(
     spec = RunSpec(dataset=dataset, model=model, batch_size=batch_size, epochs=epochs, optimizer=optimizer, lr=lr,
                    device=device, strategy=strategy, workers=workers, threads=threads, precision=precision, val_split=val_split,
                    limit_train=limit_train, drop_last=drop_last, target_accuracy=target_accuracy,
-                   seed=seed).validated()
+                   micro_batch=micro_batch, seed=seed).validated()
     resolve_device(spec.device)  # a missing device is an error here, not a skipped run
     if launched_externally():  # one rank of a torchrun job: every rank trains, rank 0 stores
         from .report import run_line
@@ -166,7 +171,7 @@ def train(
 GRID_FLAGS = {  # sweep flag → (RunSpec field, value type)
     "dataset": str, "model": str, "batch_size": int, "epochs": int, "optimizer": str, "lr": float,
     "device": str, "strategy": str, "workers": int, "threads": int, "precision": str, "val_split": float, "limit_train": int,
-    "target_accuracy": float, "seed": int,
+    "target_accuracy": float, "micro_batch": int, "seed": int,
 }
 
 
@@ -188,6 +193,7 @@ def sweep(
     val_split: Annotated[Optional[str], typer.Option(help="Validation fraction(s).")] = None,
     limit_train: Annotated[Optional[str], typer.Option(help="Training images per run; 0 = all.")] = None,
     target_accuracy: Annotated[Optional[str], typer.Option(help="Accuracy for time to target.")] = None,
+    micro_batch: Annotated[Optional[str], typer.Option(help="Comma list; " + MICRO_BATCH_HELP)] = None,
     seed: Annotated[Optional[str], typer.Option(help="Base seed(s); repeat r uses seed + r.")] = None,
     repeats: Annotated[Optional[int], typer.Option(help="Runs per grid point.")] = None,
     save_weights: Annotated[bool, typer.Option(help="Store every run's trained weights (for infer --weights).")] = False,
@@ -222,6 +228,7 @@ def infer(
     threads: Annotated[str, typer.Option(help="Comma list of intra-op thread counts; 0 = all cores.")] = "0",
     precision: Annotated[str, typer.Option(help="Comma list: fp32, bf16, fp16.")] = "fp32",
     weights: Annotated[str, typer.Option(help="'' = fresh seeded weights; a training run's key (prefix) or 'latest' (needs --save-weights on train).")] = "",
+    micro_batch: Annotated[str, typer.Option(help="Comma list; " + MICRO_BATCH_HELP)] = "0",
     memory_limit: MemoryOpt = None,
     db: DbOpt = Path("batchlab.db"),
     data_dir: DataDirOpt = None,
@@ -237,7 +244,7 @@ def infer(
 
     grid = {"dataset": [dataset], "batch_size": parse_list(batch_size, int, "batch_size"),
             "device": parse_list(device, str, "device"), "threads": parse_list(threads, int, "threads"),
-            "precision": parse_list(precision, str, "precision")}
+            "precision": parse_list(precision, str, "precision"), "micro_batch": parse_list(micro_batch, int, "micro_batch")}
     specs = []
     for name in parse_list(model, str, "model"):  # each model with its own weights
         keyed = ""

@@ -70,12 +70,12 @@ def run_rank(spec: RunSpec, data_dir: str | None, keep_weights: bool = False,
         wrap = (lambda module: DistributedDataParallel(module, device_ids=[local_rank])) if backend == "nccl" \
             else DistributedDataParallel
         with Region(prep.device) as warmup_region:
-            warm_up(prep.model, spec, prep.dd, wrap)
+            warm_up(prep.model, spec, prep.dd, prep.slice_size, wrap)
         prep.result.warmup_seconds = warmup_region.seconds
         model = wrap(prep.model)  # broadcasts rank 0's initial weights (identical anyway: same seed)
         optimizer = make_optimizer(spec.optimizer, model.parameters(), spec.lr)
         torch.manual_seed(spec.seed * 1009 + rank + 1)  # each rank its own dropout masks
-        loop = StepLoop(model, optimizer, prep.dd, spec.batch_size, spec.precision)
+        loop = StepLoop(model, optimizer, prep.dd, spec.batch_size, spec.precision, prep.slice_size)
         model.train()
 
         def one_epoch(order: torch.Tensor) -> EpochWork:

@@ -21,13 +21,13 @@ from .strategies import keep
 from .timing import Region
 
 
-def hogwild_worker(rank: int, spec: RunSpec, dd: DeviceData, model: torch.nn.Module, order: torch.Tensor,
-                   commands, results) -> None:
+def hogwild_worker(rank: int, spec: RunSpec, dd: DeviceData, model: torch.nn.Module, slice_size: int,
+                   order: torch.Tensor, commands, results) -> None:
     torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed * 1009 + rank + 1)  # each worker its own dropout masks
     optimizer = make_optimizer(spec.optimizer, model.parameters(), spec.lr)
-    warm_up(model, spec, dd)
-    loop = StepLoop(model, optimizer, dd, spec.batch_size, spec.precision)
+    warm_up(model, spec, dd, slice_size)
+    loop = StepLoop(model, optimizer, dd, spec.batch_size, spec.precision, slice_size)
     model.train()
     results.put(("ready", rank, None))
     while commands.get() is not None:
@@ -57,7 +57,7 @@ def train_hogwild(spec: RunSpec, data_dir: str | None = None,
         team.send("epoch")
         return combine(team.collect("epoch"))
 
-    with Team(hogwild_worker, (spec, prep.dd, prep.model, order), spec.workers) as team:
+    with Team(hogwild_worker, (spec, prep.dd, prep.model, prep.slice_size, order), spec.workers) as team:
         with Region(prep.device) as start_region:  # process start, imports, warm-up: all workers
             team.collect("ready")
         prep.result.warmup_seconds = start_region.seconds

@@ -70,13 +70,13 @@ def spread_cell(row: pd.Series, name: str, digits: int) -> str:
 
 
 def training_table(rows: pd.DataFrame) -> str:
-    head = ["dataset", "model", "device", "strategy", "workers", "threads", "precision", "batch", "epochs",
+    head = ["dataset", "model", "device", "strategy", "workers", "threads", "precision", "slicing", "batch", "epochs",
             "machine", "n", "status", "s / epoch", "images / s", "speedup", "val acc", "test acc", "test loss",
             "time to target s"]
     body = []
     for _, row in rows.iterrows():
         body.append("<tr>" + "".join(cell(row[k]) for k in ("dataset", "model", "device", "strategy", "workers",
-                                                            "threads", "precision", "batch_size", "epochs",
+                                                            "threads", "precision", "slicing", "batch_size", "epochs",
                                                             "machine", "n", "status"))
                     + spread_cell(row, "epoch_train_seconds", 2) + spread_cell(row, "images_per_second", 0)
                     + cell(row.get("speedup"), 2) + cell(row["val_accuracy"], 4) + spread_cell(row, "test_accuracy", 4) + cell(row["test_loss"], 4)
@@ -85,7 +85,7 @@ def training_table(rows: pd.DataFrame) -> str:
 
 
 def inference_table(measured: pd.DataFrame) -> str:
-    head = ["dataset", "model", "device", "threads", "precision", "weights", "batch", "machine", "status", "n",
+    head = ["dataset", "model", "device", "threads", "precision", "slicing", "weights", "batch", "machine", "status", "n",
             "images / s", "p50 ms", "p99 ms", "images / s with overheads", "first call ms", "accuracy"]
     best = best_batches(measured)
     body = []
@@ -94,7 +94,7 @@ def inference_table(measured: pd.DataFrame) -> str:
         if best[index]:
             rate = rate.replace("</td>", " ★</td>")
         body.append("<tr>" + "".join(cell(row[k]) for k in ("dataset", "model", "device", "threads", "precision",
-                                                            "weights_source", "batch_size", "machine", "status"))
+                                                            "slicing", "weights_source", "batch_size", "machine", "status"))
                     + cell(row["repeats"] if row["status"] == "DONE" else None) + rate
                     + cell(row["latency_p50"] * 1000, 3) + cell(row["latency_p99"] * 1000, 3)
                     + cell(row["overhead_images_per_second"], 0) + cell(row["first_call_seconds"] * 1000, 2)

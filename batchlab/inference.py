@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import data, models
-from .engine import autocast
+from . import data, microbatch, models
+from .engine import autocast, place
 from .machine import THREAD_ENV, resolve_device
 from .spec import InferSpec, available_cores
 from .timing import Region, peak_memory_bytes, reset_peak_memory
@@ -104,12 +104,18 @@ def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None 
         model.load_state_dict(saved["state_dict"])
         mean, std = saved["mean"], saved["std"]  # the normalisation the weights were trained with
         result.weights_source = spec.weights
-    model = model.to(device).eval()
+    model = place(model, device).eval()
+    slice_size = microbatch.slice_size(spec.micro_batch, spec.batch_size, model,
+                                       (host_images[:1].to(device).float() - mean) / std)
     reset_peak_memory(device)
 
     def forward(images: torch.Tensor) -> torch.Tensor:
+        """Logits of the whole batch, computed slice by slice (microbatch.py)."""
+        logits = torch.empty(len(images), dataset.classes, device=device)
         with torch.inference_mode(), autocast(device, spec.precision):
-            return model((images.float() - mean) / std)
+            for start, stop in microbatch.bounds(len(images), slice_size):
+                logits[start:stop] = model((images[start:stop].float() - mean) / std)
+        return logits
 
     def with_overheads() -> torch.Tensor:
         return forward(host_images.to(device)).argmax(1).cpu()
@@ -127,5 +133,6 @@ def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None 
     result.cores = available_cores()
     result.environment = {"torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                           "thread_env": {name: os.environ.get(name) for name in THREAD_ENV},
-                          "device_name": str(device), "dataset_checksum": dataset.checksum}
+                          "device_name": str(device), "dataset_checksum": dataset.checksum,
+                          "micro_batch": slice_size}
     return result

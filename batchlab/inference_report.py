@@ -11,7 +11,7 @@ from rich.table import Table
 from .report import missing, number, read_store
 from .store import Store
 
-CONFIG_KEYS = ["device", "threads", "precision", "machine"]  # one "device" in comparisons
+CONFIG_KEYS = ["device", "threads", "precision", "slicing", "machine"]  # one "device" in comparisons
 SERIES_KEYS = ["dataset", "model", "weights_source"]  # only measurements of the same work compare
 
 
@@ -22,6 +22,7 @@ def load_inference(db: str | Path) -> pd.DataFrame:
 
 def config_name(row) -> str:
     return f"{row['device']} t={row['threads']} {row['precision']}" + (
+        "" if row.get("slicing", "auto") == "auto" else f" slices={row['slicing']}") + (
         f" @{row['machine']}" if "machine" in row and row["machine"] else "")
 
 
@@ -78,14 +79,14 @@ def inference_table(rows: pd.DataFrame) -> Table:
     table = Table(title="inference", caption="latency per batch in ms (p50/p90/p99 over n calls); ★ best "
                   "compute-only throughput of its configuration; with overheads = host→device copy, forward, "
                   "predictions back to the host; first call timed once, apart")
-    for label in ("dataset", "model", "device", "threads", "precision", "weights", "batch", "status", "n",
+    for label in ("dataset", "model", "device", "threads", "precision", "slicing", "weights", "batch", "status", "n",
                   "images/s", "p50", "p90", "p99", "images/s w/ overheads", "p50 w/ overheads", "first call",
                   "accuracy"):
-        table.add_column(label, justify="left" if label in ("dataset", "model", "device", "precision", "weights",
-                                                            "status") else "right")
+        table.add_column(label, justify="left" if label in ("dataset", "model", "device", "precision", "slicing",
+                                                            "weights", "status") else "right")
     for index, row in rows.iterrows():
         table.add_row(
-            row["dataset"], row["model"], row["device"], str(row["threads"]), row["precision"],
+            row["dataset"], row["model"], row["device"], str(row["threads"]), row["precision"], row["slicing"],
             row["weights_source"] if isinstance(row["weights_source"], str) else "—", f"{row['batch_size']:,}",
             row["status"],
             str(row["repeats"]) if row["status"] == "DONE" else "—",

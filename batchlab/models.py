@@ -12,17 +12,26 @@ from typing import Callable
 
 from torch import nn
 
+from .layers import Dropout, Linear
+
+
+# The studies write convolution → ReLU → max-pool. ReLU is monotonic, so max-pooling first and
+# applying ReLU to the pooled map gives the same outputs and the same gradients, with ReLU (and its
+# backward) touching a quarter of the elements: on the CPU these element-wise passes over large
+# activations cost as much as the convolutions (docs/performance.md). Parameter names are
+# unchanged, so weights saved with either order load into the other. tests/test_models.py checks it.
+
 
 def seed_cnn(classes: int = 10) -> nn.Module:
     """The TensorFlow batch-size study's CNN: 550,886 parameters for 10 classes, 'valid' padding
     (28 → conv4 25 → pool 12 → conv4 9 → pool 4). The paper does not give the dropout rate;
-    0.5 is our documented choice."""
+    0.5 is our documented choice. Pooling before ReLU: see above."""
     return nn.Sequential(
-        nn.Conv2d(1, 32, kernel_size=4), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(32, 64, kernel_size=4), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Dropout(0.5),
-        nn.Linear(64 * 4 * 4, 500), nn.ReLU(), nn.Dropout(0.5),
-        nn.Linear(500, classes),
+        nn.Conv2d(1, 32, kernel_size=4), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Conv2d(32, 64, kernel_size=4), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Flatten(), Dropout(0.5),
+        Linear(64 * 4 * 4, 500), nn.ReLU(), Dropout(0.5),
+        Linear(500, classes),
     )
 
 
@@ -30,15 +39,15 @@ def keras_cnn(classes: int = 10) -> nn.Module:
     """The Keras MNIST example CNN (1,199,882 parameters for 10 classes)."""
     return nn.Sequential(
         nn.Conv2d(1, 32, kernel_size=3), nn.ReLU(),
-        nn.Conv2d(32, 64, kernel_size=3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.25),
-        nn.Flatten(), nn.Linear(64 * 12 * 12, 128), nn.ReLU(), nn.Dropout(0.5),
-        nn.Linear(128, classes),
+        nn.Conv2d(32, 64, kernel_size=3), nn.MaxPool2d(2), nn.ReLU(), Dropout(0.25),
+        nn.Flatten(), Linear(64 * 12 * 12, 128), nn.ReLU(), Dropout(0.5),
+        Linear(128, classes),
     )
 
 
 def mlp(classes: int = 10) -> nn.Module:
     """784-500-classes perceptron with one ReLU hidden layer."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 500), nn.ReLU(), nn.Linear(500, classes))
+    return nn.Sequential(nn.Flatten(), Linear(784, 500), nn.ReLU(), Linear(500, classes))
 
 
 MODELS: dict[str, Callable[[int], nn.Module]] = {"seed-cnn": seed_cnn, "keras-cnn": keras_cnn, "mlp": mlp}

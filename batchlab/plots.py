@@ -29,7 +29,7 @@ from .report import GROUP_KEYS  # noqa: E402
 # A training series is everything but the batch size (and repeats): one line in figures 1 and 3.
 SERIES_KEYS = [k for k in GROUP_KEYS if k != "batch_size"]
 # Keys that make "another device" in figure 6; the rest must match.
-DEVICE_KEYS = ["device", "threads", "precision", "machine"]
+DEVICE_KEYS = ["device", "threads", "precision", "slicing", "machine"]
 MAX_ACCURACY_PANELS = 4
 
 

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from .store import Store, with_parallelism
 
-GROUP_KEYS = ["dataset", "model", "device", "strategy", "workers", "threads", "precision", "optimizer", "lr",
+GROUP_KEYS = ["dataset", "model", "device", "strategy", "workers", "threads", "precision", "slicing", "optimizer", "lr",
               "val_split", "limit_train", "drop_last", "target_accuracy", "batch_size", "epochs", "machine"]
 # Figures summarised over repeats: median, min and max of the per-run values.
 SPREAD_FIGURES = ["epoch_train_seconds", "images_per_second", "test_accuracy"]
@@ -25,12 +25,23 @@ MEDIAN_FIGURES = ["test_loss", "val_accuracy", "time_to_target_seconds", "wall_s
                   "load_seconds", "peak_memory_bytes"]
 
 
+def with_slicing(frame: pd.DataFrame) -> pd.DataFrame:
+    """Add `slicing`, how each run split its batches: "auto" (the automatic choice, whose size
+    the run's environment records), "whole", or the requested images per slice. Any micro-batch
+    of at least the batch size is "whole", so such runs group together across batch sizes."""
+    if "slicing" not in frame:
+        whole = frame["micro_batch"] >= frame["batch_size"]
+        frame["slicing"] = frame["micro_batch"].astype(str).where(~whole, "whole").where(frame["micro_batch"] != 0, "auto")
+    return frame
+
+
 def read_store(db: str | Path, read: Callable[[Store], pd.DataFrame]) -> pd.DataFrame:
-    """`read(store)` on an existing store, plus a readable `machine` column (host name)."""
+    """`read(store)` on an existing store, plus a readable `machine` column (host name) and
+    `slicing`."""
     if not Path(db).exists():
         raise FileNotFoundError(f"no results store at {db}; run `batchlab sweep`, `train` or `infer` first")
     with Store(db) as store:
-        frame = read(store)
+        frame = with_slicing(read(store))
         hosts = {mid: info.get("hostname", mid) for mid, info in store.machines().items()}
     frame["machine"] = frame["machine_id"].map(hosts).fillna(frame["machine_id"])
     return frame
@@ -44,7 +55,7 @@ def load_runs(db: str | Path) -> pd.DataFrame:
 def load_epochs(db: str | Path) -> pd.DataFrame:
     """Per-epoch records of the DONE training runs, each with its run's group keys."""
     def read(store: Store) -> pd.DataFrame:
-        runs = store.runs_frame()
+        runs = with_slicing(store.runs_frame())
         keys = runs[runs["status"] == "DONE"][["run_id", "machine_id"] + [k for k in GROUP_KEYS if k != "machine"]]
         return store.epochs_frame().merge(keys, on="run_id")
 

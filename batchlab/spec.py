@@ -45,6 +45,7 @@ def check_common(spec: RunSpec | InferSpec) -> None:
     need(spec.threads >= 0, f"threads must be at least 1 (or 0 for all cores), got {spec.threads}")
     need(spec.precision in PRECISIONS,
          f"unknown precision {spec.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    need(spec.micro_batch >= 0, f"micro-batch must be at least 1 (or 0 for automatic), got {spec.micro_batch}")
 
 
 class Keyed:
@@ -97,6 +98,10 @@ class RunSpec(Keyed):
     drop_last: bool = False
     # Accuracy (validation if any, else test) whose first crossing gives "time to target"; 0 = none.
     target_accuracy: float = 0.0
+    # Images per micro-batch: each batch runs through the network in slices of this size whose
+    # gradients add up to the batch's single update (microbatch.py). 0 = automatic (CPU: slices
+    # that fit the cache; GPU or batch norm: whole batches); a value ≥ the batch size = whole batches.
+    micro_batch: int = 0
     seed: int = 0
     repeat: int = 0
 
@@ -145,6 +150,7 @@ class InferSpec(Keyed):
     # "" = freshly initialised (seeded) weights: timing does not depend on them; else the key of
     # a stored training run whose saved weights are used (and accuracy is reported).
     weights: str = ""
+    micro_batch: int = 0  # images per forward slice, as for training (0 = automatic)
     seed: int = 0
 
     def label(self) -> str:

@@ -30,12 +30,13 @@ FINISHED = ("DONE", "DIVERGED")  # outcomes a resumed sweep does not run again
 # The schema is written out, not derived from the dataclasses: a stored schema version must mean
 # the same tables forever. A new RunSpec/InferSpec/result field needs a new migration (ALTER TABLE)
 # and its column here; tests/test_store.py fails until both exist.
-RUN_SPEC_COLUMNS = {
+RUN_SPEC_COLUMNS_1 = {  # as schema 1 created them
     "dataset": "TEXT", "model": "TEXT", "batch_size": "INTEGER", "epochs": "INTEGER", "optimizer": "TEXT",
     "lr": "REAL", "device": "TEXT", "strategy": "TEXT", "workers": "INTEGER", "threads": "INTEGER",
     "precision": "TEXT", "val_split": "REAL", "limit_train": "INTEGER", "drop_last": "INTEGER",
     "target_accuracy": "REAL", "seed": "INTEGER", "repeat": "INTEGER",
 }
+RUN_SPEC_COLUMNS = {**RUN_SPEC_COLUMNS_1, "micro_batch": "INTEGER"}  # schema 2
 RESULT_COLUMNS = {
     "parameters": "INTEGER", "train_images": "INTEGER", "val_images": "INTEGER", "test_images": "INTEGER",
     "dataset_checksum": "TEXT", "dataset_source": "TEXT",
@@ -49,10 +50,11 @@ EPOCH_COLUMNS = {
     "val_accuracy": "REAL", "test_loss": "REAL", "test_accuracy": "REAL", "train_seconds": "REAL",
     "eval_seconds": "REAL", "images": "INTEGER", "steps": "INTEGER",
 }
-INFER_SPEC_COLUMNS = {
+INFER_SPEC_COLUMNS_1 = {
     "dataset": "TEXT", "model": "TEXT", "batch_size": "INTEGER", "device": "TEXT", "threads": "INTEGER",
     "precision": "TEXT", "weights": "TEXT", "seed": "INTEGER",
 }
+INFER_SPEC_COLUMNS = {**INFER_SPEC_COLUMNS_1, "micro_batch": "INTEGER"}  # schema 2
 # Raw per-call timings are stored (JSON lists); images/s and percentiles are derived on reading.
 INFER_RESULT_COLUMNS = {
     "compute_seconds": "TEXT", "overhead_seconds": "TEXT", "first_call_seconds": "REAL", "accuracy": "REAL",
@@ -92,7 +94,7 @@ MIGRATIONS = [
         fingerprint TEXT NOT NULL,
         first_seen TEXT NOT NULL
     );
-    {_run_table("runs", RUN_SPEC_COLUMNS, RESULT_COLUMNS)}
+    {_run_table("runs", RUN_SPEC_COLUMNS_1, RESULT_COLUMNS)}
     CREATE TABLE epochs (
         run_id INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
         {_columns(EPOCH_COLUMNS)},
@@ -102,7 +104,14 @@ MIGRATIONS = [
         run_id INTEGER PRIMARY KEY REFERENCES runs(run_id) ON DELETE CASCADE,
         state BLOB NOT NULL
     );
-    {_run_table("inference", INFER_SPEC_COLUMNS, INFER_RESULT_COLUMNS)}
+    {_run_table("inference", INFER_SPEC_COLUMNS_1, INFER_RESULT_COLUMNS)}
+    """,
+    # 2: micro-batches. Runs stored before ran whole batches, which micro_batch = batch_size says.
+    """
+    ALTER TABLE runs ADD COLUMN micro_batch INTEGER;
+    UPDATE runs SET micro_batch = batch_size;
+    ALTER TABLE inference ADD COLUMN micro_batch INTEGER;
+    UPDATE inference SET micro_batch = batch_size;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

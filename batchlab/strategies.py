@@ -32,9 +32,9 @@ def train_single(spec: RunSpec, data_dir: str | None = None,
     prep = prepare(spec, data_dir)
     optimizer = make_optimizer(spec.optimizer, prep.model.parameters(), spec.lr)
     with Region(prep.device) as warmup_region:
-        warm_up(prep.model, spec, prep.dd)
+        warm_up(prep.model, spec, prep.dd, prep.slice_size)
     prep.result.warmup_seconds = warmup_region.seconds
-    loop = StepLoop(prep.model, optimizer, prep.dd, spec.batch_size, spec.precision)
+    loop = StepLoop(prep.model, optimizer, prep.dd, spec.batch_size, spec.precision, prep.slice_size)
     prep.model.train()
     result = run_epochs(prep, lambda order: loop.train(single_order(order, spec.batch_size, spec.drop_last)), on_epoch)
     return keep(result, prep, keep_weights)

@@ -1,6 +1,7 @@
 """The loops a user writes with plain PyTorch: a DataLoader over a TensorDataset, model(x),
 loss.backward(), opt.step(); model.eval() + inference_mode for inference. The peer batchlab's
-engine is measured against (same model, data, optimizer, threads)."""
+engine is measured against (same network, data, optimizer, threads), with the network written as
+the studies (and a user) write it: conv → ReLU → pool, PyTorch's default memory layout."""
 
 from __future__ import annotations
 
@@ -8,7 +9,18 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+
+def seed_cnn(classes: int = 10) -> nn.Module:
+    """The TensorFlow batch-size study's CNN as its paper draws it (same parameters as batchlab's)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 32, kernel_size=4), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, kernel_size=4), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Dropout(0.5), nn.Linear(64 * 4 * 4, 500), nn.ReLU(), nn.Dropout(0.5),
+        nn.Linear(500, classes),
+    )
 
 
 def train_images_per_second(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int, lr: float = 0.01) -> float:

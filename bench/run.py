@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import plain_torch  # noqa: E402
 
 import batchlab  # noqa: E402
-from batchlab import models  # noqa: E402
-from batchlab.engine import StepLoop, make_optimizer, prepare, train_step  # noqa: E402
+from batchlab import microbatch, models  # noqa: E402
+from batchlab.engine import StepLoop, make_optimizer, place, prepare, train_step  # noqa: E402
 from batchlab.inference import images_per_second, measure  # noqa: E402
 from batchlab.machine import fingerprint  # noqa: E402
 from batchlab.spec import InferSpec, RunSpec  # noqa: E402
@@ -48,15 +48,24 @@ HERE = Path(__file__).parent
 TF_PYTHON = HERE / ".venv-tf" / "bin" / "python"
 
 
-def gemm_flops(side: int = 4096, seconds: float = 2.0) -> float:
+def gemm_flops(side: int = 4096, seconds: float = 2.0) -> dict[str, float]:
+    """fp32 FLOP/s of a side² matrix product through both of PyTorch's CPU GEMM libraries: MKL
+    (torch.mm) and oneDNN (which runs the convolutions). They differ 2x on some CPUs (MKL takes a
+    slower path on AMD), so the ceiling is the faster one."""
     a, b = torch.randn(side, side), torch.randn(side, side)
     out = torch.empty(side, side)
-    torch.mm(a, b, out=out)  # warm-up
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        torch.mm(a, b, out=out)
-        calls += 1
-    return 2 * side**3 * calls / (time.perf_counter() - start)
+    a_onednn, b_onednn = a.to_mkldnn(), b.t().contiguous().to_mkldnn()
+    products = {"mkl": lambda: torch.mm(a, b, out=out),
+                "onednn": lambda: torch._C._nn.mkldnn_linear(a_onednn, b_onednn, None)}
+    rates = {}
+    for name, product in products.items():
+        product()  # warm-up
+        calls, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            product()
+            calls += 1
+        rates[name] = 2 * side**3 * calls / (time.perf_counter() - start)
+    return rates
 
 
 def images_for(batch: int) -> int:
@@ -74,9 +83,11 @@ def batchlab_train(prep, batch: int, repeats: int, record: bool = True) -> list[
     rates = []
     for _ in range(repeats):
         torch.manual_seed(0)
-        model = models.build("seed-cnn").train()
+        # As engine.prepare sets a run up: the model in the device's layout, automatic micro-batches.
+        model = place(models.build("seed-cnn"), prep.device).train()
+        slices = microbatch.slice_size(microbatch.AUTOMATIC, batch, model, prep.dd.normalize(prep.dd.train_images[:1]))
         optimizer = make_optimizer("momentum", model.parameters(), 0.01)
-        loop = StepLoop(model, optimizer, prep.dd, batch)
+        loop = StepLoop(model, optimizer, prep.dd, batch, slice_size=slices)
         indices = torch.randperm(prep.dd.train_count)[:images_for(batch)]
         loop.train(indices[:2 * batch])  # warm-up
         start = time.perf_counter()
@@ -85,7 +96,8 @@ def batchlab_train(prep, batch: int, repeats: int, record: bool = True) -> list[
         else:
             for step in range(0, len(indices), batch):
                 index = indices[step:step + batch]
-                train_step(model, optimizer, prep.dd.normalize(prep.dd.train_images[index]), prep.dd.train_labels[index])
+                train_step(model, optimizer, prep.dd.normalize(prep.dd.train_images[index]), prep.dd.train_labels[index],
+                           slice_size=slices)
         rates.append(len(indices) / (time.perf_counter() - start))
     return rates
 
@@ -95,7 +107,7 @@ def plain_train(prep, batch: int, repeats: int) -> list[float]:
     rates = []
     for _ in range(repeats):
         torch.manual_seed(0)
-        model = models.build("seed-cnn")
+        model = plain_torch.seed_cnn()
         subset = torch.randperm(len(images))[:images_for(batch)]
         plain_torch.train_images_per_second(model, images[subset[:2 * batch]], prep.dd.train_labels[subset[:2 * batch]], batch)
         rates.append(plain_torch.train_images_per_second(model, images[subset], prep.dd.train_labels[subset], batch))
@@ -112,7 +124,7 @@ def batchlab_infer(batch: int, data_dir: str | None) -> list[float]:
 def plain_infer(prep, batch: int, repeats: int) -> list[float]:
     images = prep.dd.normalize(prep.dd.test_images)
     tiled = images[torch.arange(max(batch, 2048)) % len(images)]
-    model = models.build("seed-cnn")
+    model = plain_torch.seed_cnn()
     plain_torch.infer_images_per_second(model, tiled[:batch], batch)  # warm-up
     return [plain_torch.infer_images_per_second(model, tiled, batch) for _ in range(repeats)]
 
@@ -136,7 +148,7 @@ def keras(prep, train_sizes: list[int], infer_sizes: list[int]) -> dict | None:
 def accuracy_check(prep, data_dir: str | None) -> dict:
     engine = batchlab.run(RunSpec(batch_size=64, epochs=2, optimizer="momentum", lr=0.01), data_dir)
     torch.manual_seed(0)
-    model = models.build("seed-cnn")
+    model = plain_torch.seed_cnn()
     images = prep.dd.normalize(prep.dd.train_images)
     for _ in range(2):
         plain_torch.train_images_per_second(model, images, prep.dd.train_labels, 64)
@@ -156,11 +168,12 @@ def main() -> None:
     torch.set_num_threads(batchlab.spec.available_cores())
     prep = prepare(RunSpec(), args.data_dir)
 
-    ceiling = gemm_flops()
-    print(f"fp32 GEMM 4096²: {ceiling / 1e9:,.0f} GFLOP/s → training ceiling {ceiling / TRAIN_FLOP_PER_IMAGE:,.0f} img/s, "
+    gemm = gemm_flops()
+    ceiling = max(gemm.values())
+    print(f"fp32 GEMM 4096²: MKL {gemm['mkl'] / 1e9:,.0f}, oneDNN {gemm['onednn'] / 1e9:,.0f} GFLOP/s → training ceiling {ceiling / TRAIN_FLOP_PER_IMAGE:,.0f} img/s, "
           f"inference ceiling {ceiling / INFER_FLOP_PER_IMAGE:,.0f} img/s")
     results = {"machine": fingerprint(), "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "gemm_flops": ceiling, "repeats": repeats, "train": {}, "infer": {}}
+               "gemm_flops": ceiling, "gemm_flops_by_library": gemm, "repeats": repeats, "train": {}, "infer": {}}
     for batch in train_sizes:
         mine, peer = spread(batchlab_train(prep, batch, repeats)), spread(plain_train(prep, batch, repeats))
         results["train"][batch] = {"batchlab": mine, "plain_torch": peer}

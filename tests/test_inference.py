@@ -75,7 +75,7 @@ def test_cli_stores_raw_timings_and_derives_throughput(fashion_dir, tmp_path):
 
 def test_batch_too_large_for_memory_is_stored_as_oom(fashion_dir, tmp_path):
     db = tmp_path / "s.db"
-    result = invoke("infer", "--model", "seed-cnn", "--batch-size", "8,300000", "--threads", "1",
+    result = invoke("infer", "--model", "seed-cnn", "--batch-size", "8,300000", "--threads", "1", "--micro-batch", "1000000",
                     "--memory-limit", "4", "--db", db, "--data-dir", fashion_dir)
     assert result.exit_code == 0, result.output
     with sqlite3.connect(db) as con:

@@ -24,6 +24,24 @@ def not_a_module():
     return "nope"
 
 
+def test_pooling_before_relu_is_the_studies_network():
+    """seed-cnn pools before its ReLUs (4x fewer elements); the studies' order conv → ReLU → pool
+    must give the same outputs and gradients, with the same parameter names."""
+    torch.manual_seed(0)
+    ours = models.build("seed-cnn").eval()
+    layers = list(ours)
+    studies = torch.nn.Sequential(layers[0], layers[2], layers[1], layers[3], layers[5], layers[4], *layers[6:]).eval()
+    assert list(studies.state_dict()) == list(ours.state_dict())
+    images = torch.randn(16, 1, 28, 28, requires_grad=True)
+    ours(images).sum().backward()
+    ours_grad = images.grad.clone()
+    images.grad = None
+    studies(images).sum().backward()
+    assert torch.allclose(ours(images), studies(images), atol=0)
+    assert torch.allclose(ours_grad, images.grad, atol=1e-6)
+    assert ours_grad.abs().sum() > 0
+
+
 def test_user_model_by_import_path():
     model = models.build("test_models:tiny_factory", classes=3)
     assert models.parameter_count(model) == 784 * 3 + 3

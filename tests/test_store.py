@@ -98,3 +98,31 @@ def test_schema_has_a_column_for_every_field():
     assert set(RESULT_COLUMNS) <= names(RunResult)
     assert names(RunResult) - set(RESULT_COLUMNS) == {"spec", "status", "epochs", "error", "environment", "weights"}
     assert names(InferResult) - set(INFER_RESULT_COLUMNS) == {"spec", "status", "error", "environment"}
+
+
+def test_every_column_is_in_a_migrated_store(tmp_path):
+    """The column lists above are what the migrations really create."""
+    from batchlab.store import INFER_SPEC_COLUMNS, RUN_SPEC_COLUMNS
+
+    Store(tmp_path / "s.db").close()
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        for table, columns in (("runs", RUN_SPEC_COLUMNS), ("inference", INFER_SPEC_COLUMNS)):
+            created = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            assert set(columns) <= created, table
+
+
+def test_a_schema_1_store_is_migrated_keeping_its_runs(tmp_path):
+    """Stores written before micro-batches existed open, and their runs read as whole batches."""
+    from batchlab.report import load_runs
+    from batchlab.store import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(f"BEGIN; {MIGRATIONS[0]}; PRAGMA user_version = 1; COMMIT;")
+        db.execute("INSERT INTO machines VALUES ('m1', '{}', 'then')")
+        db.execute("INSERT INTO runs (run_key, machine_id, status, created_at, batch_size, model) "
+                   "VALUES ('k', 'm1', 'DONE', 'then', 256, 'mlp')")
+    runs = load_runs(path)
+    assert runs.loc[0, "micro_batch"] == 256 and runs.loc[0, "slicing"] == "whole"
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2

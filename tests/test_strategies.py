@@ -44,7 +44,8 @@ def test_ddp_steps_are_the_single_process_global_batches():
 def test_ddp_matches_single_process_with_the_same_global_batch(fashion_dir):
     common = dict(model="mlp", optimizer="momentum", lr=0.05, epochs=1, limit_train=1200, threads=1, seed=3)
     single = run(RunSpec(batch_size=60, **common), data_dir=str(fashion_dir), keep_weights=True)
-    ddp = run(RunSpec(strategy="ddp", workers=2, batch_size=30, **common), data_dir=str(fashion_dir),
+    # Each rank also slices its 30 images into micro-batches of 10 (gradients all-reduced once).
+    ddp = run(RunSpec(strategy="ddp", workers=2, batch_size=30, micro_batch=10, **common), data_dir=str(fashion_dir),
               keep_weights=True)
     other_seed = run(RunSpec(batch_size=60, **dict(common, seed=4)), data_dir=str(fashion_dir), keep_weights=True)
     for name, tensor in single.weights["state_dict"].items():

@@ -1,0 +1,71 @@
+"""Micro-batches: a batch goes through the network in slices that fit the CPU's caches.
+
+PyTorch runs a network layer by layer over the whole batch. At large batches on a CPU the
+activations of one layer no longer fit in cache, and the element-wise passes (ReLU, pooling,
+their backward) become memory-bound: seed-cnn at batch 4,096 trains about 2x and infers about 3x
+slower per image than at batch 64 (docs/performance.md). Running the batch in slices and
+accumulating the gradients before the single optimizer step keeps the activations in cache and
+leaves the update that of the whole batch: the same images, one step, the mean loss over the
+batch (up to floating-point summation order; dropout draws its masks per slice).
+
+Only models whose output for an image does not depend on the other images of the batch can be
+sliced: a model with batch normalisation runs whole batches. On GPUs, which want large batches,
+batches run whole too.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Largest activation of one slice, in bytes, that the automatic choice aims for. Measured on a
+# 2-core AVX-512 CPU with 32 MB of L3 (docs/performance.md): seed-cnn's largest activation is 80 KB
+# per image, and slices of 64-128 images were fastest at batch 1,024 and 4,096 (training 1.5x,
+# inference 2.5x the whole batch). Other CPUs may prefer other sizes: --micro-batch sets it.
+CACHE_BUDGET_BYTES = 8 * 2**20
+
+AUTOMATIC = 0  # the spec value that asks for the automatic choice
+
+
+def has_batch_statistics(model: nn.Module) -> bool:
+    """Whether the model normalises with statistics over the batch (so slicing would change it)."""
+    return any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules())
+
+
+def largest_activation_bytes(model: nn.Module, sample: torch.Tensor) -> int:
+    """Bytes of the largest output of any leaf module for the one-image `sample`."""
+    largest = sample.numel() * sample.element_size()
+
+    def record(_module, _inputs, output) -> None:
+        nonlocal largest
+        if isinstance(output, torch.Tensor):
+            largest = max(largest, output.numel() * output.element_size())
+
+    leaves = [module for module in model.modules() if not list(module.children())]
+    handles = [module.register_forward_hook(record) for module in leaves]
+    try:
+        with torch.no_grad():
+            model(sample)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return largest
+
+
+def slice_size(requested: int, batch_size: int, model: nn.Module, sample: torch.Tensor) -> int:
+    """Images per slice for this run: `requested` if given (≥ 1), else the automatic choice.
+    The result is at most the batch size; equal to it means the batch runs whole."""
+    if requested != AUTOMATIC:
+        return min(requested, batch_size)
+    if sample.device.type != "cpu" or has_batch_statistics(model):
+        return batch_size
+    per_image = largest_activation_bytes(model, sample)
+    return max(1, min(batch_size, CACHE_BUDGET_BYTES // per_image))
+
+
+def bounds(count: int, size: int) -> list[tuple[int, int]]:
+    """(start, stop) of the fewest slices of at most `size` images covering range(count), of equal
+    sizes (±1): batch 64 with size 52 runs as 32 + 32, not as 52 + a slow-to-run 12."""
+    pieces = -(-count // size)
+    edges = [count * piece // pieces for piece in range(pieces + 1)]
+    return list(zip(edges[:-1], edges[1:]))
