@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from . import data, microbatch, models
+from .devicedata import normalized
 from .engine import autocast, place
 from .machine import THREAD_ENV, resolve_device
 from .spec import InferSpec, available_cores
@@ -106,15 +107,17 @@ def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None 
         result.weights_source = spec.weights
     model = place(model, device).eval()
     slice_size = microbatch.slice_size(spec.micro_batch, spec.batch_size, model,
-                                       (host_images[:1].to(device).float() - mean) / std)
+                                       normalized(host_images[:1].to(device), mean, std))
     reset_peak_memory(device)
 
     def forward(images: torch.Tensor) -> torch.Tensor:
         """Logits of the whole batch, computed slice by slice (microbatch.py)."""
-        logits = torch.empty(len(images), dataset.classes, device=device)
         with torch.inference_mode(), autocast(device, spec.precision):
+            if slice_size >= len(images):
+                return model(normalized(images, mean, std))
+            logits = torch.empty(len(images), dataset.classes, device=device)
             for start, stop in microbatch.bounds(len(images), slice_size):
-                logits[start:stop] = model((images[start:stop].float() - mean) / std)
+                logits[start:stop] = model(normalized(images[start:stop], mean, std))
         return logits
 
     def with_overheads() -> torch.Tensor:

@@ -7,7 +7,7 @@ from torch import nn
 from batchlab import layers
 
 
-@pytest.mark.parametrize("rows", [1, 16, 102])
+@pytest.mark.parametrize("rows", [1, 2, 102])
 def test_linear_matches_torch_linear_with_gradients(rows):
     torch.manual_seed(0)
     ours = layers.Linear(1024, 500)
