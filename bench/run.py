@@ -114,11 +114,14 @@ def plain_train(prep, batch: int, repeats: int) -> list[float]:
     return rates
 
 
-def batchlab_infer(batch: int, data_dir: str | None) -> list[float]:
-    """images/s of each timed call of `batchlab infer`'s compute-only series (at least 3 calls and
-    1 s), so the spread is over calls, as for the peer's repeated passes."""
-    result = measure(InferSpec(batch_size=batch), data_dir)
-    return [images_per_second(batch, [seconds]) for seconds in result.compute_seconds]
+def batchlab_infer(batch: int, data_dir: str | None, repeats: int) -> list[float]:
+    """images/s of `batchlab infer`'s compute-only series (at least 3 timed calls and 1 s), once
+    per repeat, each in a fresh measurement as `batchlab infer` makes it."""
+    rates = []
+    for _ in range(repeats):
+        result = measure(InferSpec(batch_size=batch), data_dir)
+        rates.append(images_per_second(batch, result.compute_seconds))
+    return rates
 
 
 def plain_infer(prep, batch: int, repeats: int) -> list[float]:
@@ -129,31 +132,49 @@ def plain_infer(prep, batch: int, repeats: int) -> list[float]:
     return [plain_torch.infer_images_per_second(model, tiled, batch) for _ in range(repeats)]
 
 
-def keras(prep, train_sizes: list[int], infer_sizes: list[int]) -> dict | None:
-    if not TF_PYTHON.exists():
-        return None
-    with tempfile.TemporaryDirectory() as scratch:
-        data = Path(scratch) / "data.npz"
-        np.savez(data, images=prep.dd.normalize(prep.dd.train_images).squeeze(1).numpy(),
-                 labels=prep.dd.train_labels.numpy())
-        done = subprocess.run([str(TF_PYTHON), str(HERE / "keras_peer.py"), str(data),
-                               ",".join(map(str, train_sizes)), ",".join(map(str, infer_sizes))],
-                              capture_output=True, text=True)
-    if done.returncode != 0:
-        print(f"Keras/TensorFlow peer failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
-        return None
-    return json.loads(done.stdout.strip().splitlines()[-1])
+class KerasPeer:
+    """Keras/TensorFlow in its own environment, one process per batch size (so it runs right after
+    the PyTorch loops at that size, in the same spell of this machine's load)."""
+
+    def __init__(self, prep, scratch: Path):
+        self.available = TF_PYTHON.exists()
+        self.version = None
+        self.data = scratch / "data.npz"
+        if self.available:
+            np.savez(self.data, images=prep.dd.normalize(prep.dd.train_images).squeeze(1).numpy(),
+                     labels=prep.dd.train_labels.numpy())
+
+    def rates(self, mode: str, batch: int, repeats: int) -> list[float] | None:
+        if not self.available:
+            return None
+        done = subprocess.run([str(TF_PYTHON), str(HERE / "keras_peer.py"), str(self.data), mode, str(batch),
+                               str(repeats)], capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"Keras/TensorFlow peer failed at {mode} bs={batch}: {done.stderr.strip().splitlines()[-1:]}",
+                  file=sys.stderr)
+            return None
+        answer = json.loads(done.stdout.strip().splitlines()[-1])
+        self.version = answer["keras"]
+        return answer["rates"]
+
+
+ACCURACY_SEEDS = (0, 1, 2)
 
 
 def accuracy_check(prep, data_dir: str | None) -> dict:
-    engine = batchlab.run(RunSpec(batch_size=64, epochs=2, optimizer="momentum", lr=0.01), data_dir)
-    torch.manual_seed(0)
-    model = plain_torch.seed_cnn()
+    """Test accuracy after 2 epochs at batch 64, over several seeds for each loop: the seeds'
+    spread is the noise the two loops' difference is judged against."""
+    engine, plain = [], []
     images = prep.dd.normalize(prep.dd.train_images)
-    for _ in range(2):
-        plain_torch.train_images_per_second(model, images, prep.dd.train_labels, 64)
-    plain = plain_torch.test_accuracy(model, prep.dd.normalize(prep.dd.test_images), prep.dd.test_labels)
-    return {"batchlab": engine.epochs[-1].test_accuracy, "plain_torch": plain}
+    for seed in ACCURACY_SEEDS:
+        run = batchlab.run(RunSpec(batch_size=64, epochs=2, optimizer="momentum", lr=0.01, seed=seed), data_dir)
+        engine.append(run.epochs[-1].test_accuracy)
+        torch.manual_seed(seed)
+        model = plain_torch.seed_cnn()
+        for _ in range(2):
+            plain_torch.train_images_per_second(model, images, prep.dd.train_labels, 64)
+        plain.append(plain_torch.test_accuracy(model, prep.dd.normalize(prep.dd.test_images), prep.dd.test_labels))
+    return {"batchlab": spread(engine), "plain_torch": spread(plain)}
 
 
 def main() -> None:
@@ -174,25 +195,45 @@ def main() -> None:
           f"inference ceiling {ceiling / INFER_FLOP_PER_IMAGE:,.0f} img/s")
     results = {"machine": fingerprint(), "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "gemm_flops": ceiling, "gemm_flops_by_library": gemm, "repeats": repeats, "train": {}, "infer": {}}
-    for batch in train_sizes:
-        mine, peer = spread(batchlab_train(prep, batch, repeats)), spread(plain_train(prep, batch, repeats))
-        results["train"][batch] = {"batchlab": mine, "plain_torch": peer}
-        print(f"train bs={batch:>5}: batchlab {mine['median']:>8,.0f} img/s ({mine['median'] * TRAIN_FLOP_PER_IMAGE / ceiling:5.1%}"
-              f" of GEMM)  plain PyTorch {peer['median']:>8,.0f}  ratio {mine['median'] / peer['median']:.2f}x")
-    for batch in infer_sizes:
-        mine, peer = spread(batchlab_infer(batch, args.data_dir)), spread(plain_infer(prep, batch, repeats))
-        results["infer"][batch] = {"batchlab": mine, "plain_torch": peer}
-        print(f"infer bs={batch:>5}: batchlab {mine['median']:>8,.0f} img/s ({mine['median'] * INFER_FLOP_PER_IMAGE / ceiling:5.1%}"
-              f" of GEMM)  plain PyTorch {peer['median']:>8,.0f}  ratio {mine['median'] / peer['median']:.2f}x")
+    scratch = tempfile.TemporaryDirectory()
+    keras = KerasPeer(prep, Path(scratch.name))
+    if not keras.available:
+        print("Keras/TensorFlow: not installed (make bench-tf); timing the PyTorch loops only")
+    modes = [("train", train_sizes, TRAIN_FLOP_PER_IMAGE, lambda b: batchlab_train(prep, b, 1),
+              lambda b: plain_train(prep, b, 1)),
+             ("infer", infer_sizes, INFER_FLOP_PER_IMAGE, lambda b: batchlab_infer(b, args.data_dir, 1),
+              lambda b: plain_infer(prep, b, 1))]
+    for mode, sizes, flop_per_image, ours, plain in modes:
+        for batch in sizes:
+            # batchlab and plain PyTorch alternate repeat by repeat, Keras follows at the same size.
+            pairs = [(ours(batch)[0], plain(batch)[0]) for _ in range(repeats)]
+            rates = {"batchlab": spread([p[0] for p in pairs]), "plain_torch": spread([p[1] for p in pairs])}
+            keras_rates = keras.rates(mode, batch, repeats)
+            if keras_rates:
+                rates["keras"] = spread(keras_rates)
+            results[mode][batch] = rates
+            mine = rates["batchlab"]["median"]
+            best = max(rates[name]["median"] for name in rates if name != "batchlab")
+            print(f"{mode} bs={batch:>5}: batchlab {mine:>8,.0f} img/s ({mine * flop_per_image / ceiling:5.1%} of GEMM)  "
+                  f"plain PyTorch {rates['plain_torch']['median']:>8,.0f}  Keras "
+                  + (f"{rates['keras']['median']:>8,.0f}" if "keras" in rates else f"{'—':>8}")
+                  + f"  ÷ best peer {mine / best:.2f}x", flush=True)
+    scratch.cleanup()
+    results["keras_version"] = keras.version
     for batch in (1, 64):
-        # Interleaved, so that a slow spell of a shared machine hits both alike.
-        pairs = [(batchlab_train(prep, batch, 1)[0], batchlab_train(prep, batch, 1, record=False)[0])
-                 for _ in range(max(repeats, 5))]
-        recorded, bare = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
-        results.setdefault("measurement_cost", {})[batch] = 1 - recorded / bare
-        print(f"measurement cost at bs={batch}: {1 - recorded / bare:+.1%} (recorded {recorded:,.0f} vs bare {bare:,.0f} img/s)")
-    results["keras"] = keras(prep, train_sizes, infer_sizes)
-    print("Keras/TensorFlow:", "not installed (make bench-tf)" if results["keras"] is None else results["keras"])
+        # The recorded loop between two runs of the bare one, so that a slow spell of a shared
+        # machine or a position effect hits both alike; the two bare runs' difference is the noise.
+        costs, noises = [], []
+        for _ in range(max(repeats, 5)):
+            before = batchlab_train(prep, batch, 1, record=False)[0]
+            recorded = batchlab_train(prep, batch, 1)[0]
+            after = batchlab_train(prep, batch, 1, record=False)[0]
+            costs.append(1 - recorded / ((before + after) / 2))
+            noises.append(abs(1 - after / before))
+        cost, noise = statistics.median(costs), statistics.median(noises)
+        results.setdefault("measurement_cost", {})[batch] = {"cost": cost, "noise": noise}
+        print(f"measurement cost at bs={batch}: {cost:+.1%} (median over {len(costs)} recorded runs, each against the "
+              f"bare runs before and after it; those two differ by {noise:.1%})")
     if not args.quick:
         results["accuracy_after_2_epochs_bs64"] = accuracy_check(prep, args.data_dir)
         print("test accuracy after 2 epochs at batch 64:", results["accuracy_after_2_epochs_bs64"])
