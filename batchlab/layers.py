@@ -55,6 +55,34 @@ class Linear(nn.Linear):
         return _OneDNNLinear.apply(inputs, self.weight, self.bias)
 
 
+# Smallest input for MaxPool2d's two-maxima path: 6.5 images of seed-cnn's first activation
+# (at 4 images it was 3% slower, at 16 4% faster).
+FAST_POOL_MIN_ELEMENTS = 2**17
+
+
+class MaxPool2d(nn.MaxPool2d):
+    """nn.MaxPool2d that, for 2×2 windows at stride 2 when no gradient is needed (inference,
+    evaluation), takes two element-wise maxima over strided views instead: the same values, 2.5x
+    faster on the CPU for seed-cnn's first pooling of 104 images, because PyTorch's pooling also
+    writes an int64 index per output (inference 7-15% faster at batch 64 and 4,096). Training
+    keeps nn.MaxPool2d, whose backward routes each gradient to one index (torch.maximum would
+    split it between tied elements, and background pixels tie); so do small inputs, where the
+    extra ops cost more than they save (batch 1: 3-8% slower)."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if ((torch.is_grad_enabled() and inputs.requires_grad) or inputs.dim() != 4
+                or inputs.numel() < FAST_POOL_MIN_ELEMENTS or not self._is_plain_2x2()):
+            return super().forward(inputs)
+        height, width = inputs.shape[-2:]
+        inputs = inputs[..., :height - height % 2, :width - width % 2]  # pooling floors odd sizes
+        rows = torch.maximum(inputs[..., 0::2, :], inputs[..., 1::2, :])
+        return torch.maximum(rows[..., 0::2], rows[..., 1::2])
+
+    def _is_plain_2x2(self) -> bool:
+        return (self.kernel_size in (2, (2, 2)) and self.stride in (2, (2, 2)) and self.padding in (0, (0, 0))
+                and self.dilation in (1, (1, 1)) and not self.ceil_mode and not self.return_indices)
+
+
 class Dropout(nn.Dropout):
     """nn.Dropout with its mask drawn as uniform floats ≥ p instead of by bernoulli_: the same
     distribution (each element kept with probability 1 - p, scaled by 1 / (1 - p)), 4x faster on

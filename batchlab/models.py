@@ -12,7 +12,7 @@ from typing import Callable
 
 from torch import nn
 
-from .layers import Dropout, Linear
+from .layers import Dropout, Linear, MaxPool2d
 
 
 # The studies write convolution → ReLU → max-pool. ReLU is monotonic, so max-pooling first and
@@ -27,8 +27,8 @@ def seed_cnn(classes: int = 10) -> nn.Module:
     (28 → conv4 25 → pool 12 → conv4 9 → pool 4). The paper does not give the dropout rate;
     0.5 is our documented choice. Pooling before ReLU: see above."""
     return nn.Sequential(
-        nn.Conv2d(1, 32, kernel_size=4), nn.MaxPool2d(2), nn.ReLU(),
-        nn.Conv2d(32, 64, kernel_size=4), nn.MaxPool2d(2), nn.ReLU(),
+        nn.Conv2d(1, 32, kernel_size=4), MaxPool2d(2), nn.ReLU(),
+        nn.Conv2d(32, 64, kernel_size=4), MaxPool2d(2), nn.ReLU(),
         nn.Flatten(), Dropout(0.5),
         Linear(64 * 4 * 4, 500), nn.ReLU(), Dropout(0.5),
         Linear(500, classes),
@@ -39,7 +39,7 @@ def keras_cnn(classes: int = 10) -> nn.Module:
     """The Keras MNIST example CNN (1,199,882 parameters for 10 classes)."""
     return nn.Sequential(
         nn.Conv2d(1, 32, kernel_size=3), nn.ReLU(),
-        nn.Conv2d(32, 64, kernel_size=3), nn.MaxPool2d(2), nn.ReLU(), Dropout(0.25),
+        nn.Conv2d(32, 64, kernel_size=3), MaxPool2d(2), nn.ReLU(), Dropout(0.25),
         nn.Flatten(), Linear(64 * 12 * 12, 128), nn.ReLU(), Dropout(0.5),
         Linear(128, classes),
     )

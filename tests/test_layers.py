@@ -38,3 +38,24 @@ def test_dropout_keeps_the_fraction_and_scales():
     out = dropout.train()(inputs)
     out.sum().backward()
     assert torch.equal(inputs.grad, out.detach())  # gradient flows exactly where kept, scaled
+
+
+@pytest.mark.parametrize("size", [25, 24, 9])
+def test_max_pool_without_gradients_matches_torch(size):
+    torch.manual_seed(0)
+    ours, reference = layers.MaxPool2d(2), nn.MaxPool2d(2)
+    images = torch.randn(200, 32, size, size)
+    images[:, :, :4, :4] = 0.0  # ties, as on a background
+    for batch in (images, images.contiguous(memory_format=torch.channels_last)):
+        with torch.inference_mode():
+            assert torch.equal(ours(batch), reference(batch))
+
+
+def test_max_pool_with_gradients_routes_ties_like_torch():
+    images = torch.zeros(200, 32, 25, 25, requires_grad=True)  # every window a tie
+    layers.MaxPool2d(2)(images).sum().backward()
+    ours = images.grad.clone()
+    images.grad = None
+    nn.MaxPool2d(2)(images).sum().backward()
+    assert torch.equal(ours, images.grad)
+    assert ours.sum() == 200 * 32 * 12 * 12  # one element of each window gets the gradient
