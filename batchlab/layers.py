@@ -67,10 +67,10 @@ class MaxPool2d(nn.MaxPool2d):
     writes an int64 index per output (inference 7-15% faster at batch 64 and 4,096). Training
     keeps nn.MaxPool2d, whose backward routes each gradient to one index (torch.maximum would
     split it between tied elements, and background pixels tie); so do small inputs, where the
-    extra ops cost more than they save (batch 1: 3-8% slower)."""
+    extra ops cost more than they save (batch 1: 3-8% slower), and GPUs, where it was not measured."""
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if ((torch.is_grad_enabled() and inputs.requires_grad) or inputs.dim() != 4
+        if ((torch.is_grad_enabled() and inputs.requires_grad) or inputs.device.type != "cpu" or inputs.dim() != 4
                 or inputs.numel() < FAST_POOL_MIN_ELEMENTS or not self._is_plain_2x2()):
             return super().forward(inputs)
         height, width = inputs.shape[-2:]

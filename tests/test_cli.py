@@ -29,6 +29,8 @@ def invoke(*args):
     (["train", "--model", "nope"], "error: unknown model 'nope'"),
     (["train", "--dataset", "nope"], "error: unknown dataset 'nope'"),
     (["train", "--device", "tpu"], "error: unknown device 'tpu'"),
+    (["train", "--micro-batch", "-1"], "error: micro-batch must be at least 1 (or 0 for automatic), got -1"),
+    (["infer", "--micro-batch", "-3"], "error: micro-batch must be at least 1 (or 0 for automatic), got -3"),
     (["sweep", "--batch-size", "16,x"], "error: --batch-size: cannot read '16,x' as int values"),
     (["sweep", "missing.toml"], "error: experiment file not found: missing.toml"),
     (["sweep"], "error: nothing to sweep: give an experiment file or grid flags"),
@@ -119,6 +121,19 @@ def test_oversubscription_is_warned_about(fashion_dir, tmp_path):
     assert result.exit_code == 0
     assert f"oversubscribe this machine's {cores} core(s) (workers × threads up to {cores + 1})" in result.output
     assert "1 run(s) done" in result.output
+
+
+def test_micro_batches_are_recorded_and_reported_apart(fashion_dir, tmp_path):
+    db = tmp_path / "s.db"
+    result = invoke("sweep", "--batch-size", "256", "--micro-batch", "0,1000000", "--limit-train", "1024",
+                    "--db", db, "--data-dir", fashion_dir)
+    assert result.exit_code == 0, result.output
+    with sqlite3.connect(db) as con:
+        used = {requested: json.loads(environment)["micro_batch"]
+                for requested, environment in con.execute("SELECT micro_batch, environment FROM runs")}
+    assert used == {0: 104, 1000000: 256}  # automatic: 8 MB of seed-cnn's 80 KB activation; whole
+    rows = json.loads(invoke("report", "--db", db, "--format", "json").stdout)
+    assert sorted(row["slicing"] for row in rows) == ["auto", "whole"]
 
 
 def test_train_twice_stores_two_repeats(fashion_dir, tmp_path):
