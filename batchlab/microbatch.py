@@ -2,7 +2,7 @@
 
 PyTorch runs a network layer by layer over the whole batch. At large batches on a CPU the
 activations of one layer no longer fit in cache, and the element-wise passes (ReLU, pooling,
-their backward) become memory-bound: seed-cnn at batch 4,096 trains about 2x and infers about 3x
+their backward) become memory-bound: seed-cnn at batch 4,096 trained 1.6x and inferred 3.3x
 slower per image than at batch 64 (docs/performance.md). Running the batch in slices and
 accumulating the gradients before the single optimizer step keeps the activations in cache and
 leaves the update that of the whole batch: the same images, one step, the mean loss over the
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 # Largest activation of one slice, in bytes, that the automatic choice aims for. Measured on a
-# 2-core AVX-512 CPU with 32 MB of L3 (docs/performance.md): seed-cnn's largest activation is 80 KB
+# 2-core AVX-512 CPU with 1 MB of L2 per core and 32 MB of L3 (docs/performance.md): seed-cnn's largest activation is 80 KB
 # per image, and slices of 64-128 images were fastest at batch 1,024 and 4,096 (training 1.5x,
 # inference 2.5x the whole batch). Other CPUs may prefer other sizes: --micro-batch sets it.
 CACHE_BUDGET_BYTES = 8 * 2**20
@@ -33,7 +33,9 @@ def has_batch_statistics(model: nn.Module) -> bool:
 
 
 def largest_activation_bytes(model: nn.Module, sample: torch.Tensor) -> int:
-    """Bytes of the largest output of any leaf module for the one-image `sample`."""
+    """Bytes of the largest output of any leaf module for the one-image `sample` (in fp32; the
+    probe runs in eval mode, so dropout draws no random numbers and the run's seeded stream is
+    untouched)."""
     largest = sample.numel() * sample.element_size()
 
     def record(_module, _inputs, output) -> None:
@@ -43,10 +45,12 @@ def largest_activation_bytes(model: nn.Module, sample: torch.Tensor) -> int:
 
     leaves = [module for module in model.modules() if not list(module.children())]
     handles = [module.register_forward_hook(record) for module in leaves]
+    training = model.training
     try:
         with torch.no_grad():
-            model(sample)
+            model.eval()(sample)
     finally:
+        model.train(training)
         for handle in handles:
             handle.remove()
     return largest

@@ -46,3 +46,13 @@ def test_automatic_slice_size():
     with_batch_norm = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
                                           torch.nn.Linear(4 * 26 * 26, 10))
     assert microbatch.slice_size(0, 4096, with_batch_norm, cpu_sample) == 4096  # batch statistics: whole
+
+
+def test_the_probe_leaves_the_random_stream_and_mode_alone():
+    model = models.build("seed-cnn").train()
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    microbatch.largest_activation_bytes(model, torch.zeros(1, 1, 28, 28))
+    assert torch.equal(torch.rand(3), expected)
+    assert model.training
