@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 # Largest activation of one slice, in bytes, that the automatic choice aims for. Measured on a
-# 2-core AVX-512 CPU with 1 MB of L2 per core and 32 MB of L3 (docs/performance.md): seed-cnn's largest activation is 80 KB
-# per image, and slices of 64-128 images were fastest at batch 1,024 and 4,096 (training 1.5x,
-# inference 2.5x the whole batch). Other CPUs may prefer other sizes: --micro-batch sets it.
+# 2-core AVX-512 CPU with 1 MB of L2 per core and 32 MB of L3 (docs/performance.md): with
+# seed-cnn's largest activation at 80 KB per image, slices of 64-128 images were fastest at
+# batch 1,024 and 4,096 (training 1.5x, inference 2.5x the whole batch); at 62 KB per image
+# (after its input crop) 104-135. Other CPUs may prefer other sizes: --micro-batch sets it.
 CACHE_BUDGET_BYTES = 8 * 2**20
 
 AUTOMATIC = 0  # the spec value that asks for the automatic choice

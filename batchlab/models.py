@@ -22,11 +22,31 @@ from .layers import Dropout, Linear, MaxPool2d
 # unchanged, so weights saved with either order load into the other. tests/test_models.py checks it.
 
 
+class CroppedInput(nn.Sequential):
+    """nn.Sequential that first crops its (N, C, H, W) input to the top-left `size`×`size`
+    pixels: the rows and columns beyond never reach the output of a network of 'valid'
+    convolutions and flooring max-pools, so computing them is wasted work. Parameter names are
+    those of nn.Sequential."""
+
+    def __init__(self, size: int, *layers: nn.Module):
+        super().__init__(*layers)
+        self.size = size
+
+    def forward(self, images):
+        return super().forward(images[..., :self.size, :self.size])
+
+
 def seed_cnn(classes: int = 10) -> nn.Module:
     """The TensorFlow batch-size study's CNN: 550,886 parameters for 10 classes, 'valid' padding
     (28 → conv4 25 → pool 12 → conv4 9 → pool 4). The paper does not give the dropout rate;
-    0.5 is our documented choice. Pooling before ReLU: see above."""
-    return nn.Sequential(
+    0.5 is our documented choice. Pooling before ReLU: see above.
+
+    Working back from the 4×4 map the dense layer reads: pool 2 needs 8×8, conv 4×4 needs 11×11,
+    pool 2 needs 22×22, conv 4×4 needs 25×25. The last 3 rows and columns of a 28×28 image never
+    reach the output (in the study's network too), so seed-cnn crops them: the same outputs and
+    gradients with 23% less work in the first convolution and pooling, 21% less in the second."""
+    return CroppedInput(
+        25,
         nn.Conv2d(1, 32, kernel_size=4), MaxPool2d(2), nn.ReLU(),
         nn.Conv2d(32, 64, kernel_size=4), MaxPool2d(2), nn.ReLU(),
         nn.Flatten(), Dropout(0.5),

@@ -24,9 +24,10 @@ def not_a_module():
     return "nope"
 
 
-def test_pooling_before_relu_is_the_studies_network():
-    """seed-cnn pools before its ReLUs (4x fewer elements); the studies' order conv → ReLU → pool
-    must give the same outputs and gradients, with the same parameter names."""
+def test_pooling_before_relu_and_cropping_is_the_studies_network():
+    """seed-cnn crops its input to 25×25 and pools before its ReLUs; the studies' network
+    (28×28, conv → ReLU → pool) must give the same outputs and gradients, with the same parameter
+    names."""
     torch.manual_seed(0)
     ours = models.build("seed-cnn").eval()
     layers = list(ours)
@@ -37,9 +38,14 @@ def test_pooling_before_relu_is_the_studies_network():
     ours_grad = images.grad.clone()
     images.grad = None
     studies(images).sum().backward()
-    assert torch.allclose(ours(images), studies(images), atol=0)
+    assert torch.allclose(ours(images), studies(images), atol=1e-6)
     assert torch.allclose(ours_grad, images.grad, atol=1e-6)
-    assert ours_grad.abs().sum() > 0
+    assert ours_grad[..., :25, :25].abs().sum() > 0
+    # Why the crop is exact: the study's network never looks at rows and columns 25-27.
+    changed = images.detach().clone()
+    changed[..., 25:, :] = 100.0
+    changed[..., :, 25:] = -100.0
+    assert torch.equal(studies(changed), studies(images))
 
 
 def test_user_model_by_import_path():
