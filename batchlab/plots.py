@@ -55,8 +55,9 @@ def panels(count: int, series: int, width: float = 5.5) -> tuple[Figure, list]:
 
 
 def titled(figure: Figure, title: str) -> Figure:
-    """Title the figure; gather its first plot's legend into the space below (panels()) if any."""
-    figure.suptitle(title)
+    """Title the figure (wrapped to its width: a one-panel figure is narrower than a long title);
+    gather its first plot's legend into the space below (panels()) if any."""
+    figure.suptitle(textwrap.fill(title, max(40, int(figure.get_figwidth() * 11))))
     legend_axis = getattr(figure, "legend_axis", None)
     if legend_axis is not None:
         handles, labels = figure.axes[0].get_legend_handles_labels()
