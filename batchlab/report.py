@@ -25,13 +25,19 @@ MEDIAN_FIGURES = ["test_loss", "val_accuracy", "time_to_target_seconds", "wall_s
                   "load_seconds", "peak_memory_bytes"]
 
 
+def slicing(micro_batch: int, batch_size: int) -> str:
+    """How a run split its batches: "auto" (the automatic choice, whose size the run's environment
+    records), "whole", or the requested images per slice. Any micro-batch of at least the batch
+    size is "whole", so such runs group together across batch sizes."""
+    if micro_batch == 0:
+        return "auto"
+    return "whole" if micro_batch >= batch_size else str(micro_batch)
+
+
 def with_slicing(frame: pd.DataFrame) -> pd.DataFrame:
-    """Add `slicing`, how each run split its batches: "auto" (the automatic choice, whose size
-    the run's environment records), "whole", or the requested images per slice. Any micro-batch
-    of at least the batch size is "whole", so such runs group together across batch sizes."""
+    """Add the `slicing` column (once: frames built from runs may carry it already)."""
     if "slicing" not in frame:
-        whole = frame["micro_batch"] >= frame["batch_size"]
-        frame["slicing"] = frame["micro_batch"].astype(str).where(~whole, "whole").where(frame["micro_batch"] != 0, "auto")
+        frame["slicing"] = [slicing(int(micro), int(batch)) for micro, batch in zip(frame["micro_batch"], frame["batch_size"])]
     return frame
 
 
