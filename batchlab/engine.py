@@ -116,16 +116,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
     correct) as device tensors (no host sync)."""
     count = len(labels)
     optimizer.zero_grad(set_to_none=True)
-    if slice_size is None or slice_size >= count:  # whole batch: the fewest ops, for small batches
-        with autocast(images.device, precision):
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels)
-        loss.backward()
-        optimizer.step()
-        return loss.detach(), (logits.argmax(1) == labels).sum()
-    loss_sum = torch.zeros((), device=labels.device)
-    correct = torch.zeros((), dtype=torch.int64, device=labels.device)
-    slices = microbatch.bounds(count, slice_size)
+    loss_sum = correct = None  # set by the first slice: a whole batch costs no accumulator ops
+    slices = microbatch.bounds(count, slice_size or count)
     for number, (start, stop) in enumerate(slices):
         # Under DDP, gradients are all-reduced once, with the last slice's backward.
         last = number == len(slices) - 1
@@ -134,8 +126,9 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
                 logits = model(images[start:stop])
             loss = F.cross_entropy(logits.float(), labels[start:stop], reduction="sum") / count
             loss.backward()
-        loss_sum += loss.detach()
-        correct += (logits.argmax(1) == labels[start:stop]).sum()
+        hits = (logits.argmax(1) == labels[start:stop]).sum()
+        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+        correct = hits if correct is None else correct + hits
     optimizer.step()
     return loss_sum, correct
 
@@ -235,7 +228,8 @@ def place(model: nn.Module, device: torch.device) -> nn.Module:
     """The model on its device, in the memory layout fastest there. On the CPU that is
     channels-last (NHWC): oneDNN's convolutions then run without reordering every activation,
     1.2-2.6x faster for seed-cnn (docs/performance.md). Only 4-d weights change layout, so other
-    models are unaffected; GPUs keep PyTorch's default, which is what their studies measured."""
+    models are unaffected; GPUs keep PyTorch's default layout (channels-last was not measured
+    there)."""
     model = model.to(device)
     return model.to(memory_format=torch.channels_last) if device.type == "cpu" else model
 
@@ -260,12 +254,22 @@ def prepare(spec: RunSpec, data_dir: str | None = None, device: str | None = Non
 
     torch.manual_seed(spec.seed)
     with Region(device) as build_region:
-        model = place(models.build(spec.model, dd.classes), device)
+        model = build_model(spec, dd, device)
     result.model_build_seconds = build_region.seconds
     result.parameters = models.parameter_count(model)
-    slices = microbatch.slice_size(spec.micro_batch, spec.batch_size, model, dd.normalize(dd.train_images[:1]))
+    slices = slice_size_for(spec, model, dd)
     reset_peak_memory(device)
     return Prepared(spec, device, dd, model, slices, result, started)
+
+
+def build_model(spec: RunSpec, dd: DeviceData, device: torch.device) -> nn.Module:
+    """The run's model (seeded by the caller) on its device, in the device's layout."""
+    return place(models.build(spec.model, dd.classes), device)
+
+
+def slice_size_for(spec: RunSpec, model: nn.Module, dd: DeviceData) -> int:
+    """Images per micro-batch for this run (microbatch.slice_size, probed with one image)."""
+    return microbatch.slice_size(spec.micro_batch, spec.batch_size, model, dd.normalize(dd.train_images[:1]))
 
 
 def run_epochs(prep: Prepared, train_one_epoch: Callable[[torch.Tensor], EpochWork],

@@ -113,12 +113,9 @@ def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None 
     def forward(images: torch.Tensor) -> torch.Tensor:
         """Logits of the whole batch, computed slice by slice (microbatch.py)."""
         with torch.inference_mode(), autocast(device, spec.precision):
-            if slice_size >= len(images):
-                return model(normalized(images, mean, std))
-            logits = torch.empty(len(images), dataset.classes, device=device)
-            for start, stop in microbatch.bounds(len(images), slice_size):
-                logits[start:stop] = model(normalized(images[start:stop], mean, std))
-        return logits
+            logits = [model(normalized(images[start:stop], mean, std))
+                      for start, stop in microbatch.bounds(len(images), slice_size)]
+        return logits[0] if len(logits) == 1 else torch.cat(logits)
 
     def with_overheads() -> torch.Tensor:
         return forward(host_images.to(device)).argmax(1).cpu()

@@ -91,6 +91,8 @@ class Dropout(nn.Dropout):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return inputs
+        if self.p == 1:
+            return inputs * 0.0  # everything dropped (and no division by zero)
         # float32 draws even under bf16 autocast, so p is honoured to 2^-24, not to 2^-8.
         keep = torch.rand(inputs.shape, device=inputs.device) >= self.p
         return inputs * keep.to(inputs.dtype).mul_(1 / (1 - self.p))

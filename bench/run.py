@@ -34,8 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import plain_torch  # noqa: E402
 
 import batchlab  # noqa: E402
-from batchlab import microbatch, models  # noqa: E402
-from batchlab.engine import StepLoop, make_optimizer, place, prepare, train_step  # noqa: E402
+from batchlab.engine import StepLoop, build_model, make_optimizer, prepare, slice_size_for, train_step  # noqa: E402
 from batchlab.inference import images_per_second, measure  # noqa: E402
 from batchlab.machine import fingerprint  # noqa: E402
 from batchlab.spec import InferSpec, RunSpec  # noqa: E402
@@ -79,13 +78,14 @@ def spread(values: list[float]) -> dict:
 
 def batchlab_train(prep, batch: int, repeats: int, record: bool = True) -> list[float]:
     """images/s of the engine's hot loop (StepLoop.train, as `batchlab train` runs it); with
-    record=False the same steps without the per-step result buffers (the measurement's cost)."""
+    record=False the same steps without keeping each step's results (the measurement's cost)."""
+    spec = RunSpec(batch_size=batch)
     rates = []
     for _ in range(repeats):
         torch.manual_seed(0)
         # As engine.prepare sets a run up: the model in the device's layout, automatic micro-batches.
-        model = place(models.build("seed-cnn"), prep.device).train()
-        slices = microbatch.slice_size(microbatch.AUTOMATIC, batch, model, prep.dd.normalize(prep.dd.train_images[:1]))
+        model = build_model(spec, prep.dd, prep.device).train()
+        slices = slice_size_for(spec, model, prep.dd)
         optimizer = make_optimizer("momentum", model.parameters(), 0.01)
         loop = StepLoop(model, optimizer, prep.dd, batch, slice_size=slices)
         indices = torch.randperm(prep.dd.train_count)[:images_for(batch)]

@@ -59,3 +59,11 @@ def test_max_pool_with_gradients_routes_ties_like_torch():
     nn.MaxPool2d(2)(images).sum().backward()
     assert torch.equal(ours, images.grad)
     assert ours.sum() == 200 * 32 * 12 * 12  # one element of each window gets the gradient
+
+
+def test_dropout_of_everything_gives_zeros():
+    inputs = torch.ones(4, 4, requires_grad=True)
+    out = layers.Dropout(1.0)(inputs)
+    assert torch.equal(out, torch.zeros(4, 4))
+    out.sum().backward()
+    assert torch.equal(inputs.grad, torch.zeros(4, 4))
