@@ -1,17 +1,30 @@
-"""batchlab: measure how batch size and parallelism shape neural-network training and inference."""
+"""batchlab: measure how batch size and parallelism shape neural-network training and inference.
+
+The names below load on first use: `import batchlab` (and so the `batchlab` command before it
+parses its flags) does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .engine import EpochRecord, RunResult  # noqa: E402
-from .strategies import run  # noqa: E402
-from .spec import ExperimentSpec, RunSpec, SpecError  # noqa: E402
+_LAZY = {"RunSpec": "spec", "ExperimentSpec": "spec", "SpecError": "spec", "RunResult": "engine",
+         "EpochRecord": "engine", "run": "strategies"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'batchlab' has no attribute {name!r}")
 
 
 def results(db: str = "batchlab.db"):
-    """Every stored run of the store `db`, one row per run, as a pandas DataFrame."""
+    """Every stored run of the store `db` (opened read-only), one row per run, as a DataFrame."""
     from .store import Store
 
-    with Store(db) as store:
+    with Store(db, readonly=True) as store:
         return store.runs_frame()
 
 

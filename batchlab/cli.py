@@ -25,8 +25,9 @@ out = Console() if sys.stdout.isatty() else Console(width=200)
 err = Console(stderr=True, soft_wrap=True)  # messages stay one line, whatever the width
 
 DbOpt = Annotated[Path, typer.Option("--db", help="SQLite results store.")]
-DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the dataset files (searched first).")]
+DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the dataset files; when given, the only place looked in.")]
 MemoryOpt = Annotated[Optional[float], typer.Option("--memory-limit", help="GiB of address space per run process; beyond it a run ends as OOM.")]
+OversubscribeOpt = Annotated[bool, typer.Option("--oversubscribe", help="Run even where workers × threads exceed the available CPUs (timings then include contention).")]
 
 
 def user_errors(command):
@@ -42,11 +43,38 @@ def user_errors(command):
 
         try:
             return command(*args, **kwargs)
-        except (SpecError, DataError, DeviceUnavailable, ModelError, StoreError, ExportError, FileNotFoundError,
+        except (SpecError, DataError, DeviceUnavailable, ModelError, StoreError, ExportError,
                 sqlite3.Error) as error:
-            err.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            fail(str(error))
+        except OSError as error:  # a path the user gave: name it and what is wrong, no traceback
+            fail(f"{error.filename}: {error.strerror}" if error.filename and error.strerror else str(error))
     return wrapper
+
+
+def fail(message: str) -> None:
+    """The one line a user error gets, and exit code 2."""
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from None
+
+
+def output_file(path: Path, flag: str) -> Path:
+    """A file the command will write: not a folder; missing parent folders are created."""
+    from .spec import SpecError
+
+    if path.is_dir():
+        raise SpecError(f"{flag} {path} is a folder; give a file name, e.g. {path / ('report' + (path.suffix or '.out'))}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def output_folder(path: Path, flag: str) -> Path:
+    """A folder the command will write into: created if missing, refused if it is a file."""
+    from .spec import SpecError
+
+    if path.exists() and not path.is_dir():
+        raise SpecError(f"{flag} {path} is a file, not a folder")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def progress_events(progress: Progress):
@@ -73,37 +101,97 @@ def progress_events(progress: Progress):
 
 
 def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str], save_weights: bool = False,
-            memory_limit: Optional[float] = None):
-    """Run the specs with a progress bar; print what was skipped and how the runs ended."""
-    from .spec import SpecError, available_cores
+            memory_limit: Optional[float] = None, oversubscribe: bool = False):
+    """Run the specs with a progress bar; print what was skipped and how the runs ended. Exits 1
+    when a run failed (FAILED, or ended by a signal; DIVERGED and OOM are results, not failures)."""
     from .sweep import SweepInterrupted, run_sweep
 
-    if memory_limit is not None and memory_limit <= 0:
-        raise SpecError(f"--memory-limit is in GiB and must be positive, got {memory_limit}")
-    cores = available_cores()
-    processes = {spec.key: getattr(spec, "workers", 1) * spec.threads for spec in specs}
-    crowded = [key for key, count in processes.items() if count > cores]
-    if crowded:
-        worst = max(processes[key] for key in crowded)
-        err.print(f"[yellow]warning:[/yellow] {len(crowded)} run(s) oversubscribe this machine's {cores} core(s) "
-                  f"(workers × threads up to {worst}): their timings include contention for cores.", highlight=False)
+    limit = preflight(specs, data_dir, memory_limit, oversubscribe)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=err, transient=True) as progress:
             summary = run_sweep(specs, db, str(data_dir) if data_dir else None, experiment, progress_events(progress),
-                                save_weights, int(memory_limit * 2**30) if memory_limit else None)
+                                save_weights, limit)
     except SweepInterrupted as stopped:
         done = stopped.summary.count("DONE")
         err.print(f"interrupted: {stopped.spec.label()} stored as KILLED; {done} run(s) finished and stored "
                   f"in {db}. Run the same command again to resume.", highlight=False)
         raise typer.Exit(130) from None
+    except KeyboardInterrupt:  # before any run started: nothing to store
+        err.print("interrupted before any run started; nothing stored.", highlight=False)
+        raise typer.Exit(130) from None
     for device, reason in summary.skipped_device.items():
         err.print(f"[yellow]skipped runs on {device}:[/yellow] {reason}", highlight=False)
     if summary.skipped_finished:
         err.print(f"{summary.skipped_finished} run(s) already finished in {db}: skipped (resume).")
-    failed = len(summary.outcomes) - summary.count("DONE")
-    err.print(f"{summary.count('DONE')} run(s) done, {failed} not done, stored in {db}.")
+    failed = [(spec, outcome) for spec, outcome in summary.outcomes if outcome.status in FAILURES]
+    not_done = len(summary.outcomes) - summary.count("DONE")
+    line = f"{summary.count('DONE')} run(s) done, {not_done} not done"
+    results = [f"{summary.count(status)} {word}" for status, word in (("DIVERGED", "diverged"), ("OOM", "out of memory"))
+               if summary.count(status)]
+    if results:
+        line += f" ({', '.join(results)}: a result)"
+    err.print(f"{line}, stored in {db}.", highlight=False)
+    if failed:
+        names = "; ".join(f"{spec.label()} ({outcome.status})" for spec, outcome in failed)
+        err.print(f"[red]{len(failed)} run(s) failed:[/red] {escape(names)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
     return summary
+
+
+def preflight(specs, data_dir: Optional[Path], memory_limit: Optional[float], oversubscribe: bool) -> Optional[int]:
+    """What must hold before any run starts or anything is stored: the data folder the user named
+    holds the data, the memory limit lets a worker start, the runs fit the CPUs. Returns the memory
+    limit in bytes."""
+    from .data import check_data_dir
+    from .heartbeat import timeout_seconds
+
+    for dataset in sorted({spec.dataset for spec in specs}):  # --data-dir is a promise
+        check_data_dir(dataset, data_dir)
+    timeout_seconds()  # a bad $BATCHLAB_WORKER_TIMEOUT is one line, before anything is stored
+    check_cores(specs, oversubscribe)
+    return memory_limit_bytes(memory_limit)
+
+
+# Outcomes that mean a run did not give its result (the sweep exits 1). DIVERGED and OOM (under
+# --memory-limit: "this batch does not fit") are results; SKIPPED: another sweep finished the run.
+FAILURES = ("FAILED", "KILLED")
+
+
+def memory_limit_bytes(memory_limit: Optional[float]) -> Optional[int]:
+    """--memory-limit in bytes, refused when no run worker could even start under it."""
+    from .spec import SpecError
+    from .sweep import worker_start_bytes
+
+    if memory_limit is None:
+        return None
+    if memory_limit <= 0:
+        raise SpecError(f"--memory-limit is in GiB and must be positive, got {memory_limit}")
+    limit, needed = int(memory_limit * 2**30), worker_start_bytes()
+    if limit < needed:
+        raise SpecError(f"--memory-limit {memory_limit:g} GiB is too low: a run worker needs at least "
+                        f"{needed / 2**30:.1f} GiB of address space to start Python and torch on this machine")
+    return limit
+
+
+def check_cores(specs, oversubscribe: bool) -> None:
+    """Refuse runs that ask for more processes × threads than this machine's available CPUs:
+    their timings would measure contention. --oversubscribe runs them, with a warning."""
+    from .spec import SpecError, available_cores
+
+    cores = available_cores()
+    crowded = {spec.key: getattr(spec, "workers", 1) * spec.threads for spec in specs
+               if getattr(spec, "workers", 1) * spec.threads > cores}
+    if not crowded:
+        return
+    worst = max(crowded.values())
+    what = (f"{len(crowded)} run(s) ask for workers × threads up to {worst} on this machine's {cores} available "
+            "CPU(s)")
+    if not oversubscribe:
+        raise SpecError(f"{what}: their timings would measure contention for cores; add --oversubscribe to run "
+                        "them anyway")
+    err.print(f"[yellow]warning:[/yellow] {what} (--oversubscribe): their timings include contention for cores.",
+              highlight=False)
 
 
 MICRO_BATCH_HELP = ("Images per slice of a batch (gradients accumulate to one update); 0 = automatic "
@@ -125,13 +213,14 @@ def train(
     threads: Annotated[int, typer.Option(help="torch intra-op threads per process; 0 = cores / workers.")] = 0,
     precision: Annotated[str, typer.Option(help="Numeric precision.")] = "fp32",
     val_split: Annotated[float, typer.Option(help="Fraction of the training set held out for validation.")] = 0.0,
-    limit_train: Annotated[int, typer.Option(help="Train on the first N training images only; 0 = all.")] = 0,
+    limit_train: Annotated[int, typer.Option(help="Train on N training images, a fixed sample stratified by class; 0 = all.")] = 0,
     drop_last: Annotated[bool, typer.Option(help="Skip the last, smaller batch of each epoch.")] = False,
     target_accuracy: Annotated[float, typer.Option(help="Report the train seconds until this accuracy.")] = 0.0,
     micro_batch: Annotated[int, typer.Option(help=MICRO_BATCH_HELP)] = 0,
     seed: Annotated[int, typer.Option(help="Seed of weights, batch order and dropout.")] = 0,
     save_weights: Annotated[bool, typer.Option(help="Store the trained weights with the run (for infer --weights).")] = False,
     memory_limit: MemoryOpt = None,
+    oversubscribe: OversubscribeOpt = False,
     db: DbOpt = Path("batchlab.db"),
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -140,6 +229,7 @@ def train(
 
     Example: batchlab train --dataset fashion-mnist --model seed-cnn --batch-size 64 --epochs 2
     """
+    from .data import check_data_dir
     from .ddp import launched_externally
     from .machine import fingerprint, machine_id, resolve_device
     from .spec import RunSpec
@@ -156,16 +246,16 @@ def train(
         from .strategies import run
         from .sweep import record_result, saved_weights
 
+        check_data_dir(spec.dataset, data_dir)
         result = run(spec, str(data_dir) if data_dir else None, keep_weights=save_weights)
         if os.environ["RANK"] == "0":
             record_result(db, result, saved_weights(result))
             out.print(run_line(spec, result.status, result, result.error), markup=False, highlight=False, soft_wrap=True)
         return
+    preflight([spec], data_dir, memory_limit, oversubscribe)
     with Store(db) as store:
         spec = next_repeat(store, spec, machine_id(fingerprint()))
-    summary = execute([spec], db, data_dir, None, save_weights, memory_limit)
-    if summary.count("DONE") != 1:
-        raise typer.Exit(1)
+    execute([spec], db, data_dir, None, save_weights, memory_limit, oversubscribe)
 
 
 GRID_FLAGS = {  # sweep flag → (RunSpec field, value type)
@@ -198,6 +288,7 @@ def sweep(
     repeats: Annotated[Optional[int], typer.Option(help="Runs per grid point.")] = None,
     save_weights: Annotated[bool, typer.Option(help="Store every run's trained weights (for infer --weights).")] = False,
     memory_limit: MemoryOpt = None,
+    oversubscribe: OversubscribeOpt = False,
     db: DbOpt = Path("batchlab.db"),
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -210,12 +301,14 @@ def sweep(
     from .spec import ExperimentSpec, SpecError, parse_list
 
     flags = locals()  # the grid flags by name, as GRID_FLAGS lists them
+    if experiment is not None and experiment.is_dir():
+        raise SpecError(f"{experiment} is a folder, not an experiment file (give a .toml file)")
     base = ExperimentSpec.from_toml(experiment) if experiment else ExperimentSpec()
     overrides = {name: parse_list(flags[name], kind, name) for name, kind in GRID_FLAGS.items() if flags[name] is not None}
     if experiment is None and not overrides:
         raise SpecError("nothing to sweep: give an experiment file or grid flags, e.g. --batch-size 16,64,256")
     spec = base.with_overrides(overrides, repeats)
-    execute(spec.runs() + spec.inferences(), db, data_dir, spec.name, save_weights, memory_limit)
+    execute(spec.runs() + spec.inferences(), db, data_dir, spec.name, save_weights, memory_limit, oversubscribe)
 
 
 @app.command()
@@ -230,6 +323,7 @@ def infer(
     weights: Annotated[str, typer.Option(help="'' = fresh seeded weights; a training run's key (prefix) or 'latest' (needs --save-weights on train).")] = "",
     micro_batch: Annotated[str, typer.Option(help="Comma list; " + MICRO_BATCH_HELP)] = "0",
     memory_limit: MemoryOpt = None,
+    oversubscribe: OversubscribeOpt = False,
     db: DbOpt = Path("batchlab.db"),
     data_dir: DataDirOpt = None,
 ) -> None:
@@ -252,13 +346,16 @@ def infer(
             with Store(db) as store:  # a fixed run key, so the measurement's key names its weights
                 keyed = store.weights(weights, name, dataset)[0]
         specs += ExperimentSpec(infer_grid={**grid, "model": [name], "weights": [keyed]}).inferences()
-    execute(specs, db, data_dir, None, memory_limit=memory_limit)
-    measured = load_inference(db)
-    mine = measured[measured["run_key"].isin({spec.key for spec in specs})].reset_index(drop=True)
-    if len(mine):
-        out.print(inference_table(mine))
-        for line in comparison_lines(mine):
-            out.print(line, highlight=False)
+    try:
+        execute(specs, db, data_dir, None, memory_limit=memory_limit, oversubscribe=oversubscribe)
+    finally:  # the table of what was measured, failures or not
+        if db.exists():
+            measured = load_inference(db)
+            mine = measured[measured["run_key"].isin({spec.key for spec in specs})].reset_index(drop=True)
+            if len(mine):
+                out.print(inference_table(mine))
+                for line in comparison_lines(mine):
+                    out.print(line, highlight=False)
 
 
 @app.command()
@@ -273,7 +370,7 @@ def report(
     html: Annotated[Optional[Path], typer.Option("--html", help="Write one self-contained HTML page with the figures.")] = None,
     png: Annotated[Optional[Path], typer.Option("--png", help="Write every figure as a PNG file into this folder.")] = None,
 ) -> None:
-    """Show stored results grouped over repeats: median [min–max] of seconds per epoch, images/s,
+    """Show stored results grouped over repeats: median \\[min–max] of seconds per epoch, images/s,
     accuracy, loss and time to target; inference throughput, latency and crossovers. Several
     stores are merged, machines side by side.
 
@@ -285,6 +382,9 @@ def report(
 
     if format not in ("table", "json"):
         raise typer.BadParameter("--format must be table or json")
+    # Paths first: a wrong one is refused before minutes of figure drawing.
+    csv, html = (output_file(csv, "--csv") if csv else None), (output_file(html, "--html") if html else None)
+    png = output_folder(png, "--png") if png else None
     sources = stores or [db]
     training, measured = merged(sources, load_runs), merged(sources, load_inference)
     if html or png:
@@ -318,7 +418,6 @@ def write_figures(sources: list[Path], training, measured, html: Optional[Path],
     rows = aggregate(training) if len(training) else training
     figures = all_figures(rows, merged(sources, load_epochs), measured)
     if png:
-        png.mkdir(parents=True, exist_ok=True)
         for name, figure in figures.items():
             figure.savefig(png / f"{name}.png", dpi=110)
         err.print(f"{len(figures)} figure(s) written to {png}/")
@@ -341,9 +440,8 @@ def export(
     from .export import tensorboard as write_tensorboard
     from .store import Store
 
-    if not db.exists():
-        raise FileNotFoundError(f"no results store at {db}")
-    with Store(db) as store:
+    output_folder(tensorboard, "--tensorboard")
+    with Store(db, readonly=True) as store:
         written = write_tensorboard(store.epochs_frame(), store.runs_frame(), tensorboard)
     err.print(f"{len(written)} run(s) written to {tensorboard}/")
 

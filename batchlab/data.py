@@ -4,7 +4,8 @@ MNIST and Fashion-MNIST are read from their original IDX files (gzipped or not).
 verified by the SHA-256 of its decompressed content before use, so a truncated download, a
 corrupted file or a look-alike from another dataset is rejected with a one-line error.
 
-Look-up order for a registered dataset NAME: --data-dir, $BATCHLAB_DATA, the user cache dir
+Look-up for a registered dataset NAME: with --data-dir, that folder only (a user who names a
+folder must never silently get another copy). Without it: $BATCHLAB_DATA, the user cache dir
 (where `batchlab data download` writes), then system directories a distribution installs
 (Debian/Ubuntu's `dataset-fashion-mnist`). In each directory the files may sit in a NAME/
 sub-folder or directly in it.
@@ -39,8 +40,12 @@ class DatasetInfo:
     name: str
     files: tuple[DataFile, DataFile, DataFile, DataFile]  # train images, train labels, test images, test labels
     mirrors: tuple[str, ...]  # base URLs; a file's URL is base + name + ".gz"
+    class_names: tuple[str, ...]  # label i is class_names[i]
     system_dirs: tuple[str, ...] = ()
-    classes: int = 10
+
+    @property
+    def classes(self) -> int:
+        return len(self.class_names)
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -58,6 +63,7 @@ DATASETS: dict[str, DatasetInfo] = {
             "https://ossci-datasets.s3.amazonaws.com/mnist/",
             "https://storage.googleapis.com/cvdf-datasets/mnist/",
         ),
+        class_names=tuple(str(digit) for digit in range(10)),
     ),
     "fashion-mnist": DatasetInfo(
         name="fashion-mnist",
@@ -68,6 +74,9 @@ DATASETS: dict[str, DatasetInfo] = {
             DataFile("t10k-labels-idx1-ubyte", "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
         ),
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+        # The official label names (github.com/zalandoresearch/fashion-mnist), in label order.
+        class_names=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
         system_dirs=("/usr/share/datasets/fashion-mnist",),
     ),
 }
@@ -87,6 +96,7 @@ class Dataset:
     classes: int
     checksum: str  # one hash over the content of all files: recorded with every run
     source: str  # where it was loaded from
+    class_names: tuple[str, ...]  # label i is class_names[i]; recorded with the run
 
 
 def is_known_dataset(name: str) -> bool:
@@ -105,13 +115,16 @@ def registered(name: str) -> DatasetInfo:
 
 def search_dirs(name: str, data_dir: str | Path | None = None) -> list[Path]:
     """Directories looked in, in order, for dataset `name`."""
-    roots = [Path(p) for p in (data_dir, os.environ.get("BATCHLAB_DATA")) if p]
-    roots.append(cache_dir())
+    system_dirs = [Path(p) for p in registered(name).system_dirs]
+    if data_dir:
+        # --data-dir is a promise: only that folder. Falling back to another copy would train
+        # on data the user did not choose, without a word.
+        return [Path(data_dir) / name, Path(data_dir)]
+    env = os.environ.get("BATCHLAB_DATA")
     dirs = []
-    for root in roots:
+    for root in ([Path(env)] if env else []) + [cache_dir()]:
         dirs += [root / name, root]
-    dirs += [Path(p) for p in registered(name).system_dirs]
-    return dirs
+    return dirs + system_dirs
 
 
 def file_path(directory: Path, file: DataFile) -> Path | None:
@@ -131,14 +144,21 @@ def locate(name: str, data_dir: str | Path | None = None) -> Path | None:
     return None
 
 
-def decompressed(path: Path) -> bytes:
-    """Content of `path`, gunzipped if it ends in .gz."""
+def download_hint(dataset: str | None) -> str:
+    return f"delete it and run `batchlab data download{' ' + dataset if dataset else ''}`"
+
+
+def decompressed(path: Path, dataset: str | None = None) -> bytes:
+    """Content of `path`, gunzipped if it ends in .gz. `dataset` names it in the advice."""
     try:
         raw = path.read_bytes()
+        # Said plainly: gunzip turns an empty file into empty content, which would otherwise
+        # be reported as a checksum mismatch or a bad IDX header.
+        if not raw:
+            raise DataError(f"{path}: the file is empty (0 bytes); {download_hint(dataset)}")
         return gzip.decompress(raw) if path.suffix == ".gz" else raw
     except (OSError, EOFError, gzip.BadGzipFile) as error:
-        raise DataError(f"{path}: cannot be read or decompressed ({error}); "
-                        "delete it and run `batchlab data download`") from None
+        raise DataError(f"{path}: cannot be read or decompressed ({error}); {download_hint(dataset)}") from None
 
 
 def checksum_problem(content: bytes, file: DataFile) -> str | None:
@@ -151,13 +171,12 @@ def checksum_problem(content: bytes, file: DataFile) -> str | None:
     return f"checksum mismatch (SHA-256 {digest[:12]}…, expected {file.sha256[:12]}…)"
 
 
-def read_verified(path: Path, file: DataFile) -> bytes:
+def read_verified(path: Path, file: DataFile, dataset: str | None = None) -> bytes:
     """Decompressed content of `path`, rejected unless its SHA-256 matches the registry."""
-    content = decompressed(path)
+    content = decompressed(path, dataset)
     problem = checksum_problem(content, file)
     if problem:
-        raise DataError(f"{path}: {problem}; the file is corrupted or not this dataset — "
-                        "delete it and run `batchlab data download`")
+        raise DataError(f"{path}: {problem}; the file is corrupted or not this dataset — {download_hint(dataset)}")
     return content
 
 
@@ -190,7 +209,7 @@ def load_registered(name: str, data_dir: str | Path | None = None) -> Dataset:
     arrays = []
     for file in info.files:
         path = file_path(directory, file)
-        content = read_verified(path, file)
+        content = read_verified(path, file, name)
         digest.update(hashlib.sha256(content).digest())
         arrays.append(parse_idx(content, str(path)))
     train_x, train_y, test_x, test_y = arrays
@@ -200,10 +219,44 @@ def load_registered(name: str, data_dir: str | Path | None = None) -> Dataset:
         if labels.max(initial=0) >= info.classes:
             raise DataError(f"{directory}: {part} labels exceed {info.classes} classes")
     return Dataset(name, train_x, train_y.astype(np.int64), test_x, test_y.astype(np.int64),
-                   info.classes, digest.hexdigest()[:16], str(directory))
+                   info.classes, digest.hexdigest()[:16], str(directory), info.class_names)
+
+
+def data_dir_problem(name: str, data_dir: str | Path) -> str | None:
+    """What keeps `data_dir` (itself or its NAME/ sub-folder) from holding dataset `name`, or None."""
+    if name.startswith(FOLDER_PREFIX):
+        return "--data-dir does not apply to folder: datasets; the path is in --dataset folder:PATH"
+    info = registered(name)
+    root = Path(data_dir)
+    if not root.exists():
+        return f"--data-dir {root} does not exist"
+    if not root.is_dir():
+        return f"--data-dir {root} is not a folder"
+    # Name the files lacking in the candidate closest to complete: that is the one the user meant.
+    lacking = {d: [f.name + "(.gz)" for f in info.files if not file_path(d, f)] for d in (root, root / name)}
+    best = min(lacking, key=lambda d: len(lacking[d]))  # on a tie, the folder itself
+    if not lacking[best]:
+        return None
+    where = f" in {best}" if best != root else ""
+    return (f"--data-dir {root} holds no complete {name}: missing {', '.join(lacking[best])}{where} "
+            f"(`batchlab data download {name} --dest {root}` fetches them)")
+
+
+def check_data_dir(name: str, data_dir: str | Path | None) -> None:
+    """Raise DataError unless `data_dir` (if given) holds dataset `name`: called before any run
+    starts, so a wrong --data-dir stops a sweep at once instead of failing every run."""
+    if not data_dir:
+        return
+    problem = data_dir_problem(name, data_dir)
+    if problem:
+        raise DataError(problem)
 
 
 def missing_message(name: str, data_dir: str | Path | None = None) -> str:
+    if data_dir:
+        problem = data_dir_problem(name, data_dir)
+        if problem:
+            return problem
     looked = ", ".join(str(d) for d in search_dirs(name, data_dir))
     hint = f"run `batchlab data download {name}` (needs network)"
     if name == "fashion-mnist":
@@ -212,8 +265,19 @@ def missing_message(name: str, data_dir: str | Path | None = None) -> str:
             "or put the four IDX files in a folder and pass --data-dir")
 
 
+def dataset_problem(name: str) -> str | None:
+    """What is wrong with the dataset name itself, or None: `folder:` without a path would
+    otherwise read the current folder."""
+    if name.startswith(FOLDER_PREFIX) and not name[len(FOLDER_PREFIX):].strip():
+        return "folder: needs a path, e.g. --dataset folder:~/images"
+    return None
+
+
 def load(name: str, data_dir: str | Path | None = None) -> Dataset:
     """Load a registered dataset or a `folder:PATH` of images, verified."""
+    problem = dataset_problem(name)
+    if problem:
+        raise DataError(problem)
     if name.startswith(FOLDER_PREFIX):
         from .imagefolder import load_folder  # Pillow only where it is needed
         return load_folder(name[len(FOLDER_PREFIX):])
@@ -228,7 +292,7 @@ def verify(name: str, data_dir: str | Path | None = None) -> list[tuple[str, str
     rows = []
     for file in registered(name).files:
         path = file_path(directory, file)
-        content = read_verified(path, file)
+        content = read_verified(path, file, name)
         parse_idx(content, str(path))
         status = "ok (SHA-256)" if file.sha256 else "ok (structure only: no published SHA-256)"
         rows.append((str(path), status))

@@ -121,7 +121,8 @@ def train_ddp(spec: RunSpec, data_dir: str | None = None,
         if kind == "epoch" and on_epoch:
             on_epoch(payload)
 
-    with Team(spawned_rank, (spec, data_dir, free_port(), keep_weights), spec.workers) as team:
+    # coupled: a rank waiting in a collective for a hung peer is silent too (processes.Team).
+    with Team(spawned_rank, (spec, data_dir, free_port(), keep_weights), spec.workers, coupled=True) as team:
         result = team.collect("done", forward)[0]
     result.wall_seconds = time.perf_counter() - started  # rank start-up included
     return result

@@ -17,6 +17,8 @@ from .data import Dataset
 # The validation hold-out is drawn with a fixed seed, not the run's seed: every run of an
 # experiment (all batch sizes, all repeats) is validated on the same images.
 VAL_SPLIT_SEED = 12345
+# Likewise the --limit-train sample: the same images for every run, whatever the run's seed.
+LIMIT_TRAIN_SEED = 54321
 
 
 def normalized(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -36,6 +38,7 @@ class DeviceData:
     mean: float  # pixel mean and std of the training images actually used, in 0..255 units
     std: float
     classes: int
+    class_names: tuple[str, ...]  # label i is class_names[i]
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 batch → float32, zero mean and unit variance over the training set."""
@@ -63,8 +66,25 @@ def split_train(dataset: Dataset, val_split: float, limit_train: int) -> tuple[n
     else:
         val_idx, train_idx = np.empty(0, dtype=np.int64), np.arange(count)
     if limit_train:
-        train_idx = train_idx[:limit_train]
+        train_idx = stratified_sample(dataset.train_labels, train_idx, limit_train, LIMIT_TRAIN_SEED)
     return train_idx, val_idx
+
+
+def stratified_sample(labels: np.ndarray, indices: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """`count` of `indices` (all if count >= their number), each class keeping its share of
+    them, drawn with `seed` and returned in seeded random order. Taking the first `count`
+    instead would keep only the first classes of a dataset stored class by class."""
+    if count >= len(indices):
+        return indices
+    rng = np.random.default_rng(seed)
+    classes, sizes = np.unique(labels[indices], return_counts=True)
+    # Proportional quotas in integers; the images left over go to the largest remainders
+    # (ties to the lower label), so the quotas sum to exactly `count`.
+    quotas, remainders = np.divmod(sizes * count, len(indices))
+    quotas[np.argsort(-remainders, kind="stable")[:count - quotas.sum()]] += 1
+    chosen = [rng.choice(indices[labels[indices] == cls], size=quota, replace=False)
+              for cls, quota in zip(classes, quotas)]
+    return rng.permutation(np.concatenate(chosen))
 
 
 def to_device(dataset: Dataset, val_split: float, limit_train: int, device: torch.device) -> DeviceData:
@@ -82,7 +102,7 @@ def to_device(dataset: Dataset, val_split: float, limit_train: int, device: torc
         train_images=images(train_np), train_labels=labels(dataset.train_labels[train_idx]),
         val_images=images(dataset.train_images[val_idx]), val_labels=labels(dataset.train_labels[val_idx]),
         test_images=images(dataset.test_images), test_labels=labels(dataset.test_labels),
-        mean=mean, std=std, classes=dataset.classes,
+        mean=mean, std=std, classes=dataset.classes, class_names=dataset.class_names,
     )
 
 

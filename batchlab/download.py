@@ -32,7 +32,11 @@ def fetch_file(file: DataFile, mirrors: list[str] | tuple[str, ...], dest: Path)
             with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
-            content = gzip.decompress(tmp.read_bytes())
+            raw = tmp.read_bytes()
+            if not raw:  # gunzip would make it empty content, reported as a checksum mismatch
+                failures.append(f"{url}: the file is empty (0 bytes)")
+                continue
+            content = gzip.decompress(raw)
             problem = checksum_problem(content, file)
             if problem:
                 failures.append(f"{url}: served a corrupted file, {problem}")
@@ -60,7 +64,7 @@ def download(name: str, dest: Path | None = None, mirrors: list[str] | None = No
         present = file_path(dest, file)
         if present is not None:
             try:
-                parse_idx(read_verified(present, file), str(present))
+                parse_idx(read_verified(present, file, name), str(present))
                 continue
             except DataError:
                 present.unlink()  # corrupted: replace it with a fresh copy

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import data, microbatch, models
+from . import data, heartbeat, microbatch, models
 from .devicedata import DeviceData, to_device
 from .machine import THREAD_ENV, resolve_device
 from .spec import RunSpec, SpecError, available_cores
@@ -143,6 +143,7 @@ def evaluate(model: nn.Module, dd: DeviceData, images: torch.Tensor, labels: tor
     correct = torch.zeros((), dtype=torch.int64, device=labels.device)
     with torch.inference_mode():
         for start in range(0, len(labels), EVAL_BATCH_SIZE):
+            heartbeat.beat()
             with autocast(labels.device, precision):
                 logits = model(dd.normalize(images[start:start + EVAL_BATCH_SIZE])).float()
             target = labels[start:start + EVAL_BATCH_SIZE]
@@ -157,10 +158,12 @@ def warm_up(model: nn.Module, spec: RunSpec, dd: DeviceData, slice_size: int | N
     """A few steps on a copy of the model, so first-call costs (allocator, kernel selection,
     for DDP the first all-reduces) fall outside the measured epochs while the real model keeps
     its seeded initial weights. `wrap` wraps the copy as the strategy wraps the model."""
+    heartbeat.beat()
     scratch = wrap(copy.deepcopy(model))
     optimizer = make_optimizer(spec.optimizer, scratch.parameters(), spec.lr)
     batch = min(spec.batch_size, dd.train_count)
     for _ in range(WARMUP_STEPS):
+        heartbeat.beat()
         train_step(scratch, optimizer, dd.normalize(dd.train_images[:batch]), dd.train_labels[:batch], spec.precision,
                    slice_size)
 
@@ -179,7 +182,8 @@ class EpochWork:
 class StepLoop:
     """The hot loop of one process: trains on a sequence of image indices in consecutive batches.
     Each step's loss and correct count stay on the device, kept in plain lists (appending costs no
-    device op, where writing into a buffer cost 2 ops per step, 3% at batch 1) and read once per call."""
+    device op, where writing into a buffer cost 2 ops per step, 3% at batch 1) and read once per call.
+    Each step reports progress (heartbeat.beat: a clock read, at most one message a second)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, dd: DeviceData, batch_size: int,
                  precision: str = "fp32", slice_size: int | None = None):
@@ -189,7 +193,9 @@ class StepLoop:
     def train(self, indices: torch.Tensor) -> EpochWork:
         dd, batch_size = self.dd, self.batch_size
         step_losses, step_correct = [], []
+        beat = heartbeat.beat
         for start in range(0, len(indices), batch_size):
+            beat()
             index = indices[start:start + batch_size]
             loss, correct = train_step(self.model, self.optimizer, dd.normalize(dd.train_images[index]),
                                        dd.train_labels[index], self.precision, self.slice_size)
@@ -257,6 +263,7 @@ def prepare(spec: RunSpec, data_dir: str | None = None, device: str | None = Non
         model = build_model(spec, dd, device)
     result.model_build_seconds = build_region.seconds
     result.parameters = models.parameter_count(model)
+    models.check_output(model, dd.normalize(dd.train_images[:2]), dd.classes, spec.model, spec.dataset)
     slices = slice_size_for(spec, model, dd)
     reset_peak_memory(device)
     return Prepared(spec, device, dd, model, slices, result, started)
@@ -330,5 +337,6 @@ def finish(prep: Prepared) -> RunResult:
         "torch": torch.__version__,
         "device_name": str(prep.device),
         "micro_batch": prep.slice_size,
+        "class_names": list(prep.dd.class_names),  # label i is class_names[i]
     }
     return result

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from . import data, microbatch, models
+from . import data, heartbeat, microbatch, models
 from .devicedata import normalized
 from .engine import autocast, place
 from .machine import THREAD_ENV, resolve_device
@@ -73,6 +73,7 @@ def repeat_timed(call, device: torch.device) -> list[float]:
     """Time `call` until MIN_REPEATS calls and MIN_SECONDS, at most MAX_REPEATS calls."""
     seconds: list[float] = []
     while len(seconds) < MAX_REPEATS and (len(seconds) < MIN_REPEATS or sum(seconds) < MIN_SECONDS):
+        heartbeat.beat()  # alive, for the sweep watching this process (outside the timed call)
         with Region(device) as region:
             call()
         seconds.append(region.seconds)
@@ -106,6 +107,8 @@ def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None 
         mean, std = saved["mean"], saved["std"]  # the normalisation the weights were trained with
         result.weights_source = spec.weights
     model = place(model, device).eval()
+    models.check_output(model, normalized(host_images[:2].to(device), mean, std), dataset.classes, spec.model,
+                        spec.dataset)
     slice_size = microbatch.slice_size(spec.micro_batch, spec.batch_size, model,
                                        normalized(host_images[:1].to(device), mean, std))
     reset_peak_memory(device)

@@ -1,15 +1,20 @@
 """Model registry: the networks of the reproduced studies, plus any user model.
 
-A user model is given as `package.module:factory`; factory(classes) (or factory() if it takes no
-argument) must return a torch.nn.Module mapping (N, 1, 28, 28) float images to (N, classes) logits.
+A user model is given as `package.module:factory` or `path/to/file.py:factory`; factory(classes)
+(or factory() if it takes no argument) must return a torch.nn.Module mapping (N, 1, 28, 28) float
+images to (N, classes) logits. `check_output` holds every model to that before it trains.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
+import sys
+from pathlib import Path
 from typing import Callable
 
+import torch
 from torch import nn
 
 from .layers import Dropout, Linear, MaxPool2d
@@ -81,16 +86,48 @@ def is_known_model(name: str) -> bool:
     return name in MODELS or ":" in name
 
 
+def is_file_model(module_name: str) -> bool:
+    """`path/to/file.py:factory`: users hand over files, not only importable packages."""
+    return module_name.endswith(".py") or "/" in module_name
+
+
+def import_file(module_name: str) -> object:
+    """Import a user's Python file as a module named after it. Its folder goes on sys.path, so
+    worker processes (spawned, they re-import by name) find the model's classes too."""
+    path = Path(module_name).expanduser().resolve()
+    if not path.is_file():
+        raise ModelError(f"cannot load user model: no file {module_name}")
+    name = path.stem
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        if Path(getattr(loaded, "__file__", "") or "").resolve() == path:
+            return loaded
+        raise ModelError(f"cannot load user model {module_name}: a module named {name!r} is already "
+                         "imported from elsewhere; rename the file")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    sys.path.insert(0, str(path.parent))
+    return module
+
+
 def load_factory(name: str) -> Callable[..., nn.Module]:
     if name in MODELS:
         return MODELS[name]
-    module_name, _, attribute = name.partition(":")
+    module_name, _, attribute = name.rpartition(":")
     if not module_name or not attribute:
-        raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODELS)} or package.module:factory")
+        raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}, package.module:factory "
+                         "or path/to/file.py:factory")
     try:
-        factory = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
-        raise ModelError(f"cannot load user model {name!r}: {error}") from None
+        module = import_file(module_name) if is_file_model(module_name) else importlib.import_module(module_name)
+        factory = getattr(module, attribute)
+    except (ImportError, AttributeError, SyntaxError) as error:
+        raise ModelError(f"cannot load user model {name!r}: {type(error).__name__}: {error}") from None
     if not callable(factory):
         raise ModelError(f"user model {name!r} is not callable")
     return factory
@@ -103,6 +140,28 @@ def build(name: str, classes: int = 10) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ModelError(f"model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def check_output(model: nn.Module, sample: torch.Tensor, classes: int, name: str, dataset: str) -> None:
+    """Refuse a model that does not map `sample` (N images) to (N, classes) logits, before any
+    training: a narrower output fails only at some later label, and a wider one would train and
+    be stored as if it were right. The probe runs in eval mode without gradients (no dropout
+    draws: the run's seeded random stream is untouched)."""
+    training = model.training
+    try:
+        with torch.no_grad():
+            output = model.eval()(sample)
+    except Exception as error:  # any failure of the user's forward on this input
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise ModelError(f"model {name} fails on {dataset} images of shape {tuple(sample.shape)}: "
+                         f"{type(error).__name__}: {first}") from None
+    finally:
+        model.train(training)
+    expected = (len(sample), classes)
+    if not isinstance(output, torch.Tensor) or tuple(output.shape) != expected:
+        got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ModelError(f"model {name} output {got} for {len(sample)} image(s) but {dataset} has {classes} "
+                         f"classes: it must return {expected} logits")
 
 
 def parameter_count(model: nn.Module) -> int:

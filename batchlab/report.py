@@ -46,7 +46,7 @@ def read_store(db: str | Path, read: Callable[[Store], pd.DataFrame]) -> pd.Data
     `slicing`."""
     if not Path(db).exists():
         raise FileNotFoundError(f"no results store at {db}; run `batchlab sweep`, `train` or `infer` first")
-    with Store(db) as store:
+    with Store(db, readonly=True) as store:
         frame = with_slicing(read(store))
         hosts = {mid: info.get("hostname", mid) for mid, info in store.machines().items()}
     frame["machine"] = frame["machine_id"].map(hosts).fillna(frame["machine_id"])
@@ -69,7 +69,7 @@ def load_epochs(db: str | Path) -> pd.DataFrame:
 
 
 def load_machines(db: str | Path) -> dict[str, dict]:
-    with Store(db) as store:
+    with Store(db, readonly=True) as store:
         return store.machines()
 
 

@@ -35,6 +35,7 @@ def check_common(spec: RunSpec | InferSpec) -> None:
     """The checks training and inference specs share."""
     from . import data, models  # late import: registries pull in torch
 
+    need(data.dataset_problem(spec.dataset) is None, data.dataset_problem(spec.dataset) or "")
     need(data.is_known_dataset(spec.dataset),
          f"unknown dataset {spec.dataset!r}; choose one of {', '.join(data.DATASETS)} or folder:PATH")
     need(models.is_known_model(spec.model),
@@ -92,7 +93,7 @@ class RunSpec(Keyed):
     precision: str = "fp32"
     # Fraction of the training set held out (seeded) as validation; 0 = no validation set.
     val_split: float = 0.0
-    # Use only the first N training images (after the validation split); 0 = all.
+    # Train on N images (after the validation split): a fixed-seed sample stratified by class; 0 = all.
     limit_train: int = 0
     # False: the last, smaller batch of an epoch is trained on (every image once per epoch).
     drop_last: bool = False
@@ -202,6 +203,10 @@ class ExperimentSpec:
             values = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise SpecError(f"experiment file not found: {path}") from None
+        except IsADirectoryError:
+            raise SpecError(f"{path} is a folder, not an experiment file (give a .toml file)") from None
+        except OSError as error:
+            raise SpecError(f"{path}: cannot read the experiment file ({error.strerror})") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise SpecError(f"{path}: not valid TOML ({error})") from None
         name = values.pop("name", path.stem)
@@ -213,6 +218,9 @@ class ExperimentSpec:
         infer = values.pop("infer", {})
         if not isinstance(infer, dict):
             raise SpecError(f"{path}: 'infer' must be an [infer] table")
+        if not values and not subgrids and not infer:  # the defaults would be a run nobody asked for
+            raise SpecError(f"{path.name} sets nothing to run: an experiment file needs at least one run "
+                            "setting, e.g. batch_size = [16, 64, 256]")
         experiment = cls.from_values(values, name=name, description=description, repeats=repeats)
         experiment.subgrids = [_as_lists(sub) for sub in subgrids]
         experiment.infer_grid = _as_lists(infer, InferSpec)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+import shutil
 import sqlite3
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -133,22 +134,93 @@ class StoreError(RuntimeError):
     """The store cannot be opened or written; the message is one line for the user."""
 
 
+def statements(script: str) -> list[str]:
+    """The SQL statements of a migration script, one by one (executescript would commit the
+    surrounding transaction first)."""
+    found, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            found.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        found.append(pending.strip())
+    return [statement for statement in found if statement.rstrip(";").strip()]
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+class RunAlreadyFinished(StoreError):
+    """The run is already DONE (or DIVERGED) in the store: it is never reset or overwritten."""
+
+
+# SQLite result codes (sqlite3.Error.sqlite_errorcode; extended codes keep the primary in the low byte).
+SQLITE_IOERR, SQLITE_FULL = 10, 13
+LOW_SPACE_BYTES = 64 * 2**20
+
+
 class Store:
-    def __init__(self, path: str | Path = "batchlab.db"):
+    """A batchlab store. `readonly=True` (report, export) never writes a byte: the file is opened
+    with SQLite's mode=ro, a store of an older schema is migrated in memory, and a store on
+    read-only media is read as immutable."""
+
+    def __init__(self, path: str | Path = "batchlab.db", readonly: bool = False):
         self.path = Path(path)
+        self.readonly = readonly
         try:
-            self.db = sqlite3.connect(self.path, timeout=30)
+            self.db = self._connect_readonly() if readonly else sqlite3.connect(self.path, timeout=30)
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA foreign_keys = ON")
-            # WAL: readers (a report) never block the sweep's writes. Needs local disk.
-            self.db.execute("PRAGMA journal_mode = WAL")
-            self._migrate()
+            if readonly:
+                self._check_is_batchlab(*self._schema_state())
+                self._migrate_in_memory()
+            else:
+                self._migrate()
+                # WAL: readers (a report) never block the sweep's writes. Needs local disk. Set only
+                # once the file is known to be a batchlab store of a version we understand.
+                self.db.execute("PRAGMA journal_mode = WAL")
         except sqlite3.DatabaseError as error:
             raise StoreError(f"{self.path}: cannot open as a batchlab store ({error})") from None
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise StoreError(f"no results store at {self.path}; run `batchlab sweep`, `train` or `infer` first")
+        uri = self.path.resolve().as_uri()
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
+        try:
+            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            # A WAL store on read-only media: SQLite cannot create its shared-memory file there.
+            # Nothing can be writing such a store, so it may be read as immutable.
+            db.close()
+            return sqlite3.connect(f"{uri}?immutable=1", uri=True)
+
+    def _schema_state(self) -> tuple[int, set[str]]:
+        """(schema version, table names), read in one statement: one consistent snapshot even
+        while another sweep is creating the schema."""
+        version, names = self.db.execute(
+            "SELECT (SELECT user_version FROM pragma_user_version), "
+            "(SELECT group_concat(name, char(10)) FROM sqlite_master WHERE type = 'table')").fetchone()
+        return version, set(names.split("\n")) if names else set()
+
+    def _check_is_batchlab(self, version: int, tables: set[str]) -> None:
+        """Refuse, before anything is written, a file that is another program's SQLite database
+        or a store of a newer schema than this batchlab knows."""
+        if version > SCHEMA_VERSION:
+            raise self._newer_schema(version)
+        if version == 0 and tables:
+            shown = ", ".join(sorted(tables)[:5]) + (", …" if len(tables) > 5 else "")
+            raise StoreError(f"{self.path}: an SQLite database but not a batchlab store (it has tables {shown}); "
+                             "give another --db")
+        if version == 0 and self.readonly:
+            raise StoreError(f"{self.path}: an empty SQLite database, not a batchlab store")
+
+    def _newer_schema(self, version: int) -> StoreError:
+        return StoreError(f"{self.path}: schema version {version} is newer than this batchlab "
+                          f"understands ({SCHEMA_VERSION}); upgrade batchlab")
 
     def __enter__(self) -> Store:
         return self
@@ -160,16 +232,52 @@ class Store:
         self.db.close()
 
     def _migrate(self) -> None:
-        version = self.db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StoreError(f"{self.path}: schema version {version} is newer than this batchlab "
-                             f"understands ({SCHEMA_VERSION}); upgrade batchlab")
-        for target in range(version, SCHEMA_VERSION):
-            try:  # the migration and its version bump commit together or not at all
-                self.db.executescript(f"BEGIN; {MIGRATIONS[target]}; PRAGMA user_version = {target + 1}; COMMIT;")
-            except sqlite3.Error:
-                self.db.rollback()
+        """Bring the store to SCHEMA_VERSION. The version is read and every migration applied in
+        one IMMEDIATE transaction, so two sweeps opening a new store at the same moment cannot
+        both create its tables: the second waits, then finds the schema current."""
+        self.db.isolation_level = None  # explicit transaction below; Python must not add its own
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                version, tables = self._schema_state()
+                self._check_is_batchlab(version, tables)
+                for target in range(version, SCHEMA_VERSION):
+                    for statement in statements(MIGRATIONS[target]):
+                        self.db.execute(statement)
+                    self.db.execute(f"PRAGMA user_version = {target + 1}")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
                 raise
+        finally:
+            self.db.isolation_level = ""  # back to Python's default: `with self.db:` transactions
+
+    def _migrate_in_memory(self) -> None:
+        """A read-only store of an older schema: copy it into memory and migrate the copy, so it
+        reads like a current one while the file stays untouched."""
+        if self.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return
+        memory = sqlite3.connect(":memory:")
+        self.db.backup(memory)
+        self.db.close()
+        self.db = memory
+        self.db.row_factory = sqlite3.Row
+        self._migrate()
+
+    def _error(self, error: sqlite3.Error, what: str) -> StoreError:
+        """One line for a failed write; a full disk is named as such (SQLite may call it a disk
+        I/O error when the write-ahead log cannot grow)."""
+        code = getattr(error, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in (SQLITE_FULL, SQLITE_IOERR):
+            try:
+                free = shutil.disk_usage(self.path.resolve().parent).free
+            except OSError:
+                free = None
+            if code & 0xFF == SQLITE_FULL or (free is not None and free < LOW_SPACE_BYTES):
+                left = f" ({free / 2**20:.1f} MiB free)" if free is not None else ""
+                return StoreError(f"{self.path}: {what}: no space left on the disk{left} "
+                                  f"(SQLite: {error}); stored results are unchanged")
+        return StoreError(f"{self.path}: {what} ({error}); stored results are unchanged")
 
     def _write(self, sql: str, params: tuple | dict = ()) -> sqlite3.Cursor:
         """One statement in its own transaction, with a one-line error on failure (e.g. disk full)."""
@@ -177,7 +285,7 @@ class Store:
             with self.db:
                 return self.db.execute(sql, params)
         except sqlite3.Error as error:
-            raise StoreError(f"{self.path}: write failed ({error}); stored results are unchanged") from None
+            raise self._error(error, "write failed") from None
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -201,22 +309,29 @@ class Store:
                     "ON CONFLICT(run_key, machine_id) DO NOTHING", values)
 
     def start(self, spec: RunSpec | InferSpec, machine_id: str, experiment: str | None = None) -> Row:
-        """Mark a run RUNNING (clearing any earlier unfinished attempt) and return where it is."""
+        """Mark a run RUNNING (clearing any earlier unfinished attempt) and return where it is.
+        A run already DONE or DIVERGED is never reset: RunAlreadyFinished, checked in the same
+        transaction as the reset, so a second sweep that reaches a run finished meanwhile cannot
+        wipe it."""
         self.plan(spec, machine_id, experiment)
         table = table_of(spec)
         results = RESULT_COLUMNS if table == "runs" else INFER_RESULT_COLUMNS
         blank = ", ".join(f"{name} = NULL" for name in results)
         try:
             with self.db:
-                row = self.db.execute(f"SELECT run_id FROM {table} WHERE run_key = ? AND machine_id = ?",
+                self.db.execute("BEGIN IMMEDIATE")  # the check and the reset see the same row
+                row = self.db.execute(f"SELECT run_id, status FROM {table} WHERE run_key = ? AND machine_id = ?",
                                       (spec.key, machine_id)).fetchone()
+                if row["status"] in FINISHED:
+                    raise RunAlreadyFinished(f"{self.path}: {spec.label()} is already {row['status']} "
+                                             f"(run {row['run_id']}); a finished run is never run again")
                 if table == "runs":
                     self.db.execute("DELETE FROM epochs WHERE run_id = ?", (row["run_id"],))
                     self.db.execute("DELETE FROM weights WHERE run_id = ?", (row["run_id"],))
                 self.db.execute(f"UPDATE {table} SET status = 'RUNNING', error = NULL, {blank}, environment = NULL, "
                                 "started_at = ?, finished_at = NULL WHERE run_id = ?", (now(), row["run_id"]))
         except sqlite3.Error as error:
-            raise StoreError(f"{self.path}: write failed ({error}); stored results are unchanged") from None
+            raise self._error(error, "write failed") from None
         return Row(table, row["run_id"])
 
     def finish(self, row: Row, result: RunResult | InferResult, weights: bytes | None = None) -> None:
@@ -227,6 +342,8 @@ class Store:
         assignments = ", ".join(f"{name} = :{name}" for name in values)
         try:
             with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                self._refuse_if_finished(row)
                 self.db.execute(f"UPDATE {row.table} SET status = :status, error = :error, environment = :environment, "
                                 f"finished_at = :finished_at, {assignments} WHERE run_id = :run_id",
                                 {**values, "status": result.status, "error": result.error, "run_id": row.run_id,
@@ -239,12 +356,26 @@ class Store:
                 if weights is not None:
                     self.db.execute("INSERT INTO weights VALUES (?, ?)", (row.run_id, weights))
         except sqlite3.Error as error:
-            raise StoreError(f"{self.path}: could not store run {row.run_id} ({error}); earlier results are unchanged") from None
+            raise self._error(error, f"could not store run {row.run_id}") from None
+
+    def _refuse_if_finished(self, row: Row) -> None:
+        """Inside a write transaction: a run that another sweep finished meanwhile keeps its result."""
+        status = self.db.execute(f"SELECT status FROM {row.table} WHERE run_id = ?", (row.run_id,)).fetchone()[0]
+        if status in FINISHED:
+            raise RunAlreadyFinished(f"{self.path}: run {row.run_id} was finished meanwhile ({status}) by "
+                                     "another sweep; its stored result is kept and this attempt's is not stored")
 
     def fail(self, row: Row, status: str, error: str) -> None:
-        """End a run without a result: FAILED, OOM or KILLED, with the error text."""
-        self._write(f"UPDATE {row.table} SET status = ?, error = ?, finished_at = ? WHERE run_id = ?",
-                    (status, error, now(), row.run_id))
+        """End a run without a result: FAILED, OOM or KILLED, with the error text. A run finished
+        meanwhile by another sweep keeps its result (RunAlreadyFinished)."""
+        try:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                self._refuse_if_finished(row)
+                self.db.execute(f"UPDATE {row.table} SET status = ?, error = ?, finished_at = ? WHERE run_id = ?",
+                                (status, error, now(), row.run_id))
+        except sqlite3.Error as error:
+            raise self._error(error, "write failed") from None
 
     def weights(self, key: str, model: str | None = None, dataset: str | None = None) -> tuple[str, bytes]:
         """(run key, saved weights) of the DONE training run `key` (a unique prefix is enough), or

@@ -15,20 +15,24 @@ import dataclasses
 import functools
 import json
 import os
+import queue
 import resource
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from . import heartbeat
 from .engine import EpochRecord, RunResult
 from .inference import InferResult
 from .machine import fingerprint, machine_id, unavailable_reason
 from .spec import InferSpec, RunSpec
-from .store import FINISHED, Store
+from .store import FINISHED, RunAlreadyFinished, Store
 from .worker import PREFIX, result_from_dict
 
 STOP_GRACE_SECONDS = 10
@@ -96,19 +100,35 @@ def limit_memory(limit: int) -> None:
 
 
 def _supervise(job: str, on_epoch: Callable[[EpochRecord], None], memory_limit: int | None = None) -> Outcome:
+    """Run the job in a worker process and read its messages until it ends. Every message is a
+    sign of life (the worker sends "progress" at least once a second while it works); a worker
+    silent for $BATCHLAB_WORKER_TIMEOUT seconds is hung or stopped: it is stopped with all it
+    started, and the run FAILED."""
+    timeout = heartbeat.timeout_seconds()
     with tempfile.TemporaryFile(mode="w+") as stderr:
         # Own session: a terminal's Ctrl-C reaches only the sweep, which then stops the worker
         # itself and records the run as KILLED.
-        worker, outcome = None, None
+        worker, outcome, silence = None, None, None
         try:
             worker = subprocess.Popen([sys.executable, "-m", "batchlab.worker"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
                                       preexec_fn=functools.partial(limit_memory, memory_limit) if memory_limit else None)
             worker.stdin.write(job)
             worker.stdin.close()
-            for line in worker.stdout:
+            lines = _lines(worker.stdout)
+            heard = time.monotonic()  # from its start: it says "progress" first thing
+            while True:
+                try:  # waits for a line or the end of the allowed silence (Ctrl-C still interrupts)
+                    line = lines.get(timeout=max(0.0, heard + timeout - time.monotonic()))
+                except queue.Empty:
+                    silence = time.monotonic() - heard
+                    stop(worker)
+                    break
+                if line is None:
+                    break  # end of its output: the worker is ending
                 if not line.startswith(PREFIX):
                     continue  # a user model's own output
+                heard = time.monotonic()
                 message = json.loads(line[len(PREFIX):])
                 if message["event"] == "epoch":
                     on_epoch(EpochRecord(**message["record"]))
@@ -117,11 +137,20 @@ def _supervise(job: str, on_epoch: Callable[[EpochRecord], None], memory_limit: 
                     outcome = Outcome(result.status, result, result.error)
                 elif message["event"] == "error":
                     outcome = Outcome(message["status"], None, message["error"])
+            if silence is None:
+                try:
+                    worker.wait(timeout)
+                except subprocess.TimeoutExpired:  # closed its output but does not end: hung on exit
+                    silence = time.monotonic() - heard
+                    stop(worker)
             code = worker.wait()
         except BaseException:
             if worker is not None:
                 stop(worker)
             raise
+        if outcome is None and silence is not None:
+            return Outcome("FAILED", None, f"run worker (pid {worker.pid}) made no progress for {silence:.0f} s "
+                                           "(hung or stopped?)")
         if outcome is None:
             stderr.seek(0)
             tail = [line for line in stderr.read().splitlines() if line.strip()][-1:]
@@ -134,14 +163,33 @@ def _supervise(job: str, on_epoch: Callable[[EpochRecord], None], memory_limit: 
         return outcome
 
 
+def _lines(stream) -> queue.Queue:
+    """The lines of `stream` as they come, read by a thread (None at the end), so that waiting
+    for the next one can time out."""
+    lines: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        try:
+            for line in stream:
+                lines.put(line)
+        finally:
+            lines.put(None)
+
+    threading.Thread(target=read, name="batchlab-worker-output", daemon=True).start()
+    return lines
+
+
 def stop(worker: subprocess.Popen) -> None:
     """Terminate a worker and everything it started (its process group: hogwild workers, DDP
-    ranks), then kill what does not end in time; never leave any of it running."""
+    ranks), then kill what does not end in time; never leave any of it running. The group is
+    also continued, so that a stopped (SIGSTOP) process acts on the SIGTERM at once."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         if worker.poll() is not None:
             break
         try:
             os.killpg(worker.pid, sig)  # the worker leads its own session, so its group is its pid
+            if sig == signal.SIGTERM:
+                os.killpg(worker.pid, signal.SIGCONT)
         except ProcessLookupError:
             break
         try:
@@ -189,10 +237,13 @@ def run_sweep(specs: list[RunSpec | InferSpec], db: str | Path, data_dir: str | 
     """Run every spec not yet finished on this machine, each in its own worker process.
     Inference specs that name a training run get its saved weights from the store."""
     events = events or SweepEvents()
+    heartbeat.timeout_seconds()  # a bad $BATCHLAB_WORKER_TIMEOUT is refused before anything is stored
     summary = SweepSummary(planned=len(specs))
     info = fingerprint()
     machine = machine_id(info)
-    previous_handler = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Ctrl-C and SIGTERM become KeyboardInterrupt here (whatever the CLI set): the running run is
+    # stopped and stored as KILLED.
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with Store(db) as store:
             store.record_machine(machine, info)
@@ -211,7 +262,11 @@ def run_sweep(specs: list[RunSpec | InferSpec], db: str | Path, data_dir: str | 
                 weights = store.weights(spec.weights)[1] if isinstance(spec, InferSpec) and spec.weights else None
                 row = None
                 try:  # an interrupt anywhere in here ends this run as KILLED, never half-stored
-                    row = store.start(spec, machine, experiment)
+                    try:
+                        row = store.start(spec, machine, experiment)
+                    except RunAlreadyFinished:  # another sweep finished it since the plan was made
+                        summary.skipped_finished += 1
+                        continue
                     events.run_started(spec, index, len(todo))
                     outcome = run_in_worker(spec, data_dir, lambda record: events.epoch_done(spec, record),
                                             weights, save_weights, memory_limit)
@@ -219,13 +274,28 @@ def run_sweep(specs: list[RunSpec | InferSpec], db: str | Path, data_dir: str | 
                         store.finish(row, outcome.result, outcome.weights)
                     else:
                         store.fail(row, outcome.status, outcome.error or "")
+                except RunAlreadyFinished as finished:  # finished meanwhile elsewhere: that result stays
+                    outcome = Outcome("SKIPPED", None, str(finished))
                 except KeyboardInterrupt:
                     if row is not None:
-                        store.fail(row, "KILLED", "interrupted (Ctrl-C or SIGTERM) while running")
+                        try:
+                            store.fail(row, "KILLED", "interrupted (Ctrl-C or SIGTERM) while running")
+                        except RunAlreadyFinished:
+                            pass
                     summary.outcomes.append((spec, Outcome("KILLED", None, "interrupted")))
                     raise SweepInterrupted(summary, spec) from None
                 summary.outcomes.append((spec, outcome))
                 events.run_ended(spec, outcome)
     finally:
-        signal.signal(signal.SIGTERM, previous_handler)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return summary
+
+
+def worker_start_bytes() -> int:
+    """Address space a run worker maps before its first step: Python with torch loaded, as this
+    process (which has imported torch) maps it. A --memory-limit below it cannot start a run."""
+    import psutil
+    import torch  # noqa: F401  (loaded: its libraries are what most of the address space is)
+
+    return psutil.Process().memory_info().vms

@@ -4,9 +4,14 @@ prints cannot be mistaken for a message. A job is a training run ("train": a Run
 "weights_out", the trained weights are written to that file) or an inference measurement
 ("infer": an InferSpec; with "weights_in", the weights to load).
 
+    @batchlab {"event": "progress"}
     @batchlab {"event": "epoch", "record": {...}}
     @batchlab {"event": "result", "result": {...}}
     @batchlab {"event": "error", "status": "FAILED" | "OOM", "error": "one line"}
+
+"progress" says the run is alive (heartbeat.py): sent as it starts and then at most once a second
+while it trains, evaluates or watches its team of worker processes. The sweep ends a worker that
+sends nothing for $BATCHLAB_WORKER_TIMEOUT seconds.
 
 A fresh process per run keeps thread settings, allocator state, memory growth and crashes inside
 the run. The worker never touches the store: the sweep process is its only writer.
@@ -23,10 +28,16 @@ import time
 import traceback
 
 PREFIX = "@batchlab "
+PROGRESS_LINE = PREFIX + json.dumps({"event": "progress"}) + "\n"
 
 
 def send(message: dict) -> None:
     sys.stdout.write(PREFIX + json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def send_progress() -> None:
+    sys.stdout.write(PROGRESS_LINE)
     sys.stdout.flush()
 
 
@@ -48,10 +59,12 @@ def perform(job: dict):
     """Run the job in this process and return its result (weights, if any, written to file)."""
     import torch
 
+    from . import heartbeat
     from .inference import measure
     from .spec import InferSpec, RunSpec
     from .strategies import run
 
+    heartbeat.beat()  # imports done; next the data load (~1 s), then warm-up and steps beat
     if job["kind"] == "infer":
         weights = open(job["weights_in"], "rb").read() if job.get("weights_in") else None
         return measure(InferSpec(**job["spec"]), job.get("data_dir"), weights)
@@ -110,6 +123,10 @@ def main() -> int:
     exit_with_parent()
     job = json.loads(sys.stdin.read())
     try:
+        from . import heartbeat
+
+        heartbeat.install(send_progress)
+        heartbeat.beat()  # started: the sweep hears from this process before the imports of the run
         result = perform(job)
         if job["kind"] == "train":
             result.startup_seconds = startup_seconds

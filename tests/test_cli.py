@@ -69,9 +69,9 @@ def test_sweep_resume_report_and_failure_isolation(fashion_dir, tmp_path):
     args = ["sweep", "--model", "mlp,no_such_module_xyz:factory", "--batch-size", "64,256", "--epochs", "1",
             "--limit-train", "1000", "--db", db, "--data-dir", fashion_dir]
     first = invoke(*args)
-    assert first.exit_code == 0, first.output
-    assert "2 run(s) done, 2 not done" in first.output
-    assert first.output.count("FAILED") == 2 and "cannot load user model" in first.output
+    assert first.exit_code == 1, first.output  # runs failed: the exit code says so
+    assert "2 run(s) done, 2 not done" in first.output and "2 run(s) failed" in first.output
+    assert first.output.count("FAILED ") == 2 and "cannot load user model" in first.output
 
     with sqlite3.connect(db) as con:
         statuses = dict(con.execute("SELECT model || batch_size, status FROM runs").fetchall())
@@ -117,9 +117,9 @@ def test_sweep_skips_a_device_this_machine_lacks(fashion_dir, tmp_path):
 def test_oversubscription_is_warned_about(fashion_dir, tmp_path):
     cores = len(os.sched_getaffinity(0))
     result = invoke("sweep", "--model", "mlp", "--strategy", "ddp", "--workers", cores + 1, "--threads", "1",
-                    "--limit-train", "600", "--db", tmp_path / "s.db", "--data-dir", fashion_dir)
+                    "--limit-train", "600", "--db", tmp_path / "s.db", "--data-dir", fashion_dir, "--oversubscribe")
     assert result.exit_code == 0
-    assert f"oversubscribe this machine's {cores} core(s) (workers × threads up to {cores + 1})" in result.output
+    assert f"up to {cores + 1} on this machine's {cores} available CPU(s) (--oversubscribe)" in result.output
     assert "1 run(s) done" in result.output
 
 

@@ -60,15 +60,20 @@ def test_loads_fashion_mnist_with_checksums(fashion_dir):
     assert dataset.classes == 10 and len(dataset.checksum) == 16
 
 
-def test_lookup_order_data_dir_then_env_then_cache(fashion_dir, tmp_path, monkeypatch):
-    first, second = tmp_path / "first", tmp_path / "second" / "fashion-mnist"
-    for folder in (first, second):
+def test_lookup_data_dir_alone_else_env_then_cache(fashion_dir, tmp_path, monkeypatch):
+    first, second, third = (tmp_path / "first", tmp_path / "second" / "fashion-mnist",
+                            tmp_path / "cache" / "batchlab" / "datasets" / "fashion-mnist")
+    for folder in (first, second, third):
         folder.mkdir(parents=True)
         for file in data.DATASETS["fashion-mnist"].files:
             shutil.copy(fashion_dir / (file.name + ".gz"), folder)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("BATCHLAB_DATA", str(tmp_path / "second"))
     assert data.locate("fashion-mnist", first) == first
+    assert data.locate("fashion-mnist", tmp_path / "elsewhere") is None  # --data-dir alone is read
     assert data.locate("fashion-mnist") == second  # the NAME/ sub-folder of $BATCHLAB_DATA
+    monkeypatch.delenv("BATCHLAB_DATA")
+    assert data.locate("fashion-mnist") == third  # then the cache
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path):

@@ -122,7 +122,11 @@ def test_a_schema_1_store_is_migrated_keeping_its_runs(tmp_path):
         db.execute("INSERT INTO machines VALUES ('m1', '{}', 'then')")
         db.execute("INSERT INTO runs (run_key, machine_id, status, created_at, batch_size, model) "
                    "VALUES ('k', 'm1', 'DONE', 'then', 256, 'mlp')")
-    runs = load_runs(path)
+    before = path.read_bytes()
+    runs = load_runs(path)  # a report reads it migrated in memory, the file untouched
     assert runs.loc[0, "micro_batch"] == 256 and runs.loc[0, "slicing"] == "whole"
+    assert path.read_bytes() == before
+    Store(path).close()  # a sweep's store migrates the file
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert load_runs(path).loc[0, "micro_batch"] == 256
