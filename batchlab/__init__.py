@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from .core.version import __version__
 
-_LAZY = {"RunSpec": "spec", "ExperimentSpec": "spec", "SpecError": "spec", "RunResult": "engine",
-         "EpochRecord": "engine", "run": "strategies"}
+_LAZY = {"RunSpec": "spec.run", "ExperimentSpec": "spec.experiment", "SpecError": "core.errors",
+         "RunResult": "core.records", "EpochRecord": "core.records", "run": "train.strategies"}
 
 
 def __getattr__(name: str):
@@ -22,7 +22,7 @@ def __getattr__(name: str):
 
 def results(db: str = "batchlab.db"):
     """Every stored run of the store `db` (opened read-only), one row per run, as a DataFrame."""
-    from .store import Store
+    from .store.store import Store
 
     with Store(db, readonly=True) as store:
         return store.runs_frame()

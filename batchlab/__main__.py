@@ -22,7 +22,7 @@ def interrupted(signum: int, frame: object) -> None:
 
 def main() -> None:
     signal.signal(signal.SIGINT, interrupted)
-    from batchlab.cli import app
+    from .cli.app import app
 
     app(prog_name="batchlab")
 

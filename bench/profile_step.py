@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from run import gemm_flops  # noqa: E402
 
-from batchlab import microbatch, models  # noqa: E402
-from batchlab.engine import make_optimizer, place, train_step  # noqa: E402
-
+from batchlab.nn import microbatch, models  # noqa: E402
+from batchlab.nn.placement import place  # noqa: E402
+from batchlab.train.engine import make_optimizer, train_step
 
 # FLOPs per image that seed-cnn's layers really compute (2 per multiply-add), on its 25×25 input
 # crop (models.py): conv1 4x4x1 → 22x22x32, conv2 4x4x32 → 8x8x64, fc1 1024 → 500, fc2 500 → 10.

@@ -1,7 +1,7 @@
 """Benchmark: batchlab's engine against the stacks users would otherwise run, on this machine.
 
 Same network (seed-cnn), same data (Fashion-MNIST), fp32, CPU, all cores:
-- batchlab: the code paths `batchlab train` (engine.StepLoop) and `batchlab infer` (inference.measure) use;
+- batchlab: the code paths `batchlab train` (train/engine.StepLoop) and `batchlab infer` (infer/measure.measure) use;
 - plain PyTorch: DataLoader over a TensorDataset (plain_torch.py);
 - Keras 3 on TensorFlow (keras_peer.py), if the optional environment exists (`make bench-tf`).
 Also: this machine's fp32 GEMM rate, every training/inference figure as a fraction of it, the cost
@@ -34,10 +34,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 import plain_torch  # noqa: E402
 
 import batchlab  # noqa: E402
-from batchlab.engine import StepLoop, build_model, make_optimizer, prepare, slice_size_for, train_step  # noqa: E402
-from batchlab.inference import images_per_second, measure  # noqa: E402
-from batchlab.machine import fingerprint  # noqa: E402
-from batchlab.spec import InferSpec, RunSpec  # noqa: E402
+from batchlab.core.stats import images_per_second
+from batchlab.device.machine import fingerprint  # noqa: E402
+from batchlab.infer.measure import measure  # noqa: E402
+from batchlab.spec.run import InferSpec, RunSpec  # noqa: E402
+from batchlab.train.engine import StepLoop, build_model, make_optimizer, prepare, slice_size_for, train_step  # noqa: E402
 
 TRAIN_FLOP_PER_IMAGE = 20.3e6  # seed-cnn forward + backward
 INFER_FLOP_PER_IMAGE = 7.0e6  # seed-cnn forward

@@ -12,7 +12,7 @@ import pytest
 from processes_helpers import descendants, spawned_workers, still_alive, wait_for
 from typer.testing import CliRunner
 
-from batchlab.cli import app
+from batchlab.cli.app import app
 
 runner = CliRunner()
 REQUIRED_JSON_KEYS = {"dataset", "model", "device", "strategy", "workers", "threads", "batch_size", "epochs", "n",
@@ -47,7 +47,7 @@ def test_bad_input_gets_one_line_and_nonzero_exit(args, message, tmp_path, monke
 
 
 def test_report_on_an_empty_store_says_so(tmp_path):
-    from batchlab.store import Store
+    from batchlab.store.store import Store
 
     Store(tmp_path / "s.db").close()
     result = invoke("report", "--db", tmp_path / "s.db")

@@ -4,8 +4,9 @@ import shutil
 import numpy as np
 import pytest
 
-from batchlab import data
-from batchlab.data import DataError, DataFile, parse_idx, read_verified
+from batchlab.core.errors import DataError
+from batchlab.data import registry as data
+from batchlab.data.registry import DataFile, parse_idx, read_verified
 
 MNIST_TEST_IMAGES = data.DATASETS["mnist"].files[2]
 MNIST_TEST_LABELS = data.DATASETS["mnist"].files[3]

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from batchlab import data
-from batchlab.data import DataError, Dataset
-from batchlab.devicedata import split_train, to_device
-from batchlab.download import fetch_file
+from batchlab.core.errors import DataError
+from batchlab.data import registry as data
+from batchlab.data.dataset import Dataset
+from batchlab.data.device import split_train, to_device
+from batchlab.data.download import fetch_file
 
 FASHION = data.DATASETS["fashion-mnist"]
 FILES = [f.name for f in FASHION.files]

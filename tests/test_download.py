@@ -9,9 +9,9 @@ import threading
 
 import pytest
 
-from batchlab import data
-from batchlab.data import DataError
-from batchlab.download import download, fetch_file
+from batchlab.core.errors import DataError
+from batchlab.data import registry as data
+from batchlab.data.download import download, fetch_file
 
 
 @pytest.fixture

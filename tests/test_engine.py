@@ -6,7 +6,7 @@ import pytest
 
 import batchlab
 from batchlab import RunSpec
-from batchlab.machine import DeviceUnavailable
+from batchlab.core.errors import DeviceUnavailable
 
 
 def test_short_run_learns(fashion_dir):
@@ -57,7 +57,7 @@ def test_missing_device_is_a_clear_error(fashion_dir):
 
 
 def test_batch_larger_than_data_with_drop_last_is_an_error(fashion_dir):
-    from batchlab.spec import SpecError
+    from batchlab.core.errors import SpecError
 
     with pytest.raises(SpecError, match="batch size 512 leaves nothing to train on in 100 training images"):
         batchlab.run(RunSpec(model="mlp", batch_size=512, limit_train=100, drop_last=True), data_dir=str(fashion_dir))

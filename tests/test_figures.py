@@ -11,14 +11,13 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from batchlab import plots
-from batchlab.cli import app
-from batchlab.engine import EpochRecord, RunResult
-from batchlab.inference import InferResult
-from batchlab.inference_report import load_inference
-from batchlab.report import aggregate, load_epochs, load_runs
-from batchlab.spec import InferSpec, RunSpec
-from batchlab.store import Store
+from batchlab.cli.app import app
+from batchlab.core.records import EpochRecord, InferResult, RunResult
+from batchlab.report import figures as plots
+from batchlab.report.inference import load_inference
+from batchlab.report.training import aggregate, load_epochs, load_runs
+from batchlab.spec.run import InferSpec, RunSpec
+from batchlab.store.store import Store
 
 runner = CliRunner()
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

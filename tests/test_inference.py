@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from batchlab.cli import app
-from batchlab.inference import images_per_second, measure, percentiles, tiled
-from batchlab.inference_report import comparisons, crossover, load_inference
-from batchlab.spec import InferSpec
+from batchlab.cli.app import app
+from batchlab.core.stats import images_per_second, percentiles
+from batchlab.infer.measure import measure, tiled
+from batchlab.report.inference import comparisons, crossover, load_inference
+from batchlab.spec.run import InferSpec
 
 runner = CliRunner()
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from batchlab import layers
+from batchlab.nn import layers
 
 
 @pytest.mark.parametrize("rows", [1, 2, 102])

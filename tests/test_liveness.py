@@ -14,9 +14,9 @@ import time
 import pytest
 from processes_helpers import descendants, spawned_workers, still_alive, wait_for
 
-from batchlab import heartbeat
-from batchlab.processes import Team, WorkerFailed
-from batchlab.spec import SpecError
+from batchlab.core import heartbeat
+from batchlab.core.errors import SpecError, WorkerFailed
+from batchlab.train.team import Team
 
 
 def sweep_command(db, fashion_dir, *flags):

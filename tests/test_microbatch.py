@@ -5,8 +5,9 @@ import copy
 import pytest
 import torch
 
-from batchlab import microbatch, models
-from batchlab.engine import make_optimizer, place, train_step
+from batchlab.nn import microbatch, models
+from batchlab.nn.placement import place
+from batchlab.train.engine import make_optimizer, train_step
 
 
 def test_slices_are_few_and_even():

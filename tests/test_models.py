@@ -1,6 +1,6 @@
 import torch
 
-from batchlab import models
+from batchlab.nn import models
 
 
 def test_seed_cnn_matches_the_paper():

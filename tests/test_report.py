@@ -3,10 +3,10 @@ import math
 
 import pytest
 
-from batchlab.engine import EpochRecord, RunResult
-from batchlab.report import aggregate, load_runs
-from batchlab.spec import RunSpec
-from batchlab.store import Store
+from batchlab.core.records import EpochRecord, RunResult
+from batchlab.report.training import aggregate, load_runs
+from batchlab.spec.run import RunSpec
+from batchlab.store.store import Store
 
 
 def store_run(store, spec, train_seconds, images=1000, accuracy=0.8):
@@ -55,7 +55,7 @@ def test_speedup_and_efficiency_against_one_worker(tmp_path):
 
 
 def test_table_shows_validation_accuracy_only_when_measured(tmp_path):
-    from batchlab.report import table
+    from batchlab.report.training import table
 
     db = tmp_path / "s.db"
     with Store(db) as store:

@@ -2,7 +2,9 @@ import dataclasses
 
 import pytest
 
-from batchlab.spec import ExperimentSpec, RunSpec, SpecError, parse_list
+from batchlab.core.errors import SpecError
+from batchlab.spec.experiment import ExperimentSpec, parse_list
+from batchlab.spec.run import RunSpec
 
 
 def test_key_is_stable_and_covers_every_field():

@@ -2,9 +2,11 @@ import sqlite3
 
 import pytest
 
-from batchlab.engine import EpochRecord, RunResult
-from batchlab.spec import RunSpec
-from batchlab.store import SCHEMA_VERSION, Store, StoreError
+from batchlab.core.errors import StoreError
+from batchlab.core.records import EpochRecord, RunResult
+from batchlab.spec.run import RunSpec
+from batchlab.store.schema import SCHEMA_VERSION
+from batchlab.store.store import Store
 
 MACHINE = "m1"
 
@@ -86,10 +88,15 @@ def test_schema_has_a_column_for_every_field():
     """Adding a spec or result field needs a migration: this fails until the column exists."""
     import dataclasses
 
-    from batchlab.inference import InferResult
-    from batchlab.spec import InferSpec
-    from batchlab.store import (EPOCH_COLUMNS, INFER_RESULT_COLUMNS, INFER_SPEC_COLUMNS, RESULT_COLUMNS,
-                                RUN_SPEC_COLUMNS)
+    from batchlab.core.records import InferResult
+    from batchlab.spec.run import InferSpec
+    from batchlab.store.schema import (
+        EPOCH_COLUMNS,
+        INFER_RESULT_COLUMNS,
+        INFER_SPEC_COLUMNS,
+        RESULT_COLUMNS,
+        RUN_SPEC_COLUMNS,
+    )
 
     names = lambda cls: {f.name for f in dataclasses.fields(cls)}  # noqa: E731
     assert names(RunSpec) == set(RUN_SPEC_COLUMNS)
@@ -102,7 +109,7 @@ def test_schema_has_a_column_for_every_field():
 
 def test_every_column_is_in_a_migrated_store(tmp_path):
     """The column lists above are what the migrations really create."""
-    from batchlab.store import INFER_SPEC_COLUMNS, RUN_SPEC_COLUMNS
+    from batchlab.store.schema import INFER_SPEC_COLUMNS, RUN_SPEC_COLUMNS
 
     Store(tmp_path / "s.db").close()
     with sqlite3.connect(tmp_path / "s.db") as db:
@@ -113,8 +120,8 @@ def test_every_column_is_in_a_migrated_store(tmp_path):
 
 def test_a_schema_1_store_is_migrated_keeping_its_runs(tmp_path):
     """Stores written before micro-batches existed open, and their runs read as whole batches."""
-    from batchlab.report import load_runs
-    from batchlab.store import MIGRATIONS
+    from batchlab.report.training import load_runs
+    from batchlab.store.schema import MIGRATIONS
 
     path = tmp_path / "old.db"
     with sqlite3.connect(path) as db:

@@ -11,12 +11,11 @@ import time
 
 import pytest
 import torch
-
 from processes_helpers import descendants, spawned_workers, still_alive, wait_for
 
 from batchlab import RunSpec
-from batchlab.devicedata import ddp_order, hogwild_order, single_order
-from batchlab.strategies import run
+from batchlab.data.device import ddp_order, hogwild_order, single_order
+from batchlab.train.strategies import run
 
 
 def test_hogwild_shares_cover_the_epoch_once():
@@ -68,7 +67,7 @@ def test_hogwild_two_workers_learn_and_see_each_image_once(fashion_dir):
 
 
 def test_hogwild_is_cpu_only():
-    from batchlab.spec import SpecError
+    from batchlab.core.errors import SpecError
 
     with pytest.raises(SpecError, match="hogwild"):
         RunSpec(strategy="hogwild", workers=2, device="cuda").validated()

@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from batchlab.cli import app
-from batchlab.engine import EpochRecord, RunResult
-from batchlab.spec import RunSpec
-from batchlab.store import RunAlreadyFinished, SCHEMA_VERSION, Store, StoreError
+from batchlab.cli.app import app
+from batchlab.core.errors import RunAlreadyFinished, StoreError
+from batchlab.core.records import EpochRecord, RunResult
+from batchlab.spec.run import RunSpec
+from batchlab.store.schema import SCHEMA_VERSION
+from batchlab.store.store import Store
 
 runner = CliRunner()
 MACHINE = "m1"
@@ -74,8 +76,8 @@ def model_file(folder: Path, name: str, outputs: int) -> str:
 
 @pytest.mark.parametrize("outputs", [2, 12])
 def test_model_output_must_match_the_classes(outputs, image_folder, tmp_path):
-    from batchlab.engine import prepare
-    from batchlab.models import ModelError
+    from batchlab.core.errors import ModelError
+    from batchlab.train.engine import prepare
 
     spec = RunSpec(dataset=f"folder:{image_folder}", model=model_file(tmp_path, f"width{outputs}", outputs))
     with pytest.raises(ModelError, match=rf"output \(2, {outputs}\) for 2 image\(s\) but folder:.* has 3 classes"):
@@ -107,7 +109,8 @@ def test_model_from_a_python_file_trains_in_spawned_workers(image_folder, tmp_pa
 
 
 def test_missing_model_file_is_one_line(tmp_path):
-    from batchlab.models import ModelError, build
+    from batchlab.core.errors import ModelError
+    from batchlab.nn.models import build
 
     with pytest.raises(ModelError, match="no file"):
         build(f"{tmp_path}/absent.py:build")
@@ -194,7 +197,7 @@ def test_a_run_finished_meanwhile_keeps_its_result(tmp_path):
 
 
 def test_sweep_skips_a_run_another_sweep_finished_after_planning(tmp_path, monkeypatch):
-    import batchlab.sweep as sweep
+    import batchlab.runner.sweep as sweep
 
     path = tmp_path / "s.db"
     spec = store_with_one_run(path)
@@ -210,7 +213,7 @@ def test_sweep_skips_a_run_another_sweep_finished_after_planning(tmp_path, monke
 def test_two_stores_opened_at_once_on_a_new_file_both_work(tmp_path):
     """Schema creation is one immediate transaction: the second opener finds it done."""
     path = tmp_path / "new.db"
-    code = ("import sys, time; from batchlab.store import Store\n"
+    code = ("import sys, time; from batchlab.store.store import Store\n"
             "start = float(sys.argv[2])\n"
             "while time.time() < start: pass\n"
             "Store(sys.argv[1]).close()\n")

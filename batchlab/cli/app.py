@@ -1,0 +1,516 @@
+"""The `batchlab` command: parses flags, calls the library, prints. No logic of its own."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..core.errors import UserError
+
+app = typer.Typer(help="Measure how batch size and parallelism shape neural-network training on your hardware.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+data_app = typer.Typer(help="List, download and verify datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+# Off a terminal (pipe, file, CI log) rich would wrap at 80 columns; tables need more.
+out = Console() if sys.stdout.isatty() else Console(width=200)
+err = Console(stderr=True, soft_wrap=True)  # messages stay one line, whatever the width
+
+DbOpt = Annotated[Path, typer.Option("--db", help="SQLite results store.")]
+DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the dataset files; when given, the only place looked in.")]
+MemoryOpt = Annotated[Optional[float], typer.Option("--memory-limit", help="GiB of address space per run process; beyond it a run ends as OOM.")]
+OversubscribeOpt = Annotated[bool, typer.Option("--oversubscribe", help="Run even where workers × threads exceed the available CPUs (timings then include contention).")]
+
+
+def user_errors(command):
+    """Turn batchlab's own errors into one line on stderr and exit code 2: no traceback."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (UserError, sqlite3.Error) as error:
+            fail(str(error))
+        except OSError as error:  # a path the user gave: name it and what is wrong, no traceback
+            fail(f"{error.filename}: {error.strerror}" if error.filename and error.strerror else str(error))
+    return wrapper
+
+
+def fail(message: str) -> None:
+    """The one line a user error gets, and exit code 2."""
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2) from None
+
+
+def output_file(path: Path, flag: str) -> Path:
+    """A file the command will write: not a folder; missing parent folders are created."""
+    from ..core.errors import SpecError
+
+    if path.is_dir():
+        raise SpecError(f"{flag} {path} is a folder; give a file name, e.g. {path / ('report' + (path.suffix or '.out'))}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def output_folder(path: Path, flag: str) -> Path:
+    """A folder the command will write into: created if missing, refused if it is a file."""
+    from ..core.errors import SpecError
+
+    if path.exists() and not path.is_dir():
+        raise SpecError(f"{flag} {path} is a file, not a folder")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def progress_events(progress: Progress):
+    """SweepEvents drawing one progress bar over runs, its text the current run and epoch."""
+    from ..report.training import outcome_line
+    from ..runner.sweep import SweepEvents
+
+    task = progress.add_task("starting", total=None)
+
+    def started(spec, index, total):
+        epochs = f" epoch 0/{spec.epochs}" if spec.KIND == "train" else ""
+        progress.update(task, total=total, completed=index, description=spec.label() + epochs)
+
+    def epoch_done(spec, record):
+        progress.update(task, description=f"{spec.label()} epoch {record.epoch}/{spec.epochs} "
+                                          f"acc {record.test_accuracy:.3f}")
+
+    def ended(spec, outcome):
+        progress.advance(task)
+        progress.console.print(outcome_line(spec, outcome.status, outcome.result, outcome.error),
+                               markup=False, highlight=False, soft_wrap=True)
+
+    return SweepEvents(started, epoch_done, ended)
+
+
+def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str], save_weights: bool = False,
+            memory_limit: Optional[float] = None, oversubscribe: bool = False):
+    """Run the specs with a progress bar; print what was skipped and how the runs ended. Exits 1
+    when a run failed (FAILED, or ended by a signal; DIVERGED and OOM are results, not failures)."""
+    from ..runner.sweep import SweepInterrupted, run_sweep
+
+    limit = preflight(specs, data_dir, memory_limit, oversubscribe)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    try:
+        with Progress(*columns, console=err, transient=True) as progress:
+            summary = run_sweep(specs, db, str(data_dir) if data_dir else None, experiment, progress_events(progress),
+                                save_weights, limit)
+    except SweepInterrupted as stopped:
+        done = stopped.summary.count("DONE")
+        err.print(f"interrupted: {stopped.spec.label()} stored as KILLED; {done} run(s) finished and stored "
+                  f"in {db}. Run the same command again to resume.", highlight=False)
+        raise typer.Exit(130) from None
+    except KeyboardInterrupt:  # before any run started: nothing to store
+        err.print("interrupted before any run started; nothing stored.", highlight=False)
+        raise typer.Exit(130) from None
+    for device, reason in summary.skipped_device.items():
+        err.print(f"[yellow]skipped runs on {device}:[/yellow] {reason}", highlight=False)
+    if summary.skipped_finished:
+        err.print(f"{summary.skipped_finished} run(s) already finished in {db}: skipped (resume).")
+    failed = [(spec, outcome) for spec, outcome in summary.outcomes if outcome.status in FAILURES]
+    not_done = len(summary.outcomes) - summary.count("DONE")
+    line = f"{summary.count('DONE')} run(s) done, {not_done} not done"
+    results = [f"{summary.count(status)} {word}" for status, word in (("DIVERGED", "diverged"), ("OOM", "out of memory"))
+               if summary.count(status)]
+    if results:
+        line += f" ({', '.join(results)}: a result)"
+    err.print(f"{line}, stored in {db}.", highlight=False)
+    if failed:
+        names = "; ".join(f"{spec.label()} ({outcome.status})" for spec, outcome in failed)
+        err.print(f"[red]{len(failed)} run(s) failed:[/red] {escape(names)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    return summary
+
+
+def preflight(specs, data_dir: Optional[Path], memory_limit: Optional[float], oversubscribe: bool) -> Optional[int]:
+    """What must hold before any run starts or anything is stored: the data folder the user named
+    holds the data, the memory limit lets a worker start, the runs fit the CPUs. Returns the memory
+    limit in bytes."""
+    from ..core.heartbeat import timeout_seconds
+    from ..data.registry import check_data_dir
+
+    for dataset in sorted({spec.dataset for spec in specs}):  # --data-dir is a promise
+        check_data_dir(dataset, data_dir)
+    timeout_seconds()  # a bad $BATCHLAB_WORKER_TIMEOUT is one line, before anything is stored
+    check_cores(specs, oversubscribe)
+    return memory_limit_bytes(memory_limit)
+
+
+# Outcomes that mean a run did not give its result (the sweep exits 1). DIVERGED and OOM (under
+# --memory-limit: "this batch does not fit") are results; SKIPPED: another sweep finished the run.
+FAILURES = ("FAILED", "KILLED")
+
+
+def memory_limit_bytes(memory_limit: Optional[float]) -> Optional[int]:
+    """--memory-limit in bytes, refused when no run worker could even start under it."""
+    from ..core.errors import SpecError
+    from ..runner.sweep import worker_start_bytes
+
+    if memory_limit is None:
+        return None
+    if memory_limit <= 0:
+        raise SpecError(f"--memory-limit is in GiB and must be positive, got {memory_limit}")
+    limit, needed = int(memory_limit * 2**30), worker_start_bytes()
+    if limit < needed:
+        raise SpecError(f"--memory-limit {memory_limit:g} GiB is too low: a run worker needs at least "
+                        f"{needed / 2**30:.1f} GiB of address space to start Python and torch on this machine")
+    return limit
+
+
+def check_cores(specs, oversubscribe: bool) -> None:
+    """Refuse runs that ask for more processes × threads than this machine's available CPUs:
+    their timings would measure contention. --oversubscribe runs them, with a warning."""
+    from ..core.cpus import available_cores
+    from ..core.errors import SpecError
+
+    cores = available_cores()
+    crowded = {spec.key: getattr(spec, "workers", 1) * spec.threads for spec in specs
+               if getattr(spec, "workers", 1) * spec.threads > cores}
+    if not crowded:
+        return
+    worst = max(crowded.values())
+    what = (f"{len(crowded)} run(s) ask for workers × threads up to {worst} on this machine's {cores} available "
+            "CPU(s)")
+    if not oversubscribe:
+        raise SpecError(f"{what}: their timings would measure contention for cores; add --oversubscribe to run "
+                        "them anyway")
+    err.print(f"[yellow]warning:[/yellow] {what} (--oversubscribe): their timings include contention for cores.",
+              highlight=False)
+
+
+MICRO_BATCH_HELP = ("Images per slice of a batch (gradients accumulate to one update); 0 = automatic "
+                    "(cache-sized on CPU, whole on GPU), ≥ batch size = whole batches.")
+
+
+@app.command()
+@user_errors
+def train(
+    dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist or folder:PATH.")] = "fashion-mnist",
+    model: Annotated[str, typer.Option(help="seed-cnn, keras-cnn, mlp or package.module:factory.")] = "seed-cnn",
+    batch_size: Annotated[int, typer.Option(help="Images per optimizer step.")] = 64,
+    epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = 1,
+    optimizer: Annotated[str, typer.Option(help="sgd, momentum (0.9) or adam.")] = "momentum",
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.01,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
+    strategy: Annotated[str, typer.Option(help="single, hogwild (async, shared memory) or ddp (sync all-reduce).")] = "single",
+    workers: Annotated[int, typer.Option(help="Worker processes for hogwild/ddp (batch size is per worker).")] = 1,
+    threads: Annotated[int, typer.Option(help="torch intra-op threads per process; 0 = cores / workers.")] = 0,
+    precision: Annotated[str, typer.Option(help="Numeric precision.")] = "fp32",
+    val_split: Annotated[float, typer.Option(help="Fraction of the training set held out for validation.")] = 0.0,
+    limit_train: Annotated[int, typer.Option(help="Train on N training images, a fixed sample stratified by class; 0 = all.")] = 0,
+    drop_last: Annotated[bool, typer.Option(help="Skip the last, smaller batch of each epoch.")] = False,
+    target_accuracy: Annotated[float, typer.Option(help="Report the train seconds until this accuracy.")] = 0.0,
+    micro_batch: Annotated[int, typer.Option(help=MICRO_BATCH_HELP)] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of weights, batch order and dropout.")] = 0,
+    save_weights: Annotated[bool, typer.Option(help="Store the trained weights with the run (for infer --weights).")] = False,
+    memory_limit: MemoryOpt = None,
+    oversubscribe: OversubscribeOpt = False,
+    db: DbOpt = Path("batchlab.db"),
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Train once and print one line of results; the run is stored. Running the same command again
+    adds another repeat.
+
+    Example: batchlab train --dataset fashion-mnist --model seed-cnn --batch-size 64 --epochs 2
+    """
+    from ..data.registry import check_data_dir
+    from ..device.machine import fingerprint, machine_id, resolve_device
+    from ..runner.sweep import next_repeat
+    from ..spec.run import RunSpec
+    from ..store.store import Store
+    from ..train.ddp import launched_externally
+
+    spec = RunSpec(dataset=dataset, model=model, batch_size=batch_size, epochs=epochs, optimizer=optimizer, lr=lr,
+                   device=device, strategy=strategy, workers=workers, threads=threads, precision=precision, val_split=val_split,
+                   limit_train=limit_train, drop_last=drop_last, target_accuracy=target_accuracy,
+                   micro_batch=micro_batch, seed=seed).validated()
+    resolve_device(spec.device)  # a missing device is an error here, not a skipped run
+    if launched_externally():  # one rank of a torchrun job: every rank trains, rank 0 stores
+        from ..report.training import run_line
+        from ..runner.sweep import record_result, saved_weights
+        from ..train.strategies import run
+
+        check_data_dir(spec.dataset, data_dir)
+        result = run(spec, str(data_dir) if data_dir else None, keep_weights=save_weights)
+        if os.environ["RANK"] == "0":
+            record_result(db, result, saved_weights(result))
+            out.print(run_line(spec, result.status, result, result.error), markup=False, highlight=False, soft_wrap=True)
+        return
+    preflight([spec], data_dir, memory_limit, oversubscribe)
+    with Store(db) as store:
+        spec = next_repeat(store, spec, machine_id(fingerprint()))
+    execute([spec], db, data_dir, None, save_weights, memory_limit, oversubscribe)
+
+
+GRID_FLAGS = {  # sweep flag → (RunSpec field, value type)
+    "dataset": str, "model": str, "batch_size": int, "epochs": int, "optimizer": str, "lr": float,
+    "device": str, "strategy": str, "workers": int, "threads": int, "precision": str, "val_split": float, "limit_train": int,
+    "target_accuracy": float, "micro_batch": int, "seed": int,
+}
+
+
+@app.command()
+@user_errors
+def sweep(
+    experiment: Annotated[Optional[Path], typer.Argument(help="TOML experiment file (flags override its values).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="Comma list, e.g. mnist,fashion-mnist.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Comma list of models.")] = None,
+    batch_size: Annotated[Optional[str], typer.Option(help="Comma list, e.g. 16,64,256,1024.")] = None,
+    epochs: Annotated[Optional[str], typer.Option(help="Comma list of epoch counts.")] = None,
+    optimizer: Annotated[Optional[str], typer.Option(help="Comma list: sgd, momentum, adam.")] = None,
+    lr: Annotated[Optional[str], typer.Option(help="Comma list of learning rates.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="Comma list, e.g. cpu,cuda (missing ones are skipped).")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="Comma list: single, hogwild, ddp.")] = None,
+    workers: Annotated[Optional[str], typer.Option(help="Comma list of worker process counts.")] = None,
+    threads: Annotated[Optional[str], typer.Option(help="Comma list of intra-op thread counts per process.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="Comma list of precisions.")] = None,
+    val_split: Annotated[Optional[str], typer.Option(help="Validation fraction(s).")] = None,
+    limit_train: Annotated[Optional[str], typer.Option(help="Training images per run; 0 = all.")] = None,
+    target_accuracy: Annotated[Optional[str], typer.Option(help="Accuracy for time to target.")] = None,
+    micro_batch: Annotated[Optional[str], typer.Option(help="Comma list; " + MICRO_BATCH_HELP)] = None,
+    seed: Annotated[Optional[str], typer.Option(help="Base seed(s); repeat r uses seed + r.")] = None,
+    repeats: Annotated[Optional[int], typer.Option(help="Runs per grid point.")] = None,
+    save_weights: Annotated[bool, typer.Option(help="Store every run's trained weights (for infer --weights).")] = False,
+    memory_limit: MemoryOpt = None,
+    oversubscribe: OversubscribeOpt = False,
+    db: DbOpt = Path("batchlab.db"),
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Run a grid of runs, each in a fresh process, every run stored as it finishes. Started
+    again, it skips the runs already finished (resume); Ctrl-C stores the running run as KILLED.
+
+    Example: batchlab sweep --batch-size 16,64,256,1024 --epochs 3 --repeats 2
+    Example: batchlab sweep experiments/small-batches.toml
+    """
+    from ..core.errors import SpecError
+    from ..spec.experiment import ExperimentSpec, parse_list
+
+    flags = locals()  # the grid flags by name, as GRID_FLAGS lists them
+    if experiment is not None and experiment.is_dir():
+        raise SpecError(f"{experiment} is a folder, not an experiment file (give a .toml file)")
+    base = ExperimentSpec.from_toml(experiment) if experiment else ExperimentSpec()
+    overrides = {name: parse_list(flags[name], kind, name) for name, kind in GRID_FLAGS.items() if flags[name] is not None}
+    if experiment is None and not overrides:
+        raise SpecError("nothing to sweep: give an experiment file or grid flags, e.g. --batch-size 16,64,256")
+    spec = base.with_overrides(overrides, repeats)
+    execute(spec.runs() + spec.inferences(), db, data_dir, spec.name, save_weights, memory_limit, oversubscribe)
+
+
+@app.command()
+@user_errors
+def infer(
+    dataset: Annotated[str, typer.Option(help="Dataset whose test set is tiled into the batches.")] = "fashion-mnist",
+    model: Annotated[str, typer.Option(help="Comma list of models.")] = "seed-cnn",
+    batch_size: Annotated[str, typer.Option(help="Comma list; larger than the test set is fine (tiled).")] = "1,16,256,4096,40000",
+    device: Annotated[str, typer.Option(help="Comma list, e.g. cpu,cuda (missing ones are skipped).")] = "cpu",
+    threads: Annotated[str, typer.Option(help="Comma list of intra-op thread counts; 0 = all cores.")] = "0",
+    precision: Annotated[str, typer.Option(help="Comma list: fp32, bf16, fp16.")] = "fp32",
+    weights: Annotated[str, typer.Option(help="'' = fresh seeded weights; a training run's key (prefix) or 'latest' (needs --save-weights on train).")] = "",
+    micro_batch: Annotated[str, typer.Option(help="Comma list; " + MICRO_BATCH_HELP)] = "0",
+    memory_limit: MemoryOpt = None,
+    oversubscribe: OversubscribeOpt = False,
+    db: DbOpt = Path("batchlab.db"),
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Inference throughput and latency against batch size: compute only and with overheads
+    (host↔device copies), first-call cost apart; each batch size in its own process.
+
+    Example: batchlab infer --batch-size 1,16,256,4096,40000 --threads 1,0 --precision fp32,bf16
+    """
+    from ..report.inference import comparison_lines, inference_table, load_inference
+    from ..spec.experiment import ExperimentSpec, parse_list
+    from ..store.store import Store
+
+    grid = {"dataset": [dataset], "batch_size": parse_list(batch_size, int, "batch_size"),
+            "device": parse_list(device, str, "device"), "threads": parse_list(threads, int, "threads"),
+            "precision": parse_list(precision, str, "precision"), "micro_batch": parse_list(micro_batch, int, "micro_batch")}
+    specs = []
+    for name in parse_list(model, str, "model"):  # each model with its own weights
+        keyed = ""
+        if weights:
+            with Store(db) as store:  # a fixed run key, so the measurement's key names its weights
+                keyed = store.weights(weights, name, dataset)[0]
+        specs += ExperimentSpec(infer_grid={**grid, "model": [name], "weights": [keyed]}).inferences()
+    try:
+        execute(specs, db, data_dir, None, memory_limit=memory_limit, oversubscribe=oversubscribe)
+    finally:  # the table of what was measured, failures or not
+        if db.exists():
+            measured = load_inference(db)
+            mine = measured[measured["run_key"].isin({spec.key for spec in specs})].reset_index(drop=True)
+            if len(mine):
+                out.print(inference_table(mine))
+                for line in comparison_lines(mine):
+                    out.print(line, highlight=False)
+
+
+@app.command()
+@user_errors
+def report(
+    stores: Annotated[Optional[list[Path]], typer.Argument(help="Stores to merge (default: --db), e.g. desktop.db hpc.db.")] = None,
+    db: DbOpt = Path("batchlab.db"),
+    format: Annotated[str, typer.Option("--format", help="table or json (rows on stdout).")] = "table",
+    csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write the rows to this CSV file.")] = None,
+    runs: Annotated[bool, typer.Option("--runs", help="One row per run instead of per group of repeats.")] = False,
+    inference: Annotated[bool, typer.Option("--inference", help="The inference measurements instead of training.")] = False,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Write one self-contained HTML page with the figures.")] = None,
+    png: Annotated[Optional[Path], typer.Option("--png", help="Write every figure as a PNG file into this folder.")] = None,
+) -> None:
+    """Show stored results grouped over repeats: median \\[min–max] of seconds per epoch, images/s,
+    accuracy, loss and time to target; inference throughput, latency and crossovers. Several
+    stores are merged, machines side by side.
+
+    Example: batchlab report --html report.html
+    Example: batchlab report desktop.db hpc.db --png figures/
+    """
+    from ..report.inference import comparison_lines, inference_table, load_inference
+    from ..report.training import aggregate, json_rows, load_runs, merged, table
+
+    if format not in ("table", "json"):
+        raise typer.BadParameter("--format must be table or json")
+    # Paths first: a wrong one is refused before minutes of figure drawing.
+    csv, html = (output_file(csv, "--csv") if csv else None), (output_file(html, "--html") if html else None)
+    png = output_folder(png, "--png") if png else None
+    sources = stores or [db]
+    training, measured = merged(sources, load_runs), merged(sources, load_inference)
+    if html or png:
+        write_figures(sources, training, measured, html, png)
+    if inference:  # raw per-call timings only with --runs
+        rows = measured if runs else measured.drop(columns=["compute_seconds", "overhead_seconds"])
+    else:
+        rows = training if runs else aggregate(training)
+    if csv:
+        rows.to_csv(csv, index=False)
+    if format == "json":
+        sys.stdout.write(json.dumps(json_rows(rows), indent=1) + "\n")
+    elif runs:
+        out.print(rows.to_string(index=False))
+    else:
+        if not len(training) and not len(measured):
+            err.print(f"no runs stored in {', '.join(map(str, sources))} yet: run `batchlab sweep`, `train` or `infer`")
+        if len(rows) and not inference:
+            out.print(table(rows))
+        if len(measured):
+            out.print(inference_table(measured))
+            for line in comparison_lines(measured):
+                out.print(line, highlight=False)
+
+
+def write_figures(sources: list[Path], training, measured, html: Optional[Path], png: Optional[Path]) -> None:
+    from ..report.figures import all_figures
+    from ..report.html import page
+    from ..report.training import aggregate, load_epochs, load_machines, merged
+
+    rows = aggregate(training) if len(training) else training
+    figures = all_figures(rows, merged(sources, load_epochs), measured)
+    if png:
+        for name, figure in figures.items():
+            figure.savefig(png / f"{name}.png", dpi=110)
+        err.print(f"{len(figures)} figure(s) written to {png}/")
+    if html:
+        machines = {k: v for source in sources for k, v in load_machines(source).items()}
+        html.write_text(page(figures, rows, measured, machines, [str(s) for s in sources]))
+        err.print(f"report written to {html}")
+
+
+@app.command()
+@user_errors
+def export(
+    tensorboard: Annotated[Path, typer.Option("--tensorboard", help="Folder for TensorBoard event files, one sub-folder per run.")],
+    db: DbOpt = Path("batchlab.db"),
+) -> None:
+    """Export stored training runs for TensorBoard (scalars per epoch: loss, accuracy, seconds, images/s).
+
+    Example: batchlab export --tensorboard tb/ && tensorboard --logdir tb/
+    """
+    from ..report.tensorboard import tensorboard as write_tensorboard
+    from ..store.store import Store
+
+    output_folder(tensorboard, "--tensorboard")
+    with Store(db, readonly=True) as store:
+        written = write_tensorboard(store.epochs_frame(), store.runs_frame(), tensorboard)
+    err.print(f"{len(written)} run(s) written to {tensorboard}/")
+
+
+@app.command()
+@user_errors
+def machine(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
+    """What this machine is: CPU, cores, memory, GPUs, OS, Python, torch and thread settings."""
+    from ..device.machine import fingerprint, machine_id
+
+    info = fingerprint()
+    info["machine_id"] = machine_id(info)
+    if as_json:
+        sys.stdout.write(json.dumps(info, indent=1) + "\n")
+        return
+    grid = Table(show_header=False, title="this machine")
+    for key, value in info.items():
+        grid.add_row(key.replace("_", " "), value if isinstance(value, str) else json.dumps(value))
+    out.print(grid)
+
+
+@app.command()
+def models() -> None:
+    """List the built-in models with their parameter counts (10 classes)."""
+    from ..nn.models import catalogue
+
+    grid = Table("model", "parameters", "description")
+    for name, parameters, description in catalogue():
+        grid.add_row(name, f"{parameters:,}", description)
+    out.print(grid)
+    out.print("Your own: --model package.module:factory (factory(classes) → torch.nn.Module).")
+
+
+@data_app.command("list")
+def data_list(data_dir: DataDirOpt = None) -> None:
+    """Registered datasets and where each was found."""
+    from ..data.registry import DATASETS, locate
+
+    grid = Table("dataset", "found in", "mirrors")
+    for name, info in DATASETS.items():
+        where = locate(name, data_dir)
+        grid.add_row(name, str(where) if where else "[yellow]not found[/yellow]", ", ".join(info.mirrors))
+    out.print(grid)
+    out.print("Also: --dataset folder:PATH (one sub-folder of images per class).")
+
+
+@data_app.command("download")
+@user_errors
+def data_download(
+    name: Annotated[str, typer.Argument(help="mnist or fashion-mnist.")],
+    mirror: Annotated[Optional[list[str]], typer.Option(help="Base URL to try instead of the official mirrors (repeatable).")] = None,
+    dest: Annotated[Optional[Path], typer.Option(help="Folder to write to (default: the user cache).")] = None,
+) -> None:
+    """Download a dataset into the cache (skipped if a valid copy is already found), verified.
+
+    Example: batchlab data download mnist
+    """
+    from ..data.download import download
+    from ..data.registry import locate, verify
+
+    found = locate(name) if not dest and not mirror else None
+    if found is not None:
+        verify(name)
+        out.print(f"{name}: valid copy already in {found}")
+        return
+    out.print(f"{name}: downloaded and verified in {download(name, dest, mirror)}")
+
+
+@data_app.command("verify")
+@user_errors
+def data_verify(name: Annotated[str, typer.Argument(help="mnist or fashion-mnist.")], data_dir: DataDirOpt = None) -> None:
+    """Check every file of a dataset: SHA-256 of the decompressed content and IDX structure."""
+    from ..data.registry import verify
+
+    for path, status in verify(name, data_dir):
+        out.print(f"{status:<10} {path}", highlight=False)

@@ -1,0 +1,84 @@
+"""What a run gives back, torch-free so that the store, reports and the CLI can read it anywhere:
+EpochRecord (one epoch), RunResult (a training run), InferResult (an inference measurement), and
+the statuses a run can end with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the specs sit above the core
+    from ..spec.run import InferSpec, RunSpec
+
+STATUSES = ("PENDING", "RUNNING", "DONE", "FAILED", "OOM", "DIVERGED", "KILLED")
+FINISHED = ("DONE", "DIVERGED")  # outcomes a resumed sweep does not run again
+# Outcomes that mean a run did not give its result (a sweep exits 1). DIVERGED and OOM (under
+# --memory-limit: "this batch does not fit") are results.
+FAILURES = ("FAILED", "KILLED")
+
+
+@dataclass
+class EpochRecord:
+    epoch: int  # 1-based
+    train_loss: float
+    train_accuracy: float
+    val_loss: float | None
+    val_accuracy: float | None
+    test_loss: float
+    test_accuracy: float
+    train_seconds: float
+    eval_seconds: float
+    images: int  # images trained on in this epoch
+    steps: int
+
+
+@dataclass
+class RunResult:
+    spec: RunSpec
+    status: str = "DONE"  # DONE or DIVERGED (failures are raised, not returned)
+    epochs: list[EpochRecord] = field(default_factory=list)
+    parameters: int = 0
+    train_images: int = 0  # size of the training set used (after split and limit)
+    val_images: int = 0
+    test_images: int = 0
+    dataset_checksum: str = ""
+    dataset_source: str = ""
+    load_seconds: float = 0.0
+    to_device_seconds: float = 0.0
+    model_build_seconds: float = 0.0
+    warmup_seconds: float = 0.0
+    startup_seconds: float | None = None  # process start → run start, when run in its own process
+    wall_seconds: float = 0.0
+    peak_memory_bytes: int = 0
+    cores: int = 0  # cores available to the run: workers x threads above this oversubscribes
+    time_to_target_seconds: float | None = None
+    diverged_step: int | None = None
+    error: str | None = None
+    environment: dict = field(default_factory=dict)
+    # Final weights (CPU state dict) when asked for with keep_weights; never serialised.
+    weights: dict | None = field(default=None, repr=False)
+
+    @property
+    def images_processed(self) -> int:
+        return sum(e.images for e in self.epochs)
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(e.train_seconds for e in self.epochs)
+
+
+
+@dataclass
+class InferResult:
+    spec: InferSpec
+    status: str = "DONE"
+    compute_seconds: list[float] = field(default_factory=list)  # one entry per timed forward pass
+    overhead_seconds: list[float] = field(default_factory=list)  # one entry per call with copies
+    first_call_seconds: float = 0.0
+    accuracy: float | None = None  # only with trained weights
+    weights_source: str = "random"  # "random" or the training run's key
+    load_seconds: float = 0.0
+    peak_memory_bytes: int = 0
+    cores: int = 0
+    error: str | None = None
+    environment: dict = field(default_factory=dict)

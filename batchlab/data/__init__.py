@@ -1,0 +1,3 @@
+"""The data: the registry of datasets with checksums and look-up (registry.py), downloads
+(download.py), folders of images (imagefolder.py), the Dataset record (dataset.py); device.py puts a
+dataset on a device for training (the one module here that imports torch)."""

@@ -1,0 +1,22 @@
+"""A whole dataset in host memory, as every loader returns it (numpy only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Dataset:
+    """A whole dataset in host memory: uint8 images (N, 28, 28) and int64 labels."""
+
+    name: str
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    classes: int
+    checksum: str  # one hash over the content of all files: recorded with every run
+    source: str  # where it was loaded from
+    class_names: tuple[str, ...]  # label i is class_names[i]; recorded with the run

@@ -1,0 +1,132 @@
+"""The run's data on its device: train/validation/test split, normalisation, batch order.
+
+The whole dataset is copied to the device once, as uint8 (4x smaller than float32); each batch
+is gathered by indexing with a slice of a seeded permutation and converted to float there. No
+DataLoader, no worker processes, no host→device copy in the hot loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .dataset import Dataset
+
+# The validation hold-out is drawn with a fixed seed, not the run's seed: every run of an
+# experiment (all batch sizes, all repeats) is validated on the same images.
+VAL_SPLIT_SEED = 12345
+# Likewise the --limit-train sample: the same images for every run, whatever the run's seed.
+LIMIT_TRAIN_SEED = 54321
+
+
+def normalized(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """(images - mean) / std as float32, in one op (-mean/std + images × 1/std; type promotion
+    makes it float32): at batch 1 every op of the step counts."""
+    return torch.add(torch.tensor(-mean / std), images, alpha=1 / std)
+
+
+@dataclass
+class DeviceData:
+    train_images: torch.Tensor  # uint8 (N, 1, 28, 28) on the device
+    train_labels: torch.Tensor  # int64 (N,)
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    mean: float  # pixel mean and std of the training images actually used, in 0..255 units
+    std: float
+    classes: int
+    class_names: tuple[str, ...]  # label i is class_names[i]
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 batch → float32, zero mean and unit variance over the training set."""
+        return normalized(images, self.mean, self.std)
+
+    @property
+    def train_count(self) -> int:
+        return len(self.train_labels)
+
+    def share_memory_(self) -> DeviceData:
+        """Move the CPU tensors to shared memory, so worker processes read them without copies."""
+        for tensor in (self.train_images, self.train_labels, self.val_images, self.val_labels,
+                       self.test_images, self.test_labels):
+            tensor.share_memory_()
+        return self
+
+
+def split_train(dataset: Dataset, val_split: float, limit_train: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training and validation images within dataset.train_*."""
+    count = len(dataset.train_labels)
+    if val_split > 0:
+        order = np.random.default_rng(VAL_SPLIT_SEED).permutation(count)
+        n_val = int(round(count * val_split))
+        val_idx, train_idx = order[:n_val], order[n_val:]
+    else:
+        val_idx, train_idx = np.empty(0, dtype=np.int64), np.arange(count)
+    if limit_train:
+        train_idx = stratified_sample(dataset.train_labels, train_idx, limit_train, LIMIT_TRAIN_SEED)
+    return train_idx, val_idx
+
+
+def stratified_sample(labels: np.ndarray, indices: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """`count` of `indices` (all if count >= their number), each class keeping its share of
+    them, drawn with `seed` and returned in seeded random order. Taking the first `count`
+    instead would keep only the first classes of a dataset stored class by class."""
+    if count >= len(indices):
+        return indices
+    rng = np.random.default_rng(seed)
+    classes, sizes = np.unique(labels[indices], return_counts=True)
+    # Proportional quotas in integers; the images left over go to the largest remainders
+    # (ties to the lower label), so the quotas sum to exactly `count`.
+    quotas, remainders = np.divmod(sizes * count, len(indices))
+    quotas[np.argsort(-remainders, kind="stable")[:count - quotas.sum()]] += 1
+    chosen = [rng.choice(indices[labels[indices] == cls], size=quota, replace=False)
+              for cls, quota in zip(classes, quotas)]
+    return rng.permutation(np.concatenate(chosen))
+
+
+def to_device(dataset: Dataset, val_split: float, limit_train: int, device: torch.device) -> DeviceData:
+    train_idx, val_idx = split_train(dataset, val_split, limit_train)
+    train_np = dataset.train_images[train_idx]
+    mean, std = float(train_np.mean()), float(train_np.std()) or 1.0
+
+    def images(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).unsqueeze(1).to(device)
+
+    def labels(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+
+    return DeviceData(
+        train_images=images(train_np), train_labels=labels(dataset.train_labels[train_idx]),
+        val_images=images(dataset.train_images[val_idx]), val_labels=labels(dataset.train_labels[val_idx]),
+        test_images=images(dataset.test_images), test_labels=labels(dataset.test_labels),
+        mean=mean, std=std, classes=dataset.classes, class_names=dataset.class_names,
+    )
+
+
+# Which images each process trains on in an epoch, in order, cut from the epoch's permutation.
+# A process trains on its sequence in consecutive batches of `batch_size` (the last may be smaller).
+
+def single_order(order: torch.Tensor, batch_size: int, drop_last: bool) -> torch.Tensor:
+    return order[:len(order) // batch_size * batch_size] if drop_last else order
+
+
+def hogwild_order(order: torch.Tensor, workers: int, rank: int, batch_size: int, drop_last: bool) -> torch.Tensor:
+    """Worker `rank`'s contiguous share of the epoch: together the workers see every image once."""
+    return single_order(order.tensor_split(workers)[rank], batch_size, drop_last)
+
+
+def ddp_order(order: torch.Tensor, workers: int, rank: int, batch_size: int, drop_last: bool) -> torch.Tensor:
+    """Rank `rank`'s part of each global batch of workers × batch_size images, so that step s of
+    all ranks together is exactly global batch s of a single process. A last, partial global batch
+    is split as evenly as possible; it is dropped (or with drop_last) if some rank would get none,
+    since every rank must take the same number of synchronised steps."""
+    global_batch = workers * batch_size
+    full = len(order) // global_batch
+    parts = [order[:full * global_batch].view(full, workers, batch_size)[:, rank].reshape(-1)]
+    rest = order[full * global_batch:]
+    if not drop_last and len(rest) >= workers:
+        parts.append(rest.tensor_split(workers)[rank])
+    return torch.cat(parts)

@@ -1,0 +1,116 @@
+"""Inference throughput and latency at one batch size, compute only and with overheads.
+
+- compute only: the batch already on the device as normalised floats, the model warmed up; each
+  timed call is one forward pass in inference mode, the device synchronised before and after.
+- with overheads: each timed call starts from the uint8 batch in host memory and includes the
+  host→device copy, normalisation, the forward pass and the device→host copy of the predictions.
+- first call: the very first forward pass of the fresh model (allocator, kernel selection), timed
+  once and reported apart; both series above start after it.
+
+The batch is the test set tiled (repeated) up to the batch size, so any size can be measured.
+Each series repeats until it has MIN_REPEATS calls and MIN_SECONDS of measurement (at most
+MAX_REPEATS), so small batches get many samples and huge ones a few; every per-call time is kept,
+and images/s and the latency percentiles are computed from them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+
+import numpy as np
+import torch
+
+from ..core import heartbeat
+from ..core.cpus import available_cores
+from ..core.records import InferResult
+from ..data import registry as data
+from ..data.device import normalized
+from ..device.machine import THREAD_ENV, resolve_device
+from ..device.timing import Region, peak_memory_bytes, reset_peak_memory
+from ..nn import microbatch, models
+from ..nn.placement import autocast, place
+from ..spec.run import InferSpec
+
+MIN_REPEATS = 3
+MIN_SECONDS = 1.0
+MAX_REPEATS = 1000
+
+
+def tiled(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exactly `batch_size` test images (and labels), the test set repeated as often as needed."""
+    index = np.arange(batch_size) % len(images)
+    return torch.from_numpy(images[index]).unsqueeze(1), torch.from_numpy(labels[index])
+
+
+def repeat_timed(call, device: torch.device) -> list[float]:
+    """Time `call` until MIN_REPEATS calls and MIN_SECONDS, at most MAX_REPEATS calls."""
+    seconds: list[float] = []
+    while len(seconds) < MAX_REPEATS and (len(seconds) < MIN_REPEATS or sum(seconds) < MIN_SECONDS):
+        heartbeat.beat()  # alive, for the sweep watching this process (outside the timed call)
+        with Region(device) as region:
+            call()
+        seconds.append(region.seconds)
+    return seconds
+
+
+def load_weights(blob: bytes) -> dict:
+    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+
+
+def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None = None) -> InferResult:
+    """Measure one inference configuration in this process."""
+    spec = spec.validated()
+    device = resolve_device(spec.device)
+    torch.set_num_threads(spec.threads)
+    result = InferResult(spec=spec)
+
+    load_start = time.perf_counter()
+    dataset = data.load(spec.dataset, data_dir)
+    result.load_seconds = time.perf_counter() - load_start
+    host_images, labels = tiled(dataset.test_images, dataset.test_labels, spec.batch_size)
+    if device.type == "cuda":
+        host_images = host_images.pin_memory()  # as a serving pipeline would: faster, async-capable copies
+
+    torch.manual_seed(spec.seed)
+    model = models.build(spec.model, dataset.classes)
+    mean, std = float(dataset.train_images.mean()), float(dataset.train_images.std())
+    if weights is not None:
+        saved = load_weights(weights)
+        model.load_state_dict(saved["state_dict"])
+        mean, std = saved["mean"], saved["std"]  # the normalisation the weights were trained with
+        result.weights_source = spec.weights
+    model = place(model, device).eval()
+    models.check_output(model, normalized(host_images[:2].to(device), mean, std), dataset.classes, spec.model,
+                        spec.dataset)
+    slice_size = microbatch.slice_size(spec.micro_batch, spec.batch_size, model,
+                                       normalized(host_images[:1].to(device), mean, std))
+    reset_peak_memory(device)
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        """Logits of the whole batch, computed slice by slice (microbatch.py)."""
+        with torch.inference_mode(), autocast(device, spec.precision):
+            logits = [model(normalized(images[start:stop], mean, std))
+                      for start, stop in microbatch.bounds(len(images), slice_size)]
+        return logits[0] if len(logits) == 1 else torch.cat(logits)
+
+    def with_overheads() -> torch.Tensor:
+        return forward(host_images.to(device)).argmax(1).cpu()
+
+    with Region(device) as first:
+        predictions = with_overheads()
+    result.first_call_seconds = first.seconds
+    on_device = host_images.to(device)
+    result.compute_seconds = repeat_timed(lambda: forward(on_device), device)
+    result.overhead_seconds = repeat_timed(with_overheads, device)
+    if weights is not None:
+        result.accuracy = float((predictions == labels).float().mean())
+
+    result.peak_memory_bytes = peak_memory_bytes(device)
+    result.cores = available_cores()
+    result.environment = {"torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                          "thread_env": {name: os.environ.get(name) for name in THREAD_ENV},
+                          "device_name": str(device), "dataset_checksum": dataset.checksum,
+                          "micro_batch": slice_size}
+    return result

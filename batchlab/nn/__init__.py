@@ -1,0 +1,2 @@
+"""The networks: built-in and user models (models.py, names.py torch-free), faster drop-in layers
+(layers.py), cache-sized micro-batches (microbatch.py), device layout and precision (placement.py)."""

@@ -1,0 +1,248 @@
+"""The figures, drawn from stored results only. Each function returns a matplotlib Figure, or None
+when the store holds nothing it could show. Lines are medians over repeats; shaded bands and
+error bars are the min–max spread over repeats.
+
+1. time_vs_batch        seconds per epoch and images/s vs batch size
+2. accuracy_vs_epoch    test accuracy per epoch, one line per batch size
+3. accuracy_vs_batch    final accuracy vs batch size; time to target vs batch size
+4. scaling              speedup and efficiency vs parallelism per strategy, with the ideal
+5. inference            inference images/s vs batch size, compute only and with overheads, crossovers
+6. device_speedup       one configuration against another (device, threads, precision, machine)
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+
+from .inference import comparisons, config_name  # noqa: E402
+from .training import GROUP_KEYS  # noqa: E402
+
+# A training series is everything but the batch size (and repeats): one line in figures 1 and 3.
+SERIES_KEYS = [k for k in GROUP_KEYS if k != "batch_size"]
+# Keys that make "another device" in figure 6; the rest must match.
+DEVICE_KEYS = ["device", "threads", "precision", "slicing", "machine"]
+MAX_ACCURACY_PANELS = 4
+
+
+def series_labels(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """A short label per row from the keys that differ between the rows' series."""
+    varying = [k for k in keys if k in frame and frame[k].astype(str).nunique() > 1]
+    if not varying:
+        return pd.Series([str(frame.iloc[0]["model"])] * len(frame), index=frame.index)
+    return frame[varying].astype(str).apply(lambda row: " ".join(f"{k}={v}" for k, v in row.items()), axis=1)
+
+
+def panels(count: int, series: int, width: float = 5.5) -> tuple[Figure, list]:
+    """A figure of `count` plots side by side with room below them for a legend of `series`
+    entries: labels can be long when stores are merged, so the legend never covers the data."""
+    legend_height = 0.3 + 0.17 * series
+    figure = plt.figure(figsize=(max(width * count, 11), 4 + legend_height))  # wide enough for long labels
+    grid = figure.add_gridspec(2, count, height_ratios=[4, legend_height])
+    axes = [figure.add_subplot(grid[0, i]) for i in range(count)]
+    legend_axis = figure.add_subplot(grid[1, :])
+    legend_axis.set_axis_off()
+    figure.legend_axis = legend_axis
+    return figure, axes
+
+
+def titled(figure: Figure, title: str) -> Figure:
+    """Title the figure (wrapped to its width: a one-panel figure is narrower than a long title);
+    gather its first plot's legend into the space below (panels()) if any."""
+    figure.suptitle(textwrap.fill(title, max(40, int(figure.get_figwidth() * 11))))
+    legend_axis = getattr(figure, "legend_axis", None)
+    if legend_axis is not None:
+        handles, labels = figure.axes[0].get_legend_handles_labels()
+        legend_axis.legend(handles, labels, loc="upper center", fontsize=7, frameon=False)
+    figure.tight_layout()
+    return figure
+
+
+def line_style(index: int) -> str:
+    """Solid for the first ten series, then dashed, dotted…: colours repeat after ten."""
+    return ["-", "--", ":", "-."][index // 10 % 4]
+
+
+def log2_batch_axis(axis) -> None:
+    axis.set_xscale("log", base=2)
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))  # 1,024 not 2¹⁰
+    axis.set_xlabel("batch size (log₂ scale)")
+    axis.grid(True, which="major", alpha=0.3)
+
+
+def time_vs_batch(rows: pd.DataFrame) -> Figure | None:
+    done = rows[rows["n"] > 0]
+    if done.empty:
+        return None
+    labels = series_labels(done, SERIES_KEYS)
+    figure, (seconds_axis, rate_axis) = panels(2, labels.nunique())
+    for index, (label, part) in enumerate(done.groupby(labels, sort=True)):
+        part = part.sort_values("batch_size")
+        for axis, name in ((seconds_axis, "epoch_train_seconds"), (rate_axis, "images_per_second")):
+            spread = [part[name] - part[name + "_min"], part[name + "_max"] - part[name]]
+            axis.errorbar(part["batch_size"], part[name], yerr=spread, marker="o", capsize=3, label=label,
+                          linestyle=line_style(index))
+    seconds_axis.set_ylabel("train seconds per epoch")
+    rate_axis.set_ylabel("training images / s")
+    for axis in (seconds_axis, rate_axis):
+        log2_batch_axis(axis)
+    return titled(figure, "Training time and throughput vs batch size (median, bars min–max over repeats)")
+
+
+def accuracy_vs_epoch(epochs: pd.DataFrame) -> Figure | None:
+    """epochs: per-epoch records joined with their runs' group keys (DONE runs only). One panel per
+    training series with several epochs, the richest first (most batch sizes, then epochs)."""
+    if epochs.empty:
+        return None
+    series = [(title, part) for title, part in epochs.groupby(series_labels(epochs, SERIES_KEYS), sort=True)
+              if part["epoch"].max() >= 2]
+    series.sort(key=lambda item: (item[1]["batch_size"].nunique(), item[1]["epoch"].max()), reverse=True)
+    panels = series[:MAX_ACCURACY_PANELS]
+    if not panels:
+        return None
+    columns = min(2, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(6 * columns, 4 * rows), squeeze=False)
+    for axis, (title, part) in zip(axes.flat, panels):
+        for batch, curve in part.groupby("batch_size"):
+            stats = curve.groupby("epoch")["test_accuracy"].agg(["median", "min", "max"])
+            axis.plot(stats.index, stats["median"], marker="o", label=f"batch {batch}")
+            axis.fill_between(stats.index, stats["min"], stats["max"], alpha=0.2)
+        axis.set_title(textwrap.fill(title, 70), fontsize=8)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("test accuracy")
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8)
+    for axis in list(axes.flat)[len(panels):]:
+        axis.set_visible(False)
+    return titled(figure, "Test accuracy per epoch, one line per batch size (band: min–max over repeats)")
+
+
+def accuracy_vs_batch(rows: pd.DataFrame) -> Figure | None:
+    done = rows[rows["n"] > 0]
+    if done.empty:
+        return None
+    targets = done[done["time_to_target_seconds"].notna()]
+    labels = series_labels(done, SERIES_KEYS)
+    figure, axes = panels(2 if len(targets) else 1, labels.nunique())
+    for index, (label, part) in enumerate(done.groupby(labels, sort=True)):
+        part = part.sort_values("batch_size")
+        spread = [part["test_accuracy"] - part["test_accuracy_min"], part["test_accuracy_max"] - part["test_accuracy"]]
+        axes[0].errorbar(part["batch_size"], part["test_accuracy"], yerr=spread, marker="o", capsize=3, label=label,
+                         linestyle=line_style(index))
+    axes[0].set_ylabel("test accuracy after the last epoch")
+    if len(targets):
+        for index, (label, part) in enumerate(targets.groupby(labels[targets.index], sort=True)):
+            part = part.sort_values("batch_size")
+            axes[1].plot(part["batch_size"], part["time_to_target_seconds"], marker="o", linestyle=line_style(index),
+                         label=f"{label} (target {part['target_accuracy'].iloc[0]:.2f})")
+        axes[1].set_ylabel("train seconds to target accuracy")
+    for axis in axes:
+        log2_batch_axis(axis)
+    return titled(figure, "What batch size costs in accuracy")
+
+
+def scaling(rows: pd.DataFrame) -> Figure | None:
+    scaled = rows[rows["speedup"].notna()]
+    if scaled.empty or scaled["parallelism"].max() < 2:
+        return None
+    keys = [k for k in SERIES_KEYS if k not in ("workers", "threads")] + ["baseline_batch_size"]
+    labels = series_labels(scaled, keys)
+    figure, (speedup_axis, efficiency_axis) = panels(2, labels.nunique() + 1)
+    for index, (label, part) in enumerate(scaled.groupby(labels, sort=True)):
+        part = part.sort_values("parallelism")
+        speedup_axis.plot(part["parallelism"], part["speedup"], marker="o", label=label, linestyle=line_style(index))
+        efficiency_axis.plot(part["parallelism"], part["efficiency"] * 100, marker="o", label=label,
+                             linestyle=line_style(index))
+    top = int(scaled["parallelism"].max())
+    speedup_axis.plot([1, top], [1, top], "k--", linewidth=1, label="ideal")
+    efficiency_axis.axhline(100, color="k", linestyle="--", linewidth=1, label="ideal")
+    speedup_axis.set_ylabel("speedup (images/s vs parallelism 1)")
+    efficiency_axis.set_ylabel("parallel efficiency %")
+    for axis in (speedup_axis, efficiency_axis):
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlabel("parallelism (workers, or threads for single)")
+        axis.grid(True, alpha=0.3)
+    return titled(figure, "Scaling with workers / threads")
+
+
+def inference(measured: pd.DataFrame) -> Figure | None:
+    done = measured[measured["status"] == "DONE"]
+    if done.empty:
+        return None
+    names = done.apply(config_name, axis=1)
+    figure, (axis,) = panels(1, 2 * names.nunique(), width=9)
+    for name, part in done.groupby(names, sort=True):
+        part = part.sort_values("batch_size")
+        line, = axis.plot(part["batch_size"], part["images_per_second"], marker="o", label=f"{name} compute only")
+        axis.plot(part["batch_size"], part["overhead_images_per_second"], marker="s", linestyle="--",
+                  color=line.get_color(), label=f"{name} with overheads")
+    winners: dict[int, list[str]] = {}
+    for found in comparisons(measured):
+        if found["crossover"] is not None:
+            winners.setdefault(found["crossover"], []).append(found["other"])
+    for batch, names in winners.items():
+        axis.axvline(batch, color="grey", linestyle=":", linewidth=1)
+        axis.annotate(f"{', '.join(names)} win(s) from {batch:,}", (batch, 0), xycoords=("data", "axes fraction"),
+                      xytext=(3, 5), textcoords="offset points", fontsize=7, rotation=90)
+    log2_batch_axis(axis)
+    axis.set_ylabel("inference images / s")
+    return titled(figure, "Inference throughput vs batch size (dotted: crossover of the faster configuration)")
+
+
+def training_pairs(rows: pd.DataFrame) -> list[tuple[str, pd.Series]]:
+    """(label, speedup by batch size) for training series differing only in DEVICE_KEYS: each
+    against the slowest one of its kind."""
+    done = rows[rows["n"] > 0]
+    same = [k for k in SERIES_KEYS if k not in DEVICE_KEYS]
+    pairs = []
+    for _, group in done.groupby(same, dropna=False):
+        names = group.apply(config_name, axis=1)
+        series = {name: part.set_index("batch_size")["images_per_second"] for name, part in group.groupby(names)}
+        if len(series) < 2:
+            continue
+        baseline = min(series, key=lambda name: series[name].max())
+        for name, values in series.items():
+            ratio = (values / series[baseline]).dropna()
+            if name != baseline and len(ratio):
+                pairs.append((f"train: {name} vs {baseline}", ratio))
+    return pairs
+
+
+def device_speedup(rows: pd.DataFrame, measured: pd.DataFrame) -> Figure | None:
+    lines = training_pairs(rows) if len(rows) else []
+    if len(measured):
+        lines += [(f"infer: {f['other']} vs {f['baseline']}", pd.Series(f["speedup"])) for f in comparisons(measured)]
+    if not lines:
+        return None
+    figure, (axis,) = panels(1, len(lines), width=9)
+    for index, (label, ratio) in enumerate(lines):
+        ratio = ratio.sort_index()
+        axis.plot(ratio.index, ratio.values, marker="o", label=label, linestyle=line_style(index))
+    axis.axhline(1, color="k", linestyle="--", linewidth=1)
+    log2_batch_axis(axis)
+    axis.set_ylabel("speedup (images/s ratio)")
+    return titled(figure, "Device vs device (or machine vs machine), per batch size")
+
+
+def all_figures(rows: pd.DataFrame, epochs: pd.DataFrame, measured: pd.DataFrame) -> dict[str, Figure]:
+    """Every figure the results support, by file-friendly name, in reading order."""
+    has_rows = len(rows) > 0
+    candidates = {
+        "time_vs_batch": time_vs_batch(rows) if has_rows else None,
+        "accuracy_vs_epoch": accuracy_vs_epoch(epochs),
+        "accuracy_vs_batch": accuracy_vs_batch(rows) if has_rows else None,
+        "scaling": scaling(rows) if has_rows else None,
+        "inference": inference(measured) if len(measured) else None,
+        "device_speedup": device_speedup(rows, measured),
+    }
+    return {name: figure for name, figure in candidates.items() if figure is not None}

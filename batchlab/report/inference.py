@@ -1,0 +1,108 @@
+"""Inference tables from the store: throughput and latency per batch size, the best batch size per
+device configuration, and device-vs-device speedup with the crossover batch size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from rich.table import Table
+
+from ..store.store import Store
+from .training import missing, number, read_store
+
+CONFIG_KEYS = ["device", "threads", "precision", "slicing", "machine"]  # one "device" in comparisons
+SERIES_KEYS = ["dataset", "model", "weights_source"]  # only measurements of the same work compare
+
+
+def load_inference(db: str | Path) -> pd.DataFrame:
+    rows = read_store(db, Store.inference_frame)
+    return rows.sort_values(SERIES_KEYS + CONFIG_KEYS + ["batch_size"]).reset_index(drop=True)
+
+
+def config_name(row) -> str:
+    return f"{row['device']} t={row['threads']} {row['precision']}" + (
+        "" if row.get("slicing", "auto") == "auto" else f" slices={row['slicing']}") + (
+        f" @{row['machine']}" if "machine" in row and row["machine"] else "")
+
+
+def crossover(batch_sizes: list[int], slower: list[float], faster: list[float]) -> int | None:
+    """The smallest measured batch size from which on the faster configuration wins at every larger
+    measured size (None if it does not win at the largest)."""
+    points = sorted(zip(batch_sizes, slower, faster))
+    found = None
+    for batch, slow, fast in reversed(points):
+        if not fast > slow:
+            break
+        found = batch
+    return found
+
+
+def comparisons(rows: pd.DataFrame, series: str = "images_per_second") -> list[dict]:
+    """For each dataset/model/weights series with two or more device configurations: every other
+    configuration against the slowest one (by best throughput), per batch size both measured."""
+    done = rows[rows["status"] == "DONE"]
+    found = []
+    for key, group in done.groupby(SERIES_KEYS):
+        configs = {name: part.set_index("batch_size")[series]
+                   for name, part in group.groupby(group.apply(config_name, axis=1))}
+        if len(configs) < 2:
+            continue
+        baseline = min(configs, key=lambda name: configs[name].max())
+        for name, values in configs.items():
+            if name == baseline:
+                continue
+            shared = sorted(set(values.index) & set(configs[baseline].index))
+            if not shared:
+                continue
+            slow, fast = [configs[baseline][b] for b in shared], [values[b] for b in shared]
+            found.append({"dataset": key[0], "model": key[1], "weights": key[2], "baseline": baseline,
+                          "other": name, "series": series,
+                          "speedup": {int(b): f / s for b, s, f in zip(shared, slow, fast)},
+                          "crossover": crossover(shared, slow, fast)})
+    return found
+
+
+def best_batches(rows: pd.DataFrame) -> pd.Series:
+    """True on the row with the best compute-only throughput of each configuration and series."""
+    done = rows[rows["status"] == "DONE"]
+    best = done.groupby(SERIES_KEYS + CONFIG_KEYS)["images_per_second"].idxmax()
+    return rows.index.isin(best.values)
+
+
+def ms(value: float) -> str:
+    return "—" if missing(value) else f"{value * 1000:,.3g}"
+
+
+def inference_table(rows: pd.DataFrame) -> Table:
+    best = best_batches(rows)
+    table = Table(title="inference", caption="latency per batch in ms (p50/p90/p99 over n calls); ★ best "
+                  "compute-only throughput of its configuration; with overheads = host→device copy, forward, "
+                  "predictions back to the host; first call timed once, apart")
+    for label in ("dataset", "model", "device", "threads", "precision", "slicing", "weights", "batch", "status", "n",
+                  "images/s", "p50", "p90", "p99", "images/s w/ overheads", "p50 w/ overheads", "first call",
+                  "accuracy"):
+        table.add_column(label, justify="left" if label in ("dataset", "model", "device", "precision", "slicing",
+                                                            "weights", "status") else "right")
+    for index, row in rows.iterrows():
+        table.add_row(
+            row["dataset"], row["model"], row["device"], str(row["threads"]), row["precision"], row["slicing"],
+            row["weights_source"] if isinstance(row["weights_source"], str) else "—", f"{row['batch_size']:,}",
+            row["status"],
+            str(row["repeats"]) if row["status"] == "DONE" else "—",
+            number(row["images_per_second"], 0) + (" ★" if best[index] else ""),
+            ms(row["latency_p50"]), ms(row["latency_p90"]), ms(row["latency_p99"]),
+            number(row["overhead_images_per_second"], 0), ms(row["overhead_latency_p50"]),
+            ms(row["first_call_seconds"]), number(row["accuracy"], 4))
+    return table
+
+
+def comparison_lines(rows: pd.DataFrame) -> list[str]:
+    lines = []
+    for series, label in (("images_per_second", "compute only"), ("overhead_images_per_second", "with overheads")):
+        for found in comparisons(rows, series):
+            speedups = ", ".join(f"{b:,}: {s:.2f}x" for b, s in found["speedup"].items())
+            where = (f"wins from batch {found['crossover']:,} on" if found["crossover"] is not None
+                     else "does not win at the largest batch measured")
+            lines.append(f"{found['other']} vs {found['baseline']} ({found['model']}, {label}): {speedups}; {where}")
+    return lines

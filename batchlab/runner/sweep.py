@@ -1,0 +1,301 @@
+"""Run a list of RunSpecs, each in a fresh worker process, storing every run as it ends.
+
+- Resume: runs whose key is already DONE (or DIVERGED) on this machine are skipped.
+- A run that fails (error, out of memory, crash) is stored with its status and the sweep goes on.
+- Ctrl-C or SIGTERM: the running worker is stopped, its run stored as KILLED, and
+  SweepInterrupted raised; everything finished before stays stored.
+- Runs on a device this machine lacks are not started; they are reported as skipped.
+
+The caller watches through SweepEvents callbacks (the CLI draws a progress bar with them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import queue
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..core import heartbeat
+from ..core.errors import RunAlreadyFinished
+from ..core.records import FINISHED, EpochRecord, InferResult, RunResult
+from ..device.machine import fingerprint, machine_id, unavailable_reason
+from ..spec.run import InferSpec, RunSpec
+from ..store.store import Store
+from .worker import PREFIX, result_from_dict
+
+STOP_GRACE_SECONDS = 10
+
+
+@dataclass
+class Outcome:
+    status: str
+    result: RunResult | InferResult | None = None
+    error: str | None = None
+    weights: bytes | None = None  # saved weights of a training run, when asked for
+
+
+@dataclass
+class SweepEvents:
+    run_started: Callable[[RunSpec, int, int], None] = lambda spec, index, total: None
+    epoch_done: Callable[[RunSpec, EpochRecord], None] = lambda spec, record: None
+    run_ended: Callable[[RunSpec, Outcome], None] = lambda spec, outcome: None
+
+
+@dataclass
+class SweepSummary:
+    planned: int = 0
+    skipped_finished: int = 0
+    skipped_device: dict[str, str] = field(default_factory=dict)  # device → reason
+    outcomes: list[tuple[RunSpec, Outcome]] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(1 for _, outcome in self.outcomes if outcome.status == status)
+
+
+class SweepInterrupted(Exception):
+    def __init__(self, summary: SweepSummary, spec: RunSpec):
+        super().__init__(f"interrupted during {spec.label()}")
+        self.summary = summary
+        self.spec = spec
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_in_worker(spec: RunSpec | InferSpec, data_dir: str | None, on_epoch: Callable[[EpochRecord], None],
+                  weights_in: bytes | None = None, save_weights: bool = False,
+                  memory_limit: int | None = None) -> Outcome:
+    """Run `spec` in a new Python process; KeyboardInterrupt stops the worker and propagates."""
+    with tempfile.TemporaryDirectory(prefix="batchlab-") as scratch:
+        job = {"kind": spec.KIND, "spec": dataclasses.asdict(spec), "data_dir": data_dir}
+        if weights_in is not None:
+            job["weights_in"] = str(Path(scratch) / "weights_in.pt")
+            Path(job["weights_in"]).write_bytes(weights_in)
+        if save_weights and isinstance(spec, RunSpec):
+            job["weights_out"] = str(Path(scratch) / "weights_out.pt")
+        outcome = _supervise(json.dumps(job), on_epoch, memory_limit)
+        saved = job.get("weights_out")
+        if outcome.result is not None and saved and Path(saved).exists():
+            outcome.weights = Path(saved).read_bytes()
+        return outcome
+
+
+def limit_memory(limit: int) -> None:
+    """In the worker before it starts: cap its address space, so that a run that needs more
+    fails with an allocation error (stored as OOM) instead of waking the kernel's OOM killer."""
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _supervise(job: str, on_epoch: Callable[[EpochRecord], None], memory_limit: int | None = None) -> Outcome:
+    """Run the job in a worker process and read its messages until it ends. Every message is a
+    sign of life (the worker sends "progress" at least once a second while it works); a worker
+    silent for $BATCHLAB_WORKER_TIMEOUT seconds is hung or stopped: it is stopped with all it
+    started, and the run FAILED."""
+    timeout = heartbeat.timeout_seconds()
+    with tempfile.TemporaryFile(mode="w+") as stderr:
+        # Own session: a terminal's Ctrl-C reaches only the sweep, which then stops the worker
+        # itself and records the run as KILLED.
+        worker, outcome, silence = None, None, None
+        try:
+            worker = subprocess.Popen([sys.executable, "-m", "batchlab.runner.worker"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
+                                      preexec_fn=functools.partial(limit_memory, memory_limit) if memory_limit else None)
+            worker.stdin.write(job)
+            worker.stdin.close()
+            lines = _lines(worker.stdout)
+            heard = time.monotonic()  # from its start: it says "progress" first thing
+            while True:
+                try:  # waits for a line or the end of the allowed silence (Ctrl-C still interrupts)
+                    line = lines.get(timeout=max(0.0, heard + timeout - time.monotonic()))
+                except queue.Empty:
+                    silence = time.monotonic() - heard
+                    stop(worker)
+                    break
+                if line is None:
+                    break  # end of its output: the worker is ending
+                if not line.startswith(PREFIX):
+                    continue  # a user model's own output
+                heard = time.monotonic()
+                message = json.loads(line[len(PREFIX):])
+                if message["event"] == "epoch":
+                    on_epoch(EpochRecord(**message["record"]))
+                elif message["event"] == "result":
+                    result = result_from_dict(message["kind"], message["result"])
+                    outcome = Outcome(result.status, result, result.error)
+                elif message["event"] == "error":
+                    outcome = Outcome(message["status"], None, message["error"])
+            if silence is None:
+                try:
+                    worker.wait(timeout)
+                except subprocess.TimeoutExpired:  # closed its output but does not end: hung on exit
+                    silence = time.monotonic() - heard
+                    stop(worker)
+            code = worker.wait()
+        except BaseException:
+            if worker is not None:
+                stop(worker)
+            raise
+        if outcome is None and silence is not None:
+            return Outcome("FAILED", None, f"run worker (pid {worker.pid}) made no progress for {silence:.0f} s "
+                                           "(hung or stopped?)")
+        if outcome is None:
+            stderr.seek(0)
+            tail = [line for line in stderr.read().splitlines() if line.strip()][-1:]
+            if code < 0:
+                name = signal.Signals(-code).name
+                hint = " (killed from outside: out of memory?)" if name == "SIGKILL" else ""
+                outcome = Outcome("KILLED", None, f"worker ended by {name}{hint}")
+            else:
+                outcome = Outcome("FAILED", None, f"worker exited with code {code}: {tail[0] if tail else 'no message'}")
+        return outcome
+
+
+def _lines(stream) -> queue.Queue:
+    """The lines of `stream` as they come, read by a thread (None at the end), so that waiting
+    for the next one can time out."""
+    lines: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        try:
+            for line in stream:
+                lines.put(line)
+        finally:
+            lines.put(None)
+
+    threading.Thread(target=read, name="batchlab-worker-output", daemon=True).start()
+    return lines
+
+
+def stop(worker: subprocess.Popen) -> None:
+    """Terminate a worker and everything it started (its process group: hogwild workers, DDP
+    ranks), then kill what does not end in time; never leave any of it running. The group is
+    also continued, so that a stopped (SIGSTOP) process acts on the SIGTERM at once."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if worker.poll() is not None:
+            break
+        try:
+            os.killpg(worker.pid, sig)  # the worker leads its own session, so its group is its pid
+            if sig == signal.SIGTERM:
+                os.killpg(worker.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            break
+        try:
+            worker.wait(STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            pass  # still running: the next, harder signal
+
+
+def next_repeat(store: Store, spec: RunSpec, machine: str) -> RunSpec:
+    """The first repeat of `spec` not yet finished on this machine (repeat r uses seed + r), so
+    that running the same `batchlab train` twice gives two repeats instead of a skip."""
+    repeat = 0
+    while True:
+        candidate = dataclasses.replace(spec, repeat=repeat, seed=spec.seed + repeat)
+        if store.status(candidate, machine) not in FINISHED:
+            return candidate
+        repeat += 1
+
+
+def saved_weights(result: RunResult) -> bytes | None:
+    """A result's kept weights as the bytes the store holds (torch.save format)."""
+    if result.weights is None:
+        return None
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(result.weights, buffer)
+    return buffer.getvalue()
+
+
+def record_result(db: str | Path, result: RunResult, weights: bytes | None = None) -> None:
+    """Store a result computed outside a sweep (e.g. by rank 0 of a torchrun job)."""
+    info = fingerprint()
+    machine = machine_id(info)
+    with Store(db) as store:
+        store.record_machine(machine, info)
+        store.finish(store.start(result.spec, machine), result, weights)
+
+
+def run_sweep(specs: list[RunSpec | InferSpec], db: str | Path, data_dir: str | None = None,
+              experiment: str | None = None, events: SweepEvents | None = None,
+              save_weights: bool = False, memory_limit: int | None = None) -> SweepSummary:
+    """Run every spec not yet finished on this machine, each in its own worker process.
+    Inference specs that name a training run get its saved weights from the store."""
+    events = events or SweepEvents()
+    heartbeat.timeout_seconds()  # a bad $BATCHLAB_WORKER_TIMEOUT is refused before anything is stored
+    summary = SweepSummary(planned=len(specs))
+    info = fingerprint()
+    machine = machine_id(info)
+    # Ctrl-C and SIGTERM become KeyboardInterrupt here (whatever the CLI set): the running run is
+    # stopped and stored as KILLED.
+    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with Store(db) as store:
+            store.record_machine(machine, info)
+            todo = []
+            for spec in specs:
+                reason = unavailable_reason(spec.device)
+                if reason:
+                    summary.skipped_device[spec.device] = reason
+                elif store.status(spec, machine) in FINISHED:
+                    summary.skipped_finished += 1
+                else:
+                    todo.append(spec)
+            for spec in todo:
+                store.plan(spec, machine, experiment)
+            for index, spec in enumerate(todo):
+                weights = store.weights(spec.weights)[1] if isinstance(spec, InferSpec) and spec.weights else None
+                row = None
+                try:  # an interrupt anywhere in here ends this run as KILLED, never half-stored
+                    try:
+                        row = store.start(spec, machine, experiment)
+                    except RunAlreadyFinished:  # another sweep finished it since the plan was made
+                        summary.skipped_finished += 1
+                        continue
+                    events.run_started(spec, index, len(todo))
+                    outcome = run_in_worker(spec, data_dir, lambda record: events.epoch_done(spec, record),
+                                            weights, save_weights, memory_limit)
+                    if outcome.result is not None:
+                        store.finish(row, outcome.result, outcome.weights)
+                    else:
+                        store.fail(row, outcome.status, outcome.error or "")
+                except RunAlreadyFinished as finished:  # finished meanwhile elsewhere: that result stays
+                    outcome = Outcome("SKIPPED", None, str(finished))
+                except KeyboardInterrupt:
+                    if row is not None:
+                        try:
+                            store.fail(row, "KILLED", "interrupted (Ctrl-C or SIGTERM) while running")
+                        except RunAlreadyFinished:
+                            pass
+                    summary.outcomes.append((spec, Outcome("KILLED", None, "interrupted")))
+                    raise SweepInterrupted(summary, spec) from None
+                summary.outcomes.append((spec, outcome))
+                events.run_ended(spec, outcome)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return summary
+
+
+def worker_start_bytes() -> int:
+    """Address space a run worker maps before its first step: Python with torch loaded, as this
+    process (which has imported torch) maps it. A --memory-limit below it cannot start a run."""
+    import psutil
+    import torch  # noqa: F401  (loaded: its libraries are what most of the address space is)
+
+    return psutil.Process().memory_info().vms

@@ -1,0 +1,116 @@
+"""One run in its own process: `python -m batchlab.runner.worker` reads a job (JSON) on stdin, runs it and
+reports on stdout, one JSON message per line, each prefixed so that anything else a user model
+prints cannot be mistaken for a message. A job is a training run ("train": a RunSpec; with
+"weights_out", the trained weights are written to that file) or an inference measurement
+("infer": an InferSpec; with "weights_in", the weights to load).
+
+    @batchlab {"event": "progress"}
+    @batchlab {"event": "epoch", "record": {...}}
+    @batchlab {"event": "result", "result": {...}}
+    @batchlab {"event": "error", "status": "FAILED" | "OOM", "error": "one line"}
+
+"progress" says the run is alive (heartbeat.py): sent as it starts and then at most once a second
+while it trains, evaluates or watches its team of worker processes. The sweep ends a worker that
+sends nothing for $BATCHLAB_WORKER_TIMEOUT seconds.
+
+A fresh process per run keeps thread settings, allocator state, memory growth and crashes inside
+the run. The worker never touches the store: the sweep process is its only writer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+import traceback
+
+from ..core.errors import one_line
+from ..core.parent import exit_with_parent
+
+PREFIX = "@batchlab "
+PROGRESS_LINE = PREFIX + json.dumps({"event": "progress"}) + "\n"
+
+
+def send(message: dict) -> None:
+    sys.stdout.write(PREFIX + json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+def send_progress() -> None:
+    sys.stdout.write(PROGRESS_LINE)
+    sys.stdout.flush()
+
+
+def result_from_dict(kind: str, values: dict):
+    from ..core.records import EpochRecord, InferResult, RunResult
+    from ..spec.run import InferSpec, RunSpec
+
+    values = dict(values)
+    if kind == "infer":
+        values["spec"] = InferSpec(**values["spec"])
+        return InferResult(**values)
+    values["spec"] = RunSpec(**values["spec"])
+    values["epochs"] = [EpochRecord(**e) for e in values["epochs"]]
+    return RunResult(**values)
+
+
+def perform(job: dict):
+    """Run the job in this process and return its result (weights, if any, written to file)."""
+    import torch
+
+    from ..core import heartbeat
+    from ..infer.measure import measure
+    from ..spec.run import InferSpec, RunSpec
+    from ..train.strategies import run
+
+    heartbeat.beat()  # imports done; next the data load (~1 s), then warm-up and steps beat
+    if job["kind"] == "infer":
+        weights = open(job["weights_in"], "rb").read() if job.get("weights_in") else None
+        return measure(InferSpec(**job["spec"]), job.get("data_dir"), weights)
+    result = run(RunSpec(**job["spec"]), job.get("data_dir"), keep_weights=bool(job.get("weights_out")),
+                 on_epoch=lambda record: send({"event": "epoch", "record": dataclasses.asdict(record)}))
+    if result.weights is not None:
+        torch.save(result.weights, job["weights_out"])
+        result.weights = None
+    return result
+
+
+def classify(error: BaseException) -> str:
+    """Run status for an exception: OOM for any out-of-memory condition, else FAILED."""
+    import torch
+
+    if isinstance(error, (MemoryError, torch.OutOfMemoryError)):
+        return "OOM"
+    text = str(error).lower()
+    if isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text):
+        return "OOM"
+    return "FAILED"
+
+
+def main() -> int:
+    import psutil
+
+    # Process start → now: interpreter start-up and imports, reported as the run's start-up cost.
+    startup_seconds = time.time() - psutil.Process().create_time()
+    exit_with_parent()
+    job = json.loads(sys.stdin.read())
+    try:
+        from ..core import heartbeat
+
+        heartbeat.install(send_progress)
+        heartbeat.beat()  # started: the sweep hears from this process before the imports of the run
+        result = perform(job)
+        if job["kind"] == "train":
+            result.startup_seconds = startup_seconds
+            result.wall_seconds += startup_seconds
+        send({"event": "result", "kind": job["kind"], "result": dataclasses.asdict(result)})
+        return 0
+    except Exception as error:  # reported to the sweep, which stores it; the traceback goes to stderr
+        traceback.print_exc()
+        send({"event": "error", "status": classify(error), "error": one_line(error)})
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The store's schema, written out literally, and its migrations.
+
+The schema is SQLite's user_version; MIGRATIONS[i] takes a store from version i to i + 1.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from ..core.records import STATUSES
+
+# The schema is written out, not derived from the dataclasses: a stored schema version must mean
+# the same tables forever. A new RunSpec/InferSpec/result field needs a new migration (ALTER TABLE)
+# and its column here; tests/test_store.py fails until both exist.
+RUN_SPEC_COLUMNS_1 = {  # as schema 1 created them
+    "dataset": "TEXT", "model": "TEXT", "batch_size": "INTEGER", "epochs": "INTEGER", "optimizer": "TEXT",
+    "lr": "REAL", "device": "TEXT", "strategy": "TEXT", "workers": "INTEGER", "threads": "INTEGER",
+    "precision": "TEXT", "val_split": "REAL", "limit_train": "INTEGER", "drop_last": "INTEGER",
+    "target_accuracy": "REAL", "seed": "INTEGER", "repeat": "INTEGER",
+}
+RUN_SPEC_COLUMNS = {**RUN_SPEC_COLUMNS_1, "micro_batch": "INTEGER"}  # schema 2
+RESULT_COLUMNS = {
+    "parameters": "INTEGER", "train_images": "INTEGER", "val_images": "INTEGER", "test_images": "INTEGER",
+    "dataset_checksum": "TEXT", "dataset_source": "TEXT",
+    "load_seconds": "REAL", "to_device_seconds": "REAL", "model_build_seconds": "REAL",
+    "warmup_seconds": "REAL", "startup_seconds": "REAL", "wall_seconds": "REAL",
+    "peak_memory_bytes": "INTEGER", "cores": "INTEGER", "time_to_target_seconds": "REAL",
+    "diverged_step": "INTEGER",
+}
+EPOCH_COLUMNS = {
+    "epoch": "INTEGER", "train_loss": "REAL", "train_accuracy": "REAL", "val_loss": "REAL",
+    "val_accuracy": "REAL", "test_loss": "REAL", "test_accuracy": "REAL", "train_seconds": "REAL",
+    "eval_seconds": "REAL", "images": "INTEGER", "steps": "INTEGER",
+}
+INFER_SPEC_COLUMNS_1 = {
+    "dataset": "TEXT", "model": "TEXT", "batch_size": "INTEGER", "device": "TEXT", "threads": "INTEGER",
+    "precision": "TEXT", "weights": "TEXT", "seed": "INTEGER",
+}
+INFER_SPEC_COLUMNS = {**INFER_SPEC_COLUMNS_1, "micro_batch": "INTEGER"}  # schema 2
+# Raw per-call timings are stored (JSON lists); images/s and percentiles are derived on reading.
+INFER_RESULT_COLUMNS = {
+    "compute_seconds": "TEXT", "overhead_seconds": "TEXT", "first_call_seconds": "REAL", "accuracy": "REAL",
+    "weights_source": "TEXT", "load_seconds": "REAL", "peak_memory_bytes": "INTEGER", "cores": "INTEGER",
+}
+JSON_COLUMNS = ("compute_seconds", "overhead_seconds")
+
+
+def _columns(columns: dict[str, str]) -> str:
+    return ",\n        ".join(f"{name} {kind}" for name, kind in columns.items())
+
+
+def _run_table(table: str, spec_columns: dict[str, str], result_columns: dict[str, str]) -> str:
+    return f"""
+    CREATE TABLE {table} (
+        run_id INTEGER PRIMARY KEY,
+        run_key TEXT NOT NULL,
+        machine_id TEXT NOT NULL REFERENCES machines(machine_id),
+        status TEXT NOT NULL CHECK (status IN {STATUSES}),
+        experiment TEXT,
+        {_columns(spec_columns)},
+        {_columns(result_columns)},
+        environment TEXT,
+        error TEXT,
+        created_at TEXT NOT NULL,
+        started_at TEXT,
+        finished_at TEXT,
+        UNIQUE (run_key, machine_id)
+    );
+    CREATE INDEX {table}_status ON {table}(status);"""
+
+
+MIGRATIONS = [
+    f"""
+    CREATE TABLE machines (
+        machine_id TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        first_seen TEXT NOT NULL
+    );
+    {_run_table("runs", RUN_SPEC_COLUMNS_1, RESULT_COLUMNS)}
+    CREATE TABLE epochs (
+        run_id INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+        {_columns(EPOCH_COLUMNS)},
+        PRIMARY KEY (run_id, epoch)
+    );
+    CREATE TABLE weights (
+        run_id INTEGER PRIMARY KEY REFERENCES runs(run_id) ON DELETE CASCADE,
+        state BLOB NOT NULL
+    );
+    {_run_table("inference", INFER_SPEC_COLUMNS_1, INFER_RESULT_COLUMNS)}
+    """,
+    # 2: micro-batches. Runs stored before ran whole batches, which micro_batch = batch_size says.
+    """
+    ALTER TABLE runs ADD COLUMN micro_batch INTEGER;
+    UPDATE runs SET micro_batch = batch_size;
+    ALTER TABLE inference ADD COLUMN micro_batch INTEGER;
+    UPDATE inference SET micro_batch = batch_size;
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def statements(script: str) -> list[str]:
+    """The SQL statements of a migration script, one by one (executescript would commit the
+    surrounding transaction first)."""
+    found, pending = [], ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            found.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        found.append(pending.strip())
+    return [statement for statement in found if statement.rstrip(";").strip()]

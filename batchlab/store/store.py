@@ -1,0 +1,346 @@
+"""SQLite results store: opening (and migrating) it, one transaction per finished run, queries.
+
+Tables: machines (fingerprint per machine), runs (one row per run key and machine: status,
+flattened RunSpec, measured overheads, error), epochs (per-epoch records). The schema version is
+SQLite's user_version; schema.py holds the tables and their migrations.
+
+A run's row is written RUNNING before it starts and completed in a single transaction when it
+ends, so an interrupted sweep, a crash or a full disk never leaves half a result: the run is
+simply not DONE and the next sweep runs it again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+
+from ..core.errors import RunAlreadyFinished, StoreError
+from ..core.records import FINISHED, InferResult, RunResult
+from ..core.stats import images_per_second, percentiles
+from ..spec.run import InferSpec, RunSpec
+from .schema import (
+    EPOCH_COLUMNS,
+    INFER_RESULT_COLUMNS,
+    JSON_COLUMNS,
+    MIGRATIONS,
+    RESULT_COLUMNS,
+    SCHEMA_VERSION,
+    statements,
+)
+
+
+@dataclass(frozen=True)
+class Row:
+    """Where a run lives in the store: its table and row id."""
+
+    table: str
+    run_id: int
+
+
+def table_of(spec: RunSpec | InferSpec) -> str:
+    return "inference" if isinstance(spec, InferSpec) else "runs"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# SQLite result codes (sqlite3.Error.sqlite_errorcode; extended codes keep the primary in the low byte).
+SQLITE_IOERR, SQLITE_FULL = 10, 13
+LOW_SPACE_BYTES = 64 * 2**20
+
+
+class Store:
+    """A batchlab store. `readonly=True` (report, export) never writes a byte: the file is opened
+    with SQLite's mode=ro, a store of an older schema is migrated in memory, and a store on
+    read-only media is read as immutable."""
+
+    def __init__(self, path: str | Path = "batchlab.db", readonly: bool = False):
+        self.path = Path(path)
+        self.readonly = readonly
+        try:
+            self.db = self._connect_readonly() if readonly else sqlite3.connect(self.path, timeout=30)
+            self.db.row_factory = sqlite3.Row
+            self.db.execute("PRAGMA foreign_keys = ON")
+            if readonly:
+                self._check_is_batchlab(*self._schema_state())
+                self._migrate_in_memory()
+            else:
+                self._migrate()
+                # WAL: readers (a report) never block the sweep's writes. Needs local disk. Set only
+                # once the file is known to be a batchlab store of a version we understand.
+                self.db.execute("PRAGMA journal_mode = WAL")
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"{self.path}: cannot open as a batchlab store ({error})") from None
+
+    def _connect_readonly(self) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise StoreError(f"no results store at {self.path}; run `batchlab sweep`, `train` or `infer` first")
+        uri = self.path.resolve().as_uri()
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
+        try:
+            db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            # A WAL store on read-only media: SQLite cannot create its shared-memory file there.
+            # Nothing can be writing such a store, so it may be read as immutable.
+            db.close()
+            return sqlite3.connect(f"{uri}?immutable=1", uri=True)
+
+    def _schema_state(self) -> tuple[int, set[str]]:
+        """(schema version, table names), read in one statement: one consistent snapshot even
+        while another sweep is creating the schema."""
+        version, names = self.db.execute(
+            "SELECT (SELECT user_version FROM pragma_user_version), "
+            "(SELECT group_concat(name, char(10)) FROM sqlite_master WHERE type = 'table')").fetchone()
+        return version, set(names.split("\n")) if names else set()
+
+    def _check_is_batchlab(self, version: int, tables: set[str]) -> None:
+        """Refuse, before anything is written, a file that is another program's SQLite database
+        or a store of a newer schema than this batchlab knows."""
+        if version > SCHEMA_VERSION:
+            raise self._newer_schema(version)
+        if version == 0 and tables:
+            shown = ", ".join(sorted(tables)[:5]) + (", …" if len(tables) > 5 else "")
+            raise StoreError(f"{self.path}: an SQLite database but not a batchlab store (it has tables {shown}); "
+                             "give another --db")
+        if version == 0 and self.readonly:
+            raise StoreError(f"{self.path}: an empty SQLite database, not a batchlab store")
+
+    def _newer_schema(self, version: int) -> StoreError:
+        return StoreError(f"{self.path}: schema version {version} is newer than this batchlab "
+                          f"understands ({SCHEMA_VERSION}); upgrade batchlab")
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _migrate(self) -> None:
+        """Bring the store to SCHEMA_VERSION. The version is read and every migration applied in
+        one IMMEDIATE transaction, so two sweeps opening a new store at the same moment cannot
+        both create its tables: the second waits, then finds the schema current."""
+        self.db.isolation_level = None  # explicit transaction below; Python must not add its own
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                version, tables = self._schema_state()
+                self._check_is_batchlab(version, tables)
+                for target in range(version, SCHEMA_VERSION):
+                    for statement in statements(MIGRATIONS[target]):
+                        self.db.execute(statement)
+                    self.db.execute(f"PRAGMA user_version = {target + 1}")
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        finally:
+            self.db.isolation_level = ""  # back to Python's default: `with self.db:` transactions
+
+    def _migrate_in_memory(self) -> None:
+        """A read-only store of an older schema: copy it into memory and migrate the copy, so it
+        reads like a current one while the file stays untouched."""
+        if self.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return
+        memory = sqlite3.connect(":memory:")
+        self.db.backup(memory)
+        self.db.close()
+        self.db = memory
+        self.db.row_factory = sqlite3.Row
+        self._migrate()
+
+    def _error(self, error: sqlite3.Error, what: str) -> StoreError:
+        """One line for a failed write; a full disk is named as such (SQLite may call it a disk
+        I/O error when the write-ahead log cannot grow)."""
+        code = getattr(error, "sqlite_errorcode", None)
+        if code is not None and code & 0xFF in (SQLITE_FULL, SQLITE_IOERR):
+            try:
+                free = shutil.disk_usage(self.path.resolve().parent).free
+            except OSError:
+                free = None
+            if code & 0xFF == SQLITE_FULL or (free is not None and free < LOW_SPACE_BYTES):
+                left = f" ({free / 2**20:.1f} MiB free)" if free is not None else ""
+                return StoreError(f"{self.path}: {what}: no space left on the disk{left} "
+                                  f"(SQLite: {error}); stored results are unchanged")
+        return StoreError(f"{self.path}: {what} ({error}); stored results are unchanged")
+
+    def _write(self, sql: str, params: tuple | dict = ()) -> sqlite3.Cursor:
+        """One statement in its own transaction, with a one-line error on failure (e.g. disk full)."""
+        try:
+            with self.db:
+                return self.db.execute(sql, params)
+        except sqlite3.Error as error:
+            raise self._error(error, "write failed") from None
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def record_machine(self, machine_id: str, fingerprint: dict) -> None:
+        self._write("INSERT INTO machines VALUES (?, ?, ?) ON CONFLICT(machine_id) DO UPDATE SET fingerprint = excluded.fingerprint",
+                    (machine_id, json.dumps(fingerprint, sort_keys=True), now()))
+
+    def status(self, spec: RunSpec | InferSpec, machine_id: str) -> str | None:
+        table = table_of(spec)
+        row = self.db.execute(f"SELECT status FROM {table} WHERE run_key = ? AND machine_id = ?",
+                              (spec.key, machine_id)).fetchone()
+        return row["status"] if row else None
+
+    def plan(self, spec: RunSpec | InferSpec, machine_id: str, experiment: str | None = None) -> None:
+        """Record a planned run as PENDING (no-op if the key is already stored for this machine)."""
+        table = table_of(spec)
+        values = {"run_key": spec.key, "machine_id": machine_id, "status": "PENDING", "experiment": experiment,
+                  "created_at": now(), **dataclasses.asdict(spec)}
+        names = ", ".join(values)
+        self._write(f"INSERT INTO {table} ({names}) VALUES ({', '.join(':' + n for n in values)}) "
+                    "ON CONFLICT(run_key, machine_id) DO NOTHING", values)
+
+    def start(self, spec: RunSpec | InferSpec, machine_id: str, experiment: str | None = None) -> Row:
+        """Mark a run RUNNING (clearing any earlier unfinished attempt) and return where it is.
+        A run already DONE or DIVERGED is never reset: RunAlreadyFinished, checked in the same
+        transaction as the reset, so a second sweep that reaches a run finished meanwhile cannot
+        wipe it."""
+        self.plan(spec, machine_id, experiment)
+        table = table_of(spec)
+        results = RESULT_COLUMNS if table == "runs" else INFER_RESULT_COLUMNS
+        blank = ", ".join(f"{name} = NULL" for name in results)
+        try:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")  # the check and the reset see the same row
+                row = self.db.execute(f"SELECT run_id, status FROM {table} WHERE run_key = ? AND machine_id = ?",
+                                      (spec.key, machine_id)).fetchone()
+                if row["status"] in FINISHED:
+                    raise RunAlreadyFinished(f"{self.path}: {spec.label()} is already {row['status']} "
+                                             f"(run {row['run_id']}); a finished run is never run again")
+                if table == "runs":
+                    self.db.execute("DELETE FROM epochs WHERE run_id = ?", (row["run_id"],))
+                    self.db.execute("DELETE FROM weights WHERE run_id = ?", (row["run_id"],))
+                self.db.execute(f"UPDATE {table} SET status = 'RUNNING', error = NULL, {blank}, environment = NULL, "
+                                "started_at = ?, finished_at = NULL WHERE run_id = ?", (now(), row["run_id"]))
+        except sqlite3.Error as error:
+            raise self._error(error, "write failed") from None
+        return Row(table, row["run_id"])
+
+    def finish(self, row: Row, result: RunResult | InferResult, weights: bytes | None = None) -> None:
+        """Store a completed result (with its epochs, and weights if given) in one transaction."""
+        columns = RESULT_COLUMNS if row.table == "runs" else INFER_RESULT_COLUMNS
+        values = {name: getattr(result, name) for name in columns}
+        values.update({name: json.dumps(values[name]) for name in JSON_COLUMNS if name in values})
+        assignments = ", ".join(f"{name} = :{name}" for name in values)
+        try:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                self._refuse_if_finished(row)
+                self.db.execute(f"UPDATE {row.table} SET status = :status, error = :error, environment = :environment, "
+                                f"finished_at = :finished_at, {assignments} WHERE run_id = :run_id",
+                                {**values, "status": result.status, "error": result.error, "run_id": row.run_id,
+                                 "environment": json.dumps(result.environment, sort_keys=True), "finished_at": now()})
+                if row.table == "runs":
+                    names = list(EPOCH_COLUMNS)
+                    self.db.executemany(
+                        f"INSERT INTO epochs (run_id, {', '.join(names)}) VALUES (?, {', '.join('?' * len(names))})",
+                        [(row.run_id, *(getattr(e, n) for n in names)) for e in result.epochs])
+                if weights is not None:
+                    self.db.execute("INSERT INTO weights VALUES (?, ?)", (row.run_id, weights))
+        except sqlite3.Error as error:
+            raise self._error(error, f"could not store run {row.run_id}") from None
+
+    def _refuse_if_finished(self, row: Row) -> None:
+        """Inside a write transaction: a run that another sweep finished meanwhile keeps its result."""
+        status = self.db.execute(f"SELECT status FROM {row.table} WHERE run_id = ?", (row.run_id,)).fetchone()[0]
+        if status in FINISHED:
+            raise RunAlreadyFinished(f"{self.path}: run {row.run_id} was finished meanwhile ({status}) by "
+                                     "another sweep; its stored result is kept and this attempt's is not stored")
+
+    def fail(self, row: Row, status: str, error: str) -> None:
+        """End a run without a result: FAILED, OOM or KILLED, with the error text. A run finished
+        meanwhile by another sweep keeps its result (RunAlreadyFinished)."""
+        try:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                self._refuse_if_finished(row)
+                self.db.execute(f"UPDATE {row.table} SET status = ?, error = ?, finished_at = ? WHERE run_id = ?",
+                                (status, error, now(), row.run_id))
+        except sqlite3.Error as error:
+            raise self._error(error, "write failed") from None
+
+    def weights(self, key: str, model: str | None = None, dataset: str | None = None) -> tuple[str, bytes]:
+        """(run key, saved weights) of the DONE training run `key` (a unique prefix is enough), or
+        with key 'latest' of the newest one for this model and dataset."""
+        query = ("SELECT r.run_key, w.state FROM runs r JOIN weights w USING (run_id) WHERE r.status = 'DONE' AND ")
+        if key == "latest":
+            row = self.db.execute(query + "r.model = ? AND r.dataset = ? ORDER BY r.finished_at DESC, r.run_id DESC",
+                                  (model, dataset)).fetchone()
+            if row is None:
+                raise StoreError(f"{self.path}: no finished training run of {model} on {dataset} with saved weights; "
+                                 "train one with --save-weights")
+            return row["run_key"], row["state"]
+        rows = self.db.execute(query + "r.run_key LIKE ?", (key + "%",)).fetchall()
+        if len(rows) != 1:
+            found = "no" if not rows else "more than one"
+            raise StoreError(f"{self.path}: {found} finished run with saved weights has a key starting {key!r}")
+        return rows[0]["run_key"], rows[0]["state"]
+
+    # --- reading -------------------------------------------------------------------------------
+
+    def runs_frame(self) -> pd.DataFrame:
+        """One row per run with its spec, status, overheads and derived totals from its epochs:
+        train_seconds, images_processed, images_per_second, final train/val/test loss and accuracy."""
+        runs = pd.read_sql_query("SELECT * FROM runs ORDER BY run_id", self.db)
+        runs["drop_last"] = runs["drop_last"].astype(bool)  # SQLite stores booleans as 0/1
+        epochs = self.epochs_frame()
+        if epochs.empty:
+            runs = with_parallelism(runs)
+            for column in ("epochs_done", "train_seconds", "eval_seconds", "images_processed", "images_per_second",
+                           "epoch_train_seconds", "test_accuracy", "test_loss", "val_accuracy", "val_loss",
+                           "train_accuracy", "train_loss"):
+                runs[column] = pd.Series(dtype=float)
+            return runs
+        grouped = epochs.groupby("run_id")
+        totals = grouped.agg(epochs_done=("epoch", "max"), train_seconds=("train_seconds", "sum"),
+                             eval_seconds=("eval_seconds", "sum"), images_processed=("images", "sum"),
+                             epoch_train_seconds=("train_seconds", "median"))
+        final = epochs.sort_values("epoch").groupby("run_id").last()[
+            ["test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_accuracy", "train_loss"]]
+        merged = runs.merge(totals, left_on="run_id", right_index=True, how="left")
+        merged = merged.merge(final, left_on="run_id", right_index=True, how="left")
+        merged["images_per_second"] = merged["images_processed"] / merged["train_seconds"]
+        return with_parallelism(merged)
+
+    def epochs_frame(self) -> pd.DataFrame:
+        return pd.read_sql_query("SELECT * FROM epochs ORDER BY run_id, epoch", self.db)
+
+    def inference_frame(self) -> pd.DataFrame:
+        """One row per inference measurement, with images/s and latency percentiles (seconds)
+        derived from the stored per-call timings, compute only and with overheads."""
+        rows = pd.read_sql_query("SELECT * FROM inference ORDER BY run_id", self.db)
+        for series, prefix in (("compute_seconds", ""), ("overhead_seconds", "overhead_")):
+            timings = rows[series].map(lambda text: json.loads(text) if isinstance(text, str) else [])
+            rows[series] = timings
+            rows[prefix + "images_per_second"] = [images_per_second(b, t) for b, t in zip(rows["batch_size"], timings)]
+            stats = pd.DataFrame([percentiles(t) for t in timings], index=rows.index)
+            for name in ("p50", "p90", "p99"):
+                rows[f"{prefix}latency_{name}"] = stats[name] if len(stats) else pd.Series(dtype=float)
+            rows[prefix + "repeats"] = timings.map(len)
+        return rows
+
+    def machines(self) -> dict[str, dict]:
+        return {row["machine_id"]: json.loads(row["fingerprint"])
+                for row in self.db.execute("SELECT machine_id, fingerprint FROM machines")}
+
+
+def with_parallelism(runs: pd.DataFrame) -> pd.DataFrame:
+    """Add the columns parallel runs are compared by: global_batch_size (images per synchronised
+    step, or in flight for hogwild), parallelism (worker processes, or threads for `single`)."""
+    runs["global_batch_size"] = runs["batch_size"] * runs["workers"]
+    runs["parallelism"] = runs["workers"].where(runs["strategy"] != "single", runs["threads"])
+    return runs

@@ -1,0 +1,286 @@
+"""Train and evaluate one model on one device: the hot loop and its measured regions.
+
+What is timed (the README's definitions, kept here):
+- train seconds of an epoch: the optimizer steps only (gather batch, forward, loss, backward,
+  step), device synchronised before each clock read; evaluation and batch-order drawing excluded.
+- eval seconds: evaluation on the validation and test sets after each epoch.
+- overheads, apart: dataset load (read + checksum), host→device copy, model build, warm-up
+  (a few steps on a throw-away copy of the model, so the measured epochs start warm but from the
+  same seeded weights).
+- wall seconds: from the start of the run (of the process, when run by a sweep) to its end.
+
+The hot loop never reads a value back to the host: per-step losses and correct counts stay on
+the device and are read once per epoch, where a non-finite loss is also detected (with its step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core import heartbeat
+from ..core.cpus import available_cores
+from ..core.errors import SpecError
+from ..core.records import EpochRecord, RunResult
+from ..data import registry as data
+from ..data.device import DeviceData, to_device
+from ..device.machine import THREAD_ENV, resolve_device
+from ..device.timing import Region, peak_memory_bytes, reset_peak_memory
+from ..nn import microbatch, models
+from ..nn.placement import autocast, place
+from ..spec.run import RunSpec
+
+WARMUP_STEPS = 2
+EVAL_BATCH_SIZE = 128  # fixed, so eval seconds are comparable across training batch sizes
+
+
+def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(parameters, lr=lr)
+    if name == "momentum":
+        return torch.optim.SGD(parameters, lr=lr, momentum=0.9)
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+               labels: torch.Tensor, precision: str = "fp32",
+               slice_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on the batch, run through the network in slices of `slice_size` images
+    (default: whole) whose gradients accumulate (see microbatch.py); returns (mean loss, number
+    correct) as device tensors (no host sync)."""
+    count = len(labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = correct = None  # set by the first slice: a whole batch costs no accumulator ops
+    slices = microbatch.bounds(count, slice_size or count)
+    for number, (start, stop) in enumerate(slices):
+        # Under DDP, gradients are all-reduced once, with the last slice's backward.
+        last = number == len(slices) - 1
+        with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
+            with autocast(images.device, precision):
+                logits = model(images[start:stop])
+            loss = F.cross_entropy(logits.float(), labels[start:stop], reduction="sum") / count
+            loss.backward()
+        hits = (logits.argmax(1) == labels[start:stop]).sum()
+        loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
+        correct = hits if correct is None else correct + hits
+    optimizer.step()
+    return loss_sum, correct
+
+
+def evaluate(model: nn.Module, dd: DeviceData, images: torch.Tensor, labels: torch.Tensor,
+             precision: str = "fp32") -> tuple[float, float]:
+    """(mean loss, accuracy) over a whole split, in fixed-size batches."""
+    if len(labels) == 0:
+        return float("nan"), float("nan")
+    model.eval()
+    loss_sum = torch.zeros((), device=labels.device)
+    correct = torch.zeros((), dtype=torch.int64, device=labels.device)
+    with torch.inference_mode():
+        for start in range(0, len(labels), EVAL_BATCH_SIZE):
+            heartbeat.beat()
+            with autocast(labels.device, precision):
+                logits = model(dd.normalize(images[start:start + EVAL_BATCH_SIZE])).float()
+            target = labels[start:start + EVAL_BATCH_SIZE]
+            loss_sum += F.cross_entropy(logits, target, reduction="sum")
+            correct += (logits.argmax(1) == target).sum()
+    model.train()
+    return loss_sum.item() / len(labels), correct.item() / len(labels)
+
+
+def warm_up(model: nn.Module, spec: RunSpec, dd: DeviceData, slice_size: int | None = None,
+            wrap: Callable[[nn.Module], nn.Module] = lambda module: module) -> None:
+    """A few steps on a copy of the model, so first-call costs (allocator, kernel selection,
+    for DDP the first all-reduces) fall outside the measured epochs while the real model keeps
+    its seeded initial weights. `wrap` wraps the copy as the strategy wraps the model."""
+    heartbeat.beat()
+    scratch = wrap(copy.deepcopy(model))
+    optimizer = make_optimizer(spec.optimizer, scratch.parameters(), spec.lr)
+    batch = min(spec.batch_size, dd.train_count)
+    for _ in range(WARMUP_STEPS):
+        heartbeat.beat()
+        train_step(scratch, optimizer, dd.normalize(dd.train_images[:batch]), dd.train_labels[:batch], spec.precision,
+                   slice_size)
+
+
+@dataclass
+class EpochWork:
+    """What one process (or, combined, all of them) trained in one epoch."""
+
+    loss_sum: float  # sum over steps of (mean loss of the step × images in the step)
+    correct: int
+    images: int
+    steps: int
+    bad_step: int | None = None  # first step (1-based, in the epoch) whose loss was not finite
+
+
+class StepLoop:
+    """The hot loop of one process: trains on a sequence of image indices in consecutive batches.
+    Each step's loss and correct count stay on the device, kept in plain lists (appending costs no
+    device op, where writing into a buffer cost 2 ops per step, 3% at batch 1) and read once per call.
+    Each step reports progress (heartbeat.beat: a clock read, at most one message a second)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, dd: DeviceData, batch_size: int,
+                 precision: str = "fp32", slice_size: int | None = None):
+        self.model, self.optimizer, self.dd, self.batch_size = model, optimizer, dd, batch_size
+        self.precision, self.slice_size = precision, slice_size
+
+    def train(self, indices: torch.Tensor) -> EpochWork:
+        dd, batch_size = self.dd, self.batch_size
+        step_losses, step_correct = [], []
+        beat = heartbeat.beat
+        for start in range(0, len(indices), batch_size):
+            beat()
+            index = indices[start:start + batch_size]
+            loss, correct = train_step(self.model, self.optimizer, dd.normalize(dd.train_images[index]),
+                                       dd.train_labels[index], self.precision, self.slice_size)
+            step_losses.append(loss)
+            step_correct.append(correct)
+        return self.totals(step_losses, step_correct, len(indices))
+
+    def totals(self, step_losses: list[torch.Tensor], step_correct: list[torch.Tensor], images: int) -> EpochWork:
+        """Read the steps' results back (the one sync point of the epoch)."""
+        steps = len(step_losses)
+        if steps == 0:
+            return EpochWork(0.0, 0, 0, 0)
+        losses = torch.stack(step_losses)
+        weights = torch.full((steps,), float(self.batch_size), device=losses.device)
+        weights[-1] = images - (steps - 1) * self.batch_size  # the last batch may be smaller
+        finite = torch.isfinite(losses)
+        bad_step = None if bool(finite.all()) else int((~finite).nonzero()[0].item()) + 1
+        return EpochWork(float((losses * weights).sum().item()), int(torch.stack(step_correct).sum().item()),
+                         images, steps, bad_step)
+
+
+@dataclass
+class Prepared:
+    """A run ready to train: its data on the device, its seeded model, overheads measured so far."""
+
+    spec: RunSpec
+    device: torch.device
+    dd: DeviceData
+    model: nn.Module
+    slice_size: int  # images per micro-batch (microbatch.py); the batch size means whole batches
+    result: RunResult
+    started: float
+
+
+def prepare(spec: RunSpec, data_dir: str | None = None, device: str | None = None) -> Prepared:
+    """Validate, load and verify the data, copy it to the device (default: the spec's), build
+    the seeded model."""
+    started = time.perf_counter()
+    spec = spec.validated()
+    device = resolve_device(device or spec.device)
+    result = RunResult(spec=spec)
+
+    load_start = time.perf_counter()
+    dataset = data.load(spec.dataset, data_dir)
+    result.load_seconds = time.perf_counter() - load_start
+    result.dataset_checksum, result.dataset_source = dataset.checksum, dataset.source
+
+    with Region(device) as copy_region:
+        dd = to_device(dataset, spec.val_split, spec.limit_train, device)
+    result.to_device_seconds = copy_region.seconds
+    result.train_images, result.val_images, result.test_images = dd.train_count, len(dd.val_labels), len(dd.test_labels)
+
+    torch.manual_seed(spec.seed)
+    with Region(device) as build_region:
+        model = build_model(spec, dd, device)
+    result.model_build_seconds = build_region.seconds
+    result.parameters = models.parameter_count(model)
+    models.check_output(model, dd.normalize(dd.train_images[:2]), dd.classes, spec.model, spec.dataset)
+    slices = slice_size_for(spec, model, dd)
+    reset_peak_memory(device)
+    return Prepared(spec, device, dd, model, slices, result, started)
+
+
+def build_model(spec: RunSpec, dd: DeviceData, device: torch.device) -> nn.Module:
+    """The run's model (seeded by the caller) on its device, in the device's layout."""
+    return place(models.build(spec.model, dd.classes), device)
+
+
+def slice_size_for(spec: RunSpec, model: nn.Module, dd: DeviceData) -> int:
+    """Images per micro-batch for this run (microbatch.slice_size, probed with one image)."""
+    return microbatch.slice_size(spec.micro_batch, spec.batch_size, model, dd.normalize(dd.train_images[:1]))
+
+
+def run_epochs(prep: Prepared, train_one_epoch: Callable[[torch.Tensor], EpochWork],
+               on_epoch: Callable[[EpochRecord], None] | None = None, evaluating: bool = True) -> RunResult:
+    """The epoch loop shared by every strategy: draw the epoch's seeded permutation, let the
+    strategy train on it (timed), stop on divergence, evaluate (timed), record. A process that
+    is not `evaluating` (a DDP rank other than 0) records NaN for validation and test."""
+    spec, dd, result = prep.spec, prep.dd, prep.result
+    generator = torch.Generator(device=prep.device)
+    generator.manual_seed(spec.seed)
+    has_val = len(dd.val_labels) > 0
+    cumulative_train = 0.0
+    steps_before = 0
+    for epoch in range(1, spec.epochs + 1):
+        order = torch.randperm(dd.train_count, generator=generator, device=prep.device)
+        with Region(prep.device) as train_region:
+            work = train_one_epoch(order)
+        if work.images == 0:
+            raise SpecError(f"batch size {spec.batch_size} leaves nothing to train on in {dd.train_count} "
+                            "training images (with --drop-last, or fewer images than workers)")
+        if work.bad_step is not None:
+            result.status = "DIVERGED"
+            result.diverged_step = steps_before + work.bad_step
+            result.error = f"loss became non-finite at step {result.diverged_step} (epoch {epoch})"
+            break
+        steps_before += work.steps
+        val_loss = val_accuracy = test_loss = test_accuracy = float("nan")
+        with Region(prep.device) as eval_region:
+            if evaluating:
+                val_loss, val_accuracy = evaluate(prep.model, dd, dd.val_images, dd.val_labels, spec.precision)
+                test_loss, test_accuracy = evaluate(prep.model, dd, dd.test_images, dd.test_labels, spec.precision)
+        record = EpochRecord(
+            epoch=epoch, train_loss=work.loss_sum / work.images, train_accuracy=work.correct / work.images,
+            val_loss=val_loss if has_val else None, val_accuracy=val_accuracy if has_val else None,
+            test_loss=test_loss, test_accuracy=test_accuracy,
+            train_seconds=train_region.seconds, eval_seconds=eval_region.seconds,
+            images=work.images, steps=work.steps)
+        result.epochs.append(record)
+        cumulative_train += record.train_seconds
+        watched = record.val_accuracy if has_val else record.test_accuracy
+        if spec.target_accuracy and result.time_to_target_seconds is None and watched >= spec.target_accuracy:
+            result.time_to_target_seconds = cumulative_train
+        if on_epoch:
+            on_epoch(record)
+    return finish(prep)
+
+
+def finish(prep: Prepared) -> RunResult:
+    """Close the run's record: peak memory, wall time, the environment the numbers depend on."""
+    result = prep.result
+    result.cores = available_cores()
+    result.peak_memory_bytes = peak_memory_bytes(prep.device)
+    result.wall_seconds = time.perf_counter() - prep.started
+    result.environment = {
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "thread_env": {name: os.environ.get(name) for name in THREAD_ENV},
+        "torch": torch.__version__,
+        "device_name": str(prep.device),
+        "micro_batch": prep.slice_size,
+        "class_names": list(prep.dd.class_names),  # label i is class_names[i]
+    }
+    return result
+
+
+def keep(result: RunResult, prep: Prepared, keep_weights: bool) -> RunResult:
+    """Attach the trained weights, with the input normalisation they were trained with, so that
+    inference can use them as they are."""
+    if keep_weights:
+        state = {name: tensor.detach().cpu().clone() for name, tensor in prep.model.state_dict().items()}
+        result.weights = {"state_dict": state, "mean": prep.dd.mean, "std": prep.dd.std,
+                          "classes": prep.dd.classes, "model": prep.spec.model, "dataset": prep.spec.dataset}
+    return result
