@@ -64,10 +64,10 @@ def test_missing_gpu_is_reported(tmp_path):
     assert result.exit_code == 2 and "device cuda is not available" in result.output
 
 
-def test_sweep_resume_report_and_failure_isolation(fashion_dir, tmp_path):
+def test_sweep_resume_report_and_failure_isolation(synthetic_folder, tmp_path):
     db = tmp_path / "s.db"
     args = ["sweep", "--model", "mlp,no_such_module_xyz:factory", "--batch-size", "64,256", "--epochs", "1",
-            "--limit-train", "1000", "--db", db, "--data-dir", fashion_dir]
+            "--db", db, "--dataset", f"folder:{synthetic_folder}"]
     first = invoke(*args)
     assert first.exit_code == 1, first.output  # runs failed: the exit code says so
     assert "2 run(s) done, 2 not done" in first.output and "2 run(s) failed" in first.output
@@ -102,31 +102,31 @@ def test_sweep_resume_report_and_failure_isolation(fashion_dir, tmp_path):
         ("no_such_module_xyz:factory", "256", "FAILED"), ("no_such_module_xyz:factory", "64", "FAILED")]
 
 
-def test_sweep_skips_a_device_this_machine_lacks(fashion_dir, tmp_path):
+def test_sweep_skips_a_device_this_machine_lacks(image_folder, tmp_path):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    result = invoke("sweep", "--model", "mlp", "--device", "cpu,cuda", "--limit-train", "500", "--db",
-                    tmp_path / "s.db", "--data-dir", fashion_dir)
+    result = invoke("sweep", "--model", "mlp", "--device", "cpu,cuda", "--db", tmp_path / "s.db",
+                    "--dataset", f"folder:{image_folder}")
     assert result.exit_code == 0
     assert "skipped runs on cuda: device cuda is not available" in result.output
     assert "1 run(s) done, 0 not done" in result.output
 
 
-def test_oversubscription_is_warned_about(fashion_dir, tmp_path):
+def test_oversubscription_is_warned_about(image_folder, tmp_path):
     cores = len(os.sched_getaffinity(0))
     result = invoke("sweep", "--model", "mlp", "--strategy", "ddp", "--workers", cores + 1, "--threads", "1",
-                    "--limit-train", "600", "--db", tmp_path / "s.db", "--data-dir", fashion_dir, "--oversubscribe")
+                    "--db", tmp_path / "s.db", "--dataset", f"folder:{image_folder}", "--oversubscribe")
     assert result.exit_code == 0
     assert f"up to {cores + 1} on this machine's {cores} available CPU(s) (--oversubscribe)" in result.output
     assert "1 run(s) done" in result.output
 
 
-def test_micro_batches_are_recorded_and_reported_apart(fashion_dir, tmp_path):
+def test_micro_batches_are_recorded_and_reported_apart(synthetic_folder, tmp_path):
     db = tmp_path / "s.db"
     result = invoke("sweep", "--batch-size", "256", "--micro-batch", "0,1000000", "--limit-train", "1024",
-                    "--db", db, "--data-dir", fashion_dir)
+                    "--db", db, "--dataset", f"folder:{synthetic_folder}")
     assert result.exit_code == 0, result.output
     with sqlite3.connect(db) as con:
         used = {requested: json.loads(environment)["micro_batch"]
@@ -136,8 +136,8 @@ def test_micro_batches_are_recorded_and_reported_apart(fashion_dir, tmp_path):
     assert sorted(row["slicing"] for row in rows) == ["auto", "whole"]
 
 
-def test_train_twice_stores_two_repeats(fashion_dir, tmp_path):
-    args = ["train", "--model", "mlp", "--limit-train", "500", "--db", tmp_path / "s.db", "--data-dir", fashion_dir]
+def test_train_twice_stores_two_repeats(image_folder, tmp_path):
+    args = ["train", "--model", "mlp", "--db", tmp_path / "s.db", "--dataset", f"folder:{image_folder}"]
     assert invoke(*args).exit_code == 0
     second = invoke(*args)
     assert second.exit_code == 0 and "r=1" in second.output
@@ -147,10 +147,10 @@ def test_train_twice_stores_two_repeats(fashion_dir, tmp_path):
 
 @pytest.mark.parametrize("signum, strategy", [(signal.SIGINT, "single"), (signal.SIGTERM, "single"),
                                               (signal.SIGINT, "hogwild")])
-def test_interrupted_run_is_killed_then_rerun(signum, strategy, fashion_dir, tmp_path):
+def test_interrupted_run_is_killed_then_rerun(signum, strategy, synthetic_folder, tmp_path):
     db = tmp_path / "s.db"
     args = [sys.executable, "-m", "batchlab", "sweep", "--model", "seed-cnn", "--batch-size", "32",
-            "--epochs", "3", "--limit-train", "3000", "--db", str(db), "--data-dir", str(fashion_dir),
+            "--epochs", "3", "--limit-train", "600", "--db", str(db), "--dataset", f"folder:{synthetic_folder}",
             "--strategy", strategy, "--workers", "2" if strategy == "hogwild" else "1"]
     sweep = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

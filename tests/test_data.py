@@ -3,6 +3,7 @@ import shutil
 
 import numpy as np
 import pytest
+from synthetic import CLASS_NAMES, TEST, TRAIN
 
 from batchlab.core.errors import DataError
 from batchlab.data import registry as data
@@ -12,6 +13,7 @@ MNIST_TEST_IMAGES = data.DATASETS["mnist"].files[2]
 MNIST_TEST_LABELS = data.DATASETS["mnist"].files[3]
 
 
+@pytest.mark.real_data
 def test_reads_real_mnist_test_set(mnist_test_dir):
     images = parse_idx(read_verified(mnist_test_dir / "t10k-images-idx3-ubyte.gz", MNIST_TEST_IMAGES))
     labels = parse_idx(read_verified(mnist_test_dir / "t10k-labels-idx1-ubyte.gz", MNIST_TEST_LABELS))
@@ -22,59 +24,76 @@ def test_reads_real_mnist_test_set(mnist_test_dir):
     assert images.max() == 255 and images.min() == 0
 
 
-def test_corrupted_file_is_rejected(mnist_test_dir, tmp_path):
-    content = bytearray(gzip.decompress((mnist_test_dir / "t10k-labels-idx1-ubyte.gz").read_bytes()))
+def test_corrupted_file_is_rejected(synthetic_dataset, tmp_path):
+    content = bytearray(gzip.decompress(synthetic_dataset.path(3).read_bytes()))
+    read_verified(synthetic_dataset.path(3), synthetic_dataset.files[3])  # intact, it passes
     content[100] ^= 0xFF  # one flipped byte
     bad = tmp_path / "t10k-labels-idx1-ubyte"
     bad.write_bytes(bytes(content))
     with pytest.raises(DataError, match="checksum mismatch"):
-        read_verified(bad, MNIST_TEST_LABELS)
+        read_verified(bad, synthetic_dataset.files[3])
 
 
-def test_truncated_gzip_is_rejected(mnist_test_dir, tmp_path):
-    raw = (mnist_test_dir / "t10k-images-idx3-ubyte.gz").read_bytes()
+def test_truncated_gzip_is_rejected(synthetic_dataset, tmp_path):
+    raw = synthetic_dataset.path(2).read_bytes()
     bad = tmp_path / "t10k-images-idx3-ubyte.gz"
     bad.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(DataError, match="cannot be read or decompressed"):
-        read_verified(bad, MNIST_TEST_IMAGES)
+        read_verified(bad, synthetic_dataset.files[2])
 
 
-def test_truncated_idx_is_rejected_by_structure(mnist_test_dir):
-    content = gzip.decompress((mnist_test_dir / "t10k-labels-idx1-ubyte.gz").read_bytes())
-    with pytest.raises(DataError, match="header promises 10008"):
+def test_truncated_idx_is_rejected_by_structure(synthetic_dataset):
+    content = gzip.decompress(synthetic_dataset.path(3).read_bytes())
+    assert len(parse_idx(content, "labels")) == TEST  # whole, it parses
+    with pytest.raises(DataError, match=f"header promises {8 + TEST}"):
         parse_idx(content[:-5], "labels")
     with pytest.raises(DataError, match="bad magic"):
         parse_idx(b"\x01\x02" + content[2:], "labels")
 
 
-def test_wrong_dataset_fails_checksum(fashion_dir):
-    # Fashion-MNIST's test labels are a valid IDX file but not MNIST's: only the checksum can tell.
+def test_wrong_dataset_fails_checksum(synthetic_dataset):
+    # The synthetic test labels are a valid IDX file of the right kind but not MNIST's: only the
+    # checksum can tell.
+    path = synthetic_dataset.path(3)
+    assert len(parse_idx(gzip.decompress(path.read_bytes()))) == TEST
     with pytest.raises(DataError, match="not this dataset"):
-        read_verified(fashion_dir / "t10k-labels-idx1-ubyte.gz", MNIST_TEST_LABELS)
+        read_verified(path, MNIST_TEST_LABELS)
 
 
+def test_loads_a_registered_dataset_with_checksums(synthetic_dataset):
+    dataset = data.load(synthetic_dataset.name, synthetic_dataset.directory)
+    assert dataset.train_images.shape == (TRAIN, 28, 28) and dataset.train_images.dtype == np.uint8
+    assert dataset.test_images.shape == (TEST, 28, 28)
+    assert np.bincount(dataset.train_labels).tolist() == [TRAIN // 10] * 10  # balanced, as written
+    assert dataset.classes == 10 and dataset.class_names == CLASS_NAMES and len(dataset.checksum) == 16
+    assert dataset.source == str(synthetic_dataset.directory)
+
+
+@pytest.mark.real_data
 def test_loads_fashion_mnist_with_checksums(fashion_dir):
     dataset = data.load("fashion-mnist", fashion_dir)
     assert dataset.train_images.shape == (60_000, 28, 28)
     assert dataset.test_images.shape == (10_000, 28, 28)
     assert np.bincount(dataset.train_labels).tolist() == [6000] * 10  # balanced, as published
     assert dataset.classes == 10 and len(dataset.checksum) == 16
+    assert dataset.class_names[9] == "Ankle boot"
 
 
-def test_lookup_data_dir_alone_else_env_then_cache(fashion_dir, tmp_path, monkeypatch):
-    first, second, third = (tmp_path / "first", tmp_path / "second" / "fashion-mnist",
-                            tmp_path / "cache" / "batchlab" / "datasets" / "fashion-mnist")
+def test_lookup_data_dir_alone_else_env_then_cache(synthetic_dataset, tmp_path, monkeypatch):
+    name = synthetic_dataset.name
+    first, second, third = (tmp_path / "first", tmp_path / "second" / name,
+                            tmp_path / "cache" / "batchlab" / "datasets" / name)
     for folder in (first, second, third):
         folder.mkdir(parents=True)
-        for file in data.DATASETS["fashion-mnist"].files:
-            shutil.copy(fashion_dir / (file.name + ".gz"), folder)
+        for index in range(4):
+            shutil.copy(synthetic_dataset.path(index), folder)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("BATCHLAB_DATA", str(tmp_path / "second"))
-    assert data.locate("fashion-mnist", first) == first
-    assert data.locate("fashion-mnist", tmp_path / "elsewhere") is None  # --data-dir alone is read
-    assert data.locate("fashion-mnist") == second  # the NAME/ sub-folder of $BATCHLAB_DATA
+    assert data.locate(name, first) == first
+    assert data.locate(name, tmp_path / "elsewhere") is None  # --data-dir alone is read
+    assert data.locate(name) == second  # the NAME/ sub-folder of $BATCHLAB_DATA
     monkeypatch.delenv("BATCHLAB_DATA")
-    assert data.locate("fashion-mnist") == third  # then the cache
+    assert data.locate(name) == third  # then the cache
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path):

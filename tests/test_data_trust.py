@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from synthetic import CLASS_NAMES
 
 from batchlab.core.errors import DataError
 from batchlab.data import registry as data
@@ -21,29 +22,33 @@ FILES = [f.name for f in FASHION.files]
 
 
 @pytest.fixture
-def system_copy(fashion_dir, tmp_path, monkeypatch):
-    """A complete, valid Fashion-MNIST in a 'system' folder the registry knows about."""
+def system_copy(synthetic_dataset, tmp_path, monkeypatch):
+    """A complete, valid copy of the (registered) synthetic dataset in a 'system' folder the
+    registry knows about."""
     system = tmp_path / "system"
     system.mkdir()
-    for name in FILES:
-        (system / f"{name}.gz").symlink_to(fashion_dir / f"{name}.gz")
-    monkeypatch.setitem(data.DATASETS, "fashion-mnist", dataclasses.replace(FASHION, system_dirs=(str(system),)))
+    for index in range(4):
+        (system / synthetic_dataset.path(index).name).symlink_to(synthetic_dataset.path(index))
+    monkeypatch.setitem(data.DATASETS, synthetic_dataset.name,
+                        dataclasses.replace(synthetic_dataset.info, system_dirs=(str(system),)))
     return system
 
 
 # 1. --data-dir is a promise: only that folder is read.
 
-def test_data_dir_never_falls_back_to_the_system_copy(system_copy, tmp_path):
-    assert data.locate("fashion-mnist") == system_copy  # without --data-dir the system copy is found
+def test_data_dir_never_falls_back_to_the_system_copy(system_copy, synthetic_dataset, tmp_path):
+    name = synthetic_dataset.name
+    assert data.locate(name) == system_copy  # without --data-dir the system copy is found
+    assert data.load(name).source == str(system_copy)  # and loads
     empty = tmp_path / "empty"
     empty.mkdir()
     for data_dir in (tmp_path / "nowhere", empty):
-        assert data.locate("fashion-mnist", data_dir) is None
+        assert data.locate(name, data_dir) is None
         with pytest.raises(DataError, match=f"--data-dir {data_dir} "):
-            data.load("fashion-mnist", data_dir)
+            data.load(name, data_dir)
         with pytest.raises(DataError, match=f"--data-dir {data_dir} "):
-            data.verify("fashion-mnist", data_dir)
-        assert str(system_copy) not in data.missing_message("fashion-mnist", data_dir)
+            data.verify(name, data_dir)
+        assert str(system_copy) not in data.missing_message(name, data_dir)
 
 
 def test_check_data_dir_names_the_folder_and_what_is_wrong(tmp_path):
@@ -140,8 +145,10 @@ def test_class_names_are_carried_to_the_device():
     assert dd.class_names == ("c0", "c1", "c2") and dd.train_count == 9
 
 
-def test_registered_dataset_has_its_class_names(fashion_dir):
-    assert data.load("fashion-mnist", fashion_dir).class_names[9] == "Ankle boot"
+def test_registered_dataset_has_its_class_names(synthetic_dataset):
+    # The registry's names (the IDX files hold none); Fashion-MNIST's: test_data.py, real_data.
+    assert synthetic_dataset.info.class_names == CLASS_NAMES
+    assert data.load(synthetic_dataset.name, synthetic_dataset.directory).class_names == CLASS_NAMES
 
 
 def write_images(folder, count, level=100):
@@ -205,27 +212,29 @@ def test_empty_file_is_called_empty(tmp_path, file_name):
         data.decompressed(path)
 
 
-def test_empty_file_in_a_dataset_folder(fashion_dir, tmp_path):
-    for name in FILES[:3]:
-        (tmp_path / f"{name}.gz").symlink_to(fashion_dir / f"{name}.gz")
+def test_empty_file_in_a_dataset_folder(synthetic_dataset, tmp_path):
+    name = synthetic_dataset.name
+    for index in range(3):
+        (tmp_path / f"{FILES[index]}.gz").symlink_to(synthetic_dataset.path(index))
     (tmp_path / f"{FILES[3]}.gz").write_bytes(b"")
     for check in (data.load, data.verify):
         with pytest.raises(DataError) as caught:
-            check("fashion-mnist", tmp_path)
+            check(name, tmp_path)
         assert str(caught.value) == (f"{tmp_path / FILES[3]}.gz: the file is empty (0 bytes); "
-                                     "delete it and run `batchlab data download fashion-mnist`")
+                                     f"delete it and run `batchlab data download {name}`")
 
 
-def test_mirror_serving_an_empty_file(tmp_path, fashion_dir):
+def test_mirror_serving_an_empty_file(tmp_path, synthetic_dataset):
+    labels = synthetic_dataset.path(3)
     empty_mirror, good_mirror = tmp_path / "empty", tmp_path / "good"
     empty_mirror.mkdir()
     good_mirror.mkdir()
     (empty_mirror / f"{FILES[3]}.gz").write_bytes(b"")
-    (good_mirror / f"{FILES[3]}.gz").write_bytes((fashion_dir / f"{FILES[3]}.gz").read_bytes())
+    (good_mirror / f"{FILES[3]}.gz").write_bytes(labels.read_bytes())
     empty_url = empty_mirror.as_uri() + "/"
     with pytest.raises(DataError) as caught:
-        fetch_file(FASHION.files[3], [empty_url], tmp_path / "dest")
+        fetch_file(synthetic_dataset.files[3], [empty_url], tmp_path / "dest")
     assert str(caught.value) == f"could not download {FILES[3]}: {empty_url}{FILES[3]}.gz: the file is empty (0 bytes)"
     assert list((tmp_path / "dest").iterdir()) == []
-    path = fetch_file(FASHION.files[3], [empty_url, good_mirror.as_uri()], tmp_path / "dest")
-    assert gzip.decompress(path.read_bytes()) == gzip.decompress((fashion_dir / f"{FILES[3]}.gz").read_bytes())
+    path = fetch_file(synthetic_dataset.files[3], [empty_url, good_mirror.as_uri()], tmp_path / "dest")
+    assert gzip.decompress(path.read_bytes()) == gzip.decompress(labels.read_bytes())

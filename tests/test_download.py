@@ -1,5 +1,7 @@
-"""Downloads against a local HTTP server: a dead mirror, a mirror serving corrupted files, a good one."""
+"""Downloads against a local HTTP server: a dead mirror, a mirror serving corrupted files, a good one,
+of the synthetic dataset (tests/synthetic.py) registered in-process."""
 
+import dataclasses
 import functools
 import gzip
 import http.server
@@ -8,6 +10,7 @@ import socket
 import threading
 
 import pytest
+from synthetic import TRAIN
 
 from batchlab.core.errors import DataError
 from batchlab.data import registry as data
@@ -44,49 +47,60 @@ def dead_mirror() -> str:
 
 
 @pytest.fixture
-def corrupted_mirror(tmp_path, mnist_test_dir):
+def corrupted_mirror(tmp_path, synthetic_dataset):
+    """A mirror serving the synthetic test files, each with its last byte changed (still valid gzip and IDX)."""
     folder = tmp_path / "corrupted"
     folder.mkdir()
-    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        content = bytearray(gzip.decompress((mnist_test_dir / f"{name}.gz").read_bytes()))
+    for index in (2, 3):
+        content = bytearray(gzip.decompress(synthetic_dataset.path(index).read_bytes()))
         content[-1] ^= 0x01
-        (folder / f"{name}.gz").write_bytes(gzip.compress(bytes(content)))
+        (folder / synthetic_dataset.path(index).name).write_bytes(gzip.compress(bytes(content)))
     return folder
 
 
-def test_fetch_falls_back_past_dead_and_corrupted_mirrors(serve, mnist_test_dir, corrupted_mirror, tmp_path):
-    mirrors = [dead_mirror(), serve(corrupted_mirror), serve(mnist_test_dir)]
+def test_fetch_falls_back_past_dead_and_corrupted_mirrors(serve, synthetic_dataset, corrupted_mirror, tmp_path):
+    mirrors = [dead_mirror(), serve(corrupted_mirror), serve(synthetic_dataset.directory)]
     dest = tmp_path / "cache"
-    for file in data.DATASETS["mnist"].files[2:]:
+    for index in (2, 3):
+        file = synthetic_dataset.files[index]
         path = fetch_file(file, mirrors, dest)
         assert path == dest / f"{file.name}.gz"
-        data.read_verified(path, file)  # valid copy kept
+        data.read_verified(path, file)  # valid copy kept: the good mirror's
+        assert gzip.decompress(path.read_bytes()) == gzip.decompress(synthetic_dataset.path(index).read_bytes())
     assert sorted(p.name for p in dest.iterdir()) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
 
 
-def test_fetch_error_names_every_mirror_and_keeps_nothing(serve, corrupted_mirror, tmp_path):
+def test_fetch_error_names_every_mirror_and_keeps_nothing(serve, synthetic_dataset, corrupted_mirror, tmp_path):
     mirrors = [dead_mirror(), serve(corrupted_mirror), serve(tmp_path / "empty-dir-404")]
     dest = tmp_path / "cache"
     with pytest.raises(DataError) as caught:
-        fetch_file(data.DATASETS["mnist"].files[3], mirrors, dest)
+        fetch_file(synthetic_dataset.files[3], mirrors, dest)
     message = str(caught.value)
     assert "served a corrupted file, checksum mismatch" in message
     assert "HTTP 404" in message and "Connection refused" in message
     assert list(dest.iterdir()) == []  # no partial or corrupted file left behind
 
 
-def test_download_whole_dataset_into_cache_then_load(serve, fashion_dir, isolated_cache):
-    dest = download("fashion-mnist", mirrors=[dead_mirror(), serve(fashion_dir)])
-    assert dest == data.cache_dir() / "fashion-mnist"
-    assert data.locate("fashion-mnist") == dest  # found before the system copy
-    assert data.load("fashion-mnist").train_images.shape == (60_000, 28, 28)
+def test_download_whole_dataset_into_cache_then_load(serve, synthetic_dataset, isolated_cache, tmp_path, monkeypatch):
+    name = synthetic_dataset.name
+    system = tmp_path / "system"  # a complete copy where a distribution would install one
+    shutil.copytree(synthetic_dataset.directory, system)
+    monkeypatch.setitem(data.DATASETS, name, dataclasses.replace(synthetic_dataset.info, system_dirs=(str(system),)))
+    assert data.locate(name) == system
+    dest = download(name, mirrors=[dead_mirror(), serve(synthetic_dataset.directory)])
+    assert dest == data.cache_dir() / name
+    assert sorted(p.name for p in dest.iterdir()) == sorted(p.name for p in synthetic_dataset.directory.iterdir())
+    assert data.locate(name) == dest  # found before the system copy
+    assert data.load(name).train_images.shape == (TRAIN, 28, 28)
 
 
-def test_download_replaces_a_corrupted_cached_file(serve, fashion_dir, tmp_path):
-    dest = tmp_path / "fm"
-    dest.mkdir()
-    for file in data.DATASETS["fashion-mnist"].files:
-        shutil.copy(fashion_dir / f"{file.name}.gz", dest)
+def test_download_replaces_a_corrupted_cached_file(serve, synthetic_dataset, tmp_path):
+    dest = tmp_path / "cached"
+    shutil.copytree(synthetic_dataset.directory, dest)
     (dest / "t10k-labels-idx1-ubyte.gz").write_bytes(b"garbage")
-    download("fashion-mnist", dest=dest, mirrors=[serve(fashion_dir)])
-    assert data.verify("fashion-mnist", dest)
+    served = tmp_path / "served"  # the mirror has only that file: the valid ones are kept, not fetched
+    served.mkdir()
+    shutil.copy(synthetic_dataset.path(3), served)
+    download(synthetic_dataset.name, dest=dest, mirrors=[serve(served)])
+    assert data.verify(synthetic_dataset.name, dest)
+    assert (dest / "t10k-labels-idx1-ubyte.gz").read_bytes() == synthetic_dataset.path(3).read_bytes()

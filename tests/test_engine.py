@@ -1,4 +1,5 @@
-"""Real training on real Fashion-MNIST, kept small enough for a 2-core machine."""
+"""Real training, kept small enough for a 2-core machine: on the synthetic dataset the tests write
+(tests/synthetic.py), and once on real Fashion-MNIST (real_data)."""
 
 import math
 
@@ -9,16 +10,17 @@ from batchlab import RunSpec
 from batchlab.core.errors import DeviceUnavailable
 
 
-def test_short_run_learns(fashion_dir):
+def test_short_run_learns(synthetic_dataset):
     seen = []
-    result = batchlab.run(RunSpec(model="seed-cnn", batch_size=32, epochs=2, limit_train=3000, val_split=0.1,
-                                  target_accuracy=0.5), data_dir=str(fashion_dir), on_epoch=seen.append)
+    result = batchlab.run(RunSpec(dataset=synthetic_dataset.name, model="seed-cnn", batch_size=32, epochs=2,
+                                  limit_train=1500, val_split=0.1, target_accuracy=0.5),
+                          data_dir=str(synthetic_dataset.directory), on_epoch=seen.append)
     assert result.status == "DONE" and [e.epoch for e in seen] == [1, 2]
     last = result.epochs[-1]
     assert last.test_accuracy > 0.6  # chance is 0.1
     assert result.epochs[1].train_loss < result.epochs[0].train_loss
-    assert result.train_images == 3000 and result.val_images == 6000 and result.test_images == 10_000
-    assert result.images_processed == 6000
+    assert result.train_images == 1500 and result.val_images == 200 and result.test_images == 500
+    assert result.images_processed == 3000
     assert all(e.train_seconds > 0 and e.eval_seconds > 0 for e in result.epochs)
     assert result.time_to_target_seconds is not None
     assert result.time_to_target_seconds <= result.train_seconds + 1e-9
@@ -27,39 +29,51 @@ def test_short_run_learns(fashion_dir):
     assert result.environment["torch_threads"] == result.spec.threads
 
 
-def test_same_seed_same_result_and_partial_batch(fashion_dir):
-    spec = RunSpec(model="mlp", batch_size=300, epochs=1, limit_train=1000, threads=1)
-    first = batchlab.run(spec, data_dir=str(fashion_dir))
-    second = batchlab.run(spec, data_dir=str(fashion_dir))
+@pytest.mark.real_data
+def test_short_run_learns_fashion_mnist(fashion_dir):
+    result = batchlab.run(RunSpec(model="seed-cnn", batch_size=32, epochs=2, limit_train=3000, val_split=0.1),
+                          data_dir=str(fashion_dir))
+    assert result.status == "DONE"
+    assert result.epochs[-1].test_accuracy > 0.6  # chance is 0.1
+    assert result.train_images == 3000 and result.val_images == 6000 and result.test_images == 10_000
+
+
+def test_same_seed_same_result_and_partial_batch(synthetic_dataset):
+    data_dir = str(synthetic_dataset.directory)
+    spec = RunSpec(dataset=synthetic_dataset.name, model="mlp", batch_size=300, epochs=1, limit_train=1000, threads=1)
+    first = batchlab.run(spec, data_dir=data_dir)
+    second = batchlab.run(spec, data_dir=data_dir)
     assert first.epochs[0].test_loss == second.epochs[0].test_loss
     assert first.epochs[0].steps == 4 and first.images_processed == 1000  # 300+300+300+100
-    dropped = batchlab.run(RunSpec(model="mlp", batch_size=300, epochs=1, limit_train=1000, threads=1,
-                                   drop_last=True), data_dir=str(fashion_dir))
+    dropped = batchlab.run(RunSpec(dataset=synthetic_dataset.name, model="mlp", batch_size=300, epochs=1,
+                                   limit_train=1000, threads=1, drop_last=True), data_dir=data_dir)
     assert dropped.epochs[0].steps == 3 and dropped.images_processed == 900
 
 
-def test_divergence_is_detected_with_its_step(fashion_dir):
-    result = batchlab.run(RunSpec(model="mlp", optimizer="sgd", lr=1e8, batch_size=100, epochs=3,
-                                  limit_train=2000), data_dir=str(fashion_dir))
+def test_divergence_is_detected_with_its_step(synthetic_dataset):
+    result = batchlab.run(RunSpec(dataset=synthetic_dataset.name, model="mlp", optimizer="sgd", lr=1e8, batch_size=100,
+                                  epochs=3, limit_train=2000), data_dir=str(synthetic_dataset.directory))
     assert result.status == "DIVERGED"
     assert result.diverged_step is not None and 1 <= result.diverged_step <= 20
     assert "non-finite" in result.error
     assert all(math.isfinite(e.train_loss) for e in result.epochs)
 
 
-def test_missing_device_is_a_clear_error(fashion_dir):
+def test_missing_device_is_a_clear_error(synthetic_dataset):
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     with pytest.raises(DeviceUnavailable, match="cuda is not available"):
-        batchlab.run(RunSpec(device="cuda"), data_dir=str(fashion_dir))
+        batchlab.run(RunSpec(dataset=synthetic_dataset.name, device="cuda"), data_dir=str(synthetic_dataset.directory))
 
 
-def test_batch_larger_than_data_with_drop_last_is_an_error(fashion_dir):
+def test_batch_larger_than_data_with_drop_last_is_an_error(synthetic_dataset):
     from batchlab.core.errors import SpecError
 
+    common = dict(dataset=synthetic_dataset.name, model="mlp", batch_size=512, limit_train=100)
+    data_dir = str(synthetic_dataset.directory)
     with pytest.raises(SpecError, match="batch size 512 leaves nothing to train on in 100 training images"):
-        batchlab.run(RunSpec(model="mlp", batch_size=512, limit_train=100, drop_last=True), data_dir=str(fashion_dir))
-    whole = batchlab.run(RunSpec(model="mlp", batch_size=512, limit_train=100), data_dir=str(fashion_dir))
+        batchlab.run(RunSpec(drop_last=True, **common), data_dir=data_dir)
+    whole = batchlab.run(RunSpec(**common), data_dir=data_dir)
     assert whole.epochs[0].steps == 1 and whole.images_processed == 100

@@ -1,6 +1,7 @@
 """Inference: tiling, the statistics derived from raw timings, crossover, OOM, trained weights."""
 
 import json
+import re
 import sqlite3
 
 import numpy as np
@@ -46,19 +47,23 @@ def test_crossover(sizes, slow, fast, expected):
     assert crossover(sizes, slow, fast) == expected
 
 
-def test_measure_one_configuration(fashion_dir):
-    result = measure(InferSpec(model="mlp", batch_size=300, threads=1), str(fashion_dir))
+def test_measure_one_configuration(synthetic_dataset):
+    result = measure(InferSpec(dataset=synthetic_dataset.name, model="mlp", batch_size=300, threads=1),
+                     str(synthetic_dataset.directory))
     assert result.status == "DONE" and result.weights_source == "random" and result.accuracy is None
     assert len(result.compute_seconds) >= 3 and sum(result.compute_seconds) >= 1.0
     assert len(result.overhead_seconds) >= 3 and result.first_call_seconds > 0
 
 
-def test_cli_stores_raw_timings_and_derives_throughput(fashion_dir, tmp_path):
+@pytest.mark.slow
+def test_cli_stores_raw_timings_and_derives_throughput(image_folder, tmp_path):
     db = tmp_path / "s.db"
     result = invoke("infer", "--model", "mlp", "--batch-size", "16,20000", "--threads", "1,2", "--db", db,
-                    "--data-dir", fashion_dir)
+                    "--dataset", f"folder:{image_folder}")
     assert result.exit_code == 0, result.output
-    assert "4 run(s) done" in result.output and "vs cpu t=1 fp32" in result.output
+    assert "4 run(s) done" in result.output
+    # The two configurations compared, the slower one (whichever it was on this machine) the baseline.
+    assert re.search(r"cpu t=([12]) fp32 @\S+ vs cpu t=(?!\1)[12] fp32", result.output), result.output
     with sqlite3.connect(db) as con:
         stored = con.execute("SELECT batch_size, threads, compute_seconds FROM inference").fetchall()
     rows = json.loads(invoke("report", "--db", db, "--inference", "--format", "json").stdout)
@@ -74,10 +79,10 @@ def test_cli_stores_raw_timings_and_derives_throughput(fashion_dir, tmp_path):
         "cpu t=1 fp32", "cpu t=2 fp32"}
 
 
-def test_batch_too_large_for_memory_is_stored_as_oom(fashion_dir, tmp_path):
+def test_batch_too_large_for_memory_is_stored_as_oom(image_folder, tmp_path):
     db = tmp_path / "s.db"
     result = invoke("infer", "--model", "seed-cnn", "--batch-size", "8,300000", "--threads", "1", "--micro-batch", "1000000",
-                    "--memory-limit", "4", "--db", db, "--data-dir", fashion_dir)
+                    "--memory-limit", "4", "--db", db, "--dataset", f"folder:{image_folder}")
     assert result.exit_code == 0, result.output
     with sqlite3.connect(db) as con:
         statuses = dict(con.execute("SELECT batch_size, status FROM inference").fetchall())
@@ -86,13 +91,13 @@ def test_batch_too_large_for_memory_is_stored_as_oom(fashion_dir, tmp_path):
     assert "OOM" in table.output
 
 
-def test_trained_weights_give_accuracy(fashion_dir, tmp_path):
+def test_trained_weights_give_accuracy(synthetic_folder, tmp_path):
     db = tmp_path / "s.db"
-    trained = invoke("train", "--model", "mlp", "--limit-train", "3000", "--save-weights", "--db", db,
-                     "--data-dir", fashion_dir)
+    dataset = f"folder:{synthetic_folder}"
+    trained = invoke("train", "--model", "mlp", "--save-weights", "--db", db, "--dataset", dataset)
     assert trained.exit_code == 0, trained.output
     result = invoke("infer", "--model", "mlp", "--batch-size", "1000", "--weights", "latest", "--db", db,
-                    "--data-dir", fashion_dir)
+                    "--dataset", dataset)
     assert result.exit_code == 0, result.output
     rows = json.loads(invoke("report", "--db", db, "--inference", "--format", "json").stdout)
     assert rows[0]["accuracy"] > 0.6 and rows[0]["weights_source"] == rows[0]["weights"] != ""
@@ -100,14 +105,15 @@ def test_trained_weights_give_accuracy(fashion_dir, tmp_path):
     assert untrained.exit_code == 2 and "no finished training run of keras-cnn" in untrained.output
 
 
-def test_each_model_gets_its_own_trained_weights(fashion_dir, tmp_path):
+@pytest.mark.slow
+def test_each_model_gets_its_own_trained_weights(synthetic_folder, tmp_path):
     db = tmp_path / "s.db"
+    dataset = f"folder:{synthetic_folder}"
     for model in ("mlp", "seed-cnn"):
-        trained = invoke("train", "--model", model, "--limit-train", "2000", "--save-weights", "--db", db,
-                         "--data-dir", fashion_dir)
+        trained = invoke("train", "--model", model, "--save-weights", "--db", db, "--dataset", dataset)
         assert trained.exit_code == 0, trained.output
     result = invoke("infer", "--model", "mlp,seed-cnn", "--batch-size", "500", "--weights", "latest", "--db", db,
-                    "--data-dir", fashion_dir)
+                    "--dataset", dataset)
     assert result.exit_code == 0 and "2 run(s) done, 0 not done" in result.output, result.output
     rows = json.loads(invoke("report", "--db", db, "--inference", "--format", "json").stdout)
     with sqlite3.connect(db) as con:

@@ -19,8 +19,28 @@ from batchlab.core.errors import SpecError, WorkerFailed
 from batchlab.train.team import Team
 
 
-def sweep_command(db, fashion_dir, *flags):
-    return [sys.executable, "-m", "batchlab", "sweep", "--db", str(db), "--data-dir", str(fashion_dir), *map(str, flags)]
+def sweep_command(db, folder, *flags):
+    """A sweep on the `folder:` dataset `folder` (a folder reaches the run worker and its team)."""
+    return [sys.executable, "-m", "batchlab", "sweep", "--db", str(db), "--dataset", f"folder:{folder}",
+            *map(str, flags)]
+
+
+def slow_model_file(folder, seconds_per_call: float) -> str:
+    """A user model (a Python file, importable by spawned workers too) whose every forward pass
+    takes `seconds_per_call`: a run of a known length whatever the machine's speed, that uses
+    almost no CPU, and beats at every step as a built-in model does."""
+    path = folder / "slow_model.py"
+    path.write_text("import time\n\nimport torch\n\n\n"
+                    "class Slow(torch.nn.Module):\n"
+                    "    def __init__(self, classes):\n"
+                    "        super().__init__()\n"
+                    "        self.linear = torch.nn.Linear(784, classes)\n\n"
+                    "    def forward(self, images):\n"
+                    f"        time.sleep({seconds_per_call})\n"
+                    "        return self.linear(images.flatten(1))\n\n\n"
+                    "def build(classes=10):\n"
+                    "    return Slow(classes)\n")
+    return f"{path}:build"
 
 
 def the_run(db):
@@ -171,46 +191,55 @@ def test_start_up_counts_by_cpu_time(monkeypatch):
 
 # --- real runs, through the sweep -----------------------------------------------------------------
 
-@pytest.mark.parametrize("strategy, flags", [
-    # The whole DDP run is one answer of its team: ~10 s.
-    ("ddp", ["--model", "mlp", "--batch-size", 8, "--epochs", 2, "--limit-train", 12000]),
-    # A hogwild epoch is one answer: 12-20 s (10,000 steps of 1-2 ms per worker).
-    ("hogwild", ["--model", "seed-cnn", "--batch-size", 1, "--epochs", 1, "--limit-train", 20000]),
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", [
+    "ddp",  # the whole DDP run is one answer of its team
+    "hogwild",  # a hogwild epoch is one answer
 ])
-def test_a_healthy_run_longer_than_the_timeout_is_done(strategy, flags, fashion_dir, tmp_path):
-    timeout = 5
+def test_a_healthy_run_longer_than_the_timeout_is_done(strategy, synthetic_folder, tmp_path):
+    timeout = 3
     db = tmp_path / "s.db"
-    finished = subprocess.run(sweep_command(db, fashion_dir, "--strategy", strategy, "--workers", 2, *flags),
+    # 63 steps of 0.08 s per epoch (2,000 images in global batches of 2 x 16): 5 s of training.
+    model = slow_model_file(tmp_path, 0.08)
+    finished = subprocess.run(sweep_command(db, synthetic_folder, "--strategy", strategy, "--workers", 2,
+                                            "--model", model, "--batch-size", 16, "--epochs", 1),
                               capture_output=True, text=True, timeout=180,
                               env=dict(os.environ, BATCHLAB_WORKER_TIMEOUT=str(timeout)))
     status, error, wall = the_run(db)
     assert (status, error, finished.returncode) == ("DONE", None, 0), finished.stderr
-    # What makes this a test: the team's one answer took longer than the timeout (sized for 2-3x).
+    # What makes this a test: the team's one answer took longer than the timeout.
     with sqlite3.connect(db) as con:
         longest_epoch = con.execute("SELECT MAX(train_seconds) FROM epochs").fetchone()[0]
     assert (wall if strategy == "ddp" else longest_epoch) > timeout
 
 
-def test_stopped_run_worker_fails_the_run_and_leaves_no_process(fashion_dir, tmp_path):
+def training(process) -> bool:
+    """The process has used 3 s of CPU: more than starting (interpreter, torch, the data) takes."""
+    return sum(process.cpu_times()[:2]) > 3
+
+
+def test_stopped_run_worker_fails_the_run_and_leaves_no_process(synthetic_folder, tmp_path):
     # Strategy single: the run worker is the sweep's only child, and the sweep watches it.
-    timeout = 6
+    timeout = 4
     db = tmp_path / "s.db"
-    sweep = subprocess.Popen(sweep_command(db, fashion_dir, "--model", "seed-cnn", "--batch-size", 32, "--epochs", 50,
-                                           "--limit-train", 20000),
+    sweep = subprocess.Popen(sweep_command(db, synthetic_folder, "--model", "seed-cnn", "--batch-size", 32,
+                                           "--epochs", 500),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=dict(os.environ, BATCHLAB_WORKER_TIMEOUT=str(timeout)))
 
     def running_worker():
+        if not db.exists():  # (connecting would create it)
+            return None
         try:
             with sqlite3.connect(db) as con:
                 status = con.execute("SELECT status FROM runs").fetchone()
-        except sqlite3.OperationalError:  # not created yet
+        except sqlite3.OperationalError:  # its tables not created yet
             return None
         children = descendants(sweep.pid)
         return children if status == ("RUNNING",) and children else None
 
     [worker] = wait_for(running_worker)
-    wait_for(lambda: sum(worker.cpu_times()[:2]) > 3)  # torch imported, data loaded: training
+    wait_for(lambda: training(worker))  # torch imported, data loaded: training
     stopped_at = time.monotonic()
     os.kill(worker.pid, signal.SIGSTOP)
     _, stderr = sweep.communicate(timeout=120)
@@ -220,20 +249,22 @@ def test_stopped_run_worker_fails_the_run_and_leaves_no_process(fashion_dir, tmp
     assert timeout - 1.5 < elapsed < timeout + 15
     status, error, _ = the_run(db)
     assert status == "FAILED" and re.fullmatch(
-        rf"run worker \(pid {worker.pid}\) made no progress for [67] s \(hung or stopped\?\)", error), error
+        rf"run worker \(pid {worker.pid}\) made no progress for [{timeout}{timeout + 1}] s \(hung or stopped\?\)",
+        error), error
     assert still_alive([worker]) == []
 
 
-def test_stopped_ddp_rank_fails_the_run_and_leaves_no_process(fashion_dir, tmp_path):
+@pytest.mark.slow
+def test_stopped_ddp_rank_fails_the_run_and_leaves_no_process(synthetic_folder, tmp_path):
     # The other rank then waits in an all-reduce, silent too: both are named, the stopped one marked.
-    timeout = 6
+    timeout = 4
     db = tmp_path / "s.db"
-    sweep = subprocess.Popen(sweep_command(db, fashion_dir, "--strategy", "ddp", "--workers", 2, "--model", "mlp",
-                                           "--batch-size", 8, "--epochs", 50, "--limit-train", 12000),
+    sweep = subprocess.Popen(sweep_command(db, synthetic_folder, "--strategy", "ddp", "--workers", 2, "--model", "mlp",
+                                           "--batch-size", 8, "--epochs", 500),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env=dict(os.environ, BATCHLAB_WORKER_TIMEOUT=str(timeout)))
     ranks = wait_for(lambda: len(spawned_workers(sweep.pid)) == 2 and spawned_workers(sweep.pid))
-    wait_for(lambda: all(sum(rank.cpu_times()[:2]) > 3 for rank in ranks))  # training
+    wait_for(lambda: all(training(rank) for rank in ranks))
     everything = descendants(sweep.pid)
     stopped_at = time.monotonic()
     os.kill(ranks[1].pid, signal.SIGSTOP)

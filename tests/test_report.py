@@ -55,19 +55,20 @@ def test_speedup_and_efficiency_against_one_worker(tmp_path):
 
 
 def test_table_shows_validation_accuracy_only_when_measured(tmp_path):
-    from batchlab.report.training import table
+    from batchlab.report.columns import TRAINING
+    from batchlab.report.terminal import fit
 
     db = tmp_path / "s.db"
     with Store(db) as store:
         store.record_machine("m1", {"hostname": "box"})
         store_run(store, RunSpec(model="mlp", batch_size=8), 1.0)
-    headers = [column.header for column in table(aggregate(load_runs(db))).columns]
-    assert "val acc" not in headers
+    labels = [column.label for column in fit(TRAINING, aggregate(load_runs(db)), 200).columns]
+    assert "val acc" not in labels and "test acc" in labels
     with Store(db) as store:
         spec = RunSpec(model="mlp", batch_size=8, val_split=0.25)
         epochs = [EpochRecord(epoch=1, train_loss=1.0, train_accuracy=0.5, val_loss=0.6, val_accuracy=0.77,
                               test_loss=0.5, test_accuracy=0.8, train_seconds=1.0, eval_seconds=0.1, images=100, steps=13)]
         store.finish(store.start(spec, "m1"), RunResult(spec=spec, epochs=epochs))
-    rendered = table(aggregate(load_runs(db)))
-    column = next(c for c in rendered.columns if c.header == "val acc")
-    assert "0.7700" in list(column.cells)
+    layout = fit(TRAINING, aggregate(load_runs(db)), 200)
+    column = [c.label for c in layout.columns].index("val acc")
+    assert "0.7700" in [row[column] for row in layout.texts]

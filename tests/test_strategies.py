@@ -41,13 +41,14 @@ def test_ddp_steps_are_the_single_process_global_batches():
     assert [len(r) for r in uneven] == [16, 16]
 
 
-def test_ddp_matches_single_process_with_the_same_global_batch(fashion_dir):
-    common = dict(model="mlp", optimizer="momentum", lr=0.05, epochs=1, limit_train=1200, threads=1, seed=3)
-    single = run(RunSpec(batch_size=60, **common), data_dir=str(fashion_dir), keep_weights=True)
+def test_ddp_matches_single_process_with_the_same_global_batch(synthetic_folder):
+    # folder: data, since the DDP ranks are processes of their own that load it themselves.
+    common = dict(dataset=f"folder:{synthetic_folder}", model="mlp", optimizer="momentum", lr=0.05, epochs=1,
+                  limit_train=1200, threads=1, seed=3)
+    single = run(RunSpec(batch_size=60, **common), keep_weights=True)
     # Each rank also slices its 30 images into micro-batches of 10 (gradients all-reduced once).
-    ddp = run(RunSpec(strategy="ddp", workers=2, batch_size=30, micro_batch=10, **common), data_dir=str(fashion_dir),
-              keep_weights=True)
-    other_seed = run(RunSpec(batch_size=60, **dict(common, seed=4)), data_dir=str(fashion_dir), keep_weights=True)
+    ddp = run(RunSpec(strategy="ddp", workers=2, batch_size=30, micro_batch=10, **common), keep_weights=True)
+    other_seed = run(RunSpec(batch_size=60, **dict(common, seed=4)), keep_weights=True)
     for name, tensor in single.weights["state_dict"].items():
         assert torch.allclose(tensor, ddp.weights["state_dict"][name], atol=1e-6), name
         assert not torch.allclose(tensor, other_seed.weights["state_dict"][name], atol=1e-3)  # the check can fail
@@ -56,12 +57,12 @@ def test_ddp_matches_single_process_with_the_same_global_batch(fashion_dir):
     assert ddp.epochs[0].train_loss == pytest.approx(single.epochs[0].train_loss, rel=1e-5)
 
 
-def test_hogwild_two_workers_learn_and_see_each_image_once(fashion_dir):
-    result = run(RunSpec(model="mlp", strategy="hogwild", workers=2, batch_size=16, epochs=2, limit_train=3000),
-                 data_dir=str(fashion_dir))
+def test_hogwild_two_workers_learn_and_see_each_image_once(synthetic_dataset):
+    result = run(RunSpec(dataset=synthetic_dataset.name, model="mlp", strategy="hogwild", workers=2, batch_size=16,
+                         epochs=2, limit_train=1800), data_dir=str(synthetic_dataset.directory))
     assert result.status == "DONE"
-    assert [e.images for e in result.epochs] == [3000, 3000]
-    assert [e.steps for e in result.epochs] == [188, 188]  # 2 shares of 1500 images in batches of 16
+    assert [e.images for e in result.epochs] == [1800, 1800]
+    assert [e.steps for e in result.epochs] == [114, 114]  # 2 shares of 900 images in batches of 16
     assert result.epochs[-1].test_accuracy > 0.6  # chance is 0.1
     assert result.spec.threads == max(1, len(os.sched_getaffinity(0)) // 2)
 
@@ -73,15 +74,20 @@ def test_hogwild_is_cpu_only():
         RunSpec(strategy="hogwild", workers=2, device="cuda").validated()
 
 
+def training(workers) -> bool:
+    """Every worker has used 3 s of CPU: more than starting (interpreter, torch) takes, so it trains."""
+    return all(sum(worker.cpu_times()[:2]) > 3 for worker in workers)
+
+
 @pytest.mark.parametrize("strategy", ["hogwild", "ddp"])
-def test_killed_worker_fails_the_run_and_leaves_no_process(strategy, fashion_dir, tmp_path):
+def test_killed_worker_fails_the_run_and_leaves_no_process(strategy, synthetic_folder, tmp_path):
     db = tmp_path / "s.db"
     sweep = subprocess.Popen(
         [sys.executable, "-m", "batchlab", "sweep", "--strategy", strategy, "--workers", "2", "--batch-size", "1",
-         "--model", "seed-cnn", "--epochs", "3", "--limit-train", "20000", "--db", str(db),
-         "--data-dir", str(fashion_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--model", "seed-cnn", "--epochs", "50", "--dataset", f"folder:{synthetic_folder}", "--db", str(db)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     workers = wait_for(lambda: len(spawned_workers(sweep.pid)) == 2 and spawned_workers(sweep.pid))
-    time.sleep(3)  # let them start training
+    wait_for(lambda: training(workers))
     everything = descendants(sweep.pid)
     os.kill(workers[0].pid, signal.SIGKILL)
     _, stderr = sweep.communicate(timeout=120)
@@ -92,24 +98,27 @@ def test_killed_worker_fails_the_run_and_leaves_no_process(strategy, fashion_dir
     assert still_alive(everything) == []
 
 
-def test_hung_worker_fails_the_run_within_the_timeout(fashion_dir, tmp_path):
+@pytest.mark.slow
+def test_hung_worker_fails_the_run_within_the_timeout(synthetic_folder, tmp_path):
     db = tmp_path / "s.db"
-    env = dict(os.environ, BATCHLAB_WORKER_TIMEOUT="8")  # seconds of silence; an epoch takes about a second
+    timeout = 4  # seconds of silence; an epoch takes well under a second
+    env = dict(os.environ, BATCHLAB_WORKER_TIMEOUT=str(timeout))
     sweep = subprocess.Popen(
         [sys.executable, "-m", "batchlab", "sweep", "--strategy", "hogwild", "--workers", "2", "--batch-size", "8",
-         "--model", "mlp", "--epochs", "200", "--limit-train", "2000", "--db", str(db), "--data-dir", str(fashion_dir)],
+         "--model", "mlp", "--epochs", "1000", "--dataset", f"folder:{synthetic_folder}", "--db", str(db)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     workers = wait_for(lambda: len(spawned_workers(sweep.pid)) == 2 and spawned_workers(sweep.pid))
-    time.sleep(3)
+    wait_for(lambda: training(workers))
     everything = descendants(sweep.pid)
     stopped_at = time.monotonic()
     os.kill(workers[1].pid, signal.SIGSTOP)  # hangs: alive, but never answers
     _, stderr = sweep.communicate(timeout=120)
     assert sweep.returncode == 1, stderr  # a sweep with a failed run exits with 1
-    assert time.monotonic() - stopped_at < 8 + 20
+    assert time.monotonic() - stopped_at < timeout + 20
     with sqlite3.connect(db) as con:
         status, error = con.execute("SELECT status, error FROM runs").fetchone()
     # The stopped worker is named (the other one, done with its share, owes nothing and is not).
     assert status == "FAILED" and re.fullmatch(
-        rf"worker \d \(pid {workers[1].pid}, stopped\) made no progress for (8|9) s \(hung or stopped\?\)", error), error
+        rf"worker \d \(pid {workers[1].pid}, stopped\) made no progress for [{timeout}{timeout + 1}] s "
+        r"\(hung or stopped\?\)", error), error
     assert still_alive(everything) == []

@@ -13,7 +13,9 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
+from processes_helpers import wait_for
 from typer.testing import CliRunner
 
 from batchlab.cli.app import app
@@ -317,12 +319,30 @@ def test_full_disk_is_called_a_full_disk(tmp_path):
             assert runs.loc[done.key, "status"] == "DONE" and runs.loc[done.key, "test_accuracy"] == 0.8
 
 
-@pytest.mark.parametrize("delay", [0.3, 0.8, 1.5])
-def test_ctrl_c_early_is_one_line_and_exit_130(delay, image_folder, tmp_path):
+def sweep_has_reached(moment: str, process: subprocess.Popen, db: Path) -> bool:
+    """Whether the sweep `process` has reached `moment` of its start: importing torch (its library
+    mapped), its store created, its first run started (RUNNING, with a run worker)."""
+    if moment == "importing torch":
+        return "libtorch" in Path(f"/proc/{process.pid}/maps").read_text()
+    if moment == "store created":
+        return db.exists()
+    if not db.exists():  # (connecting would create it)
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            running = con.execute("SELECT COUNT(*) FROM runs WHERE status = 'RUNNING'").fetchone()[0]
+    except sqlite3.Error:  # its tables not created yet
+        return False
+    return running == 1 and bool(psutil.Process(process.pid).children())
+
+
+@pytest.mark.parametrize("moment", ["importing torch", "store created", "run started"])
+def test_ctrl_c_early_is_one_line_and_exit_130(moment, image_folder, tmp_path):
+    db = tmp_path / "s.db"
     command = [sys.executable, "-m", "batchlab", "sweep", "--dataset", f"folder:{image_folder}", "--model", "mlp",
-               "--epochs", "50", "--db", str(tmp_path / "s.db")]
+               "--epochs", "500", "--db", str(db)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(delay)
+    wait_for(lambda: sweep_has_reached(moment, process, db))
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     lines = [line for line in stderr.splitlines() if line.strip()]

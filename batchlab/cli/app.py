@@ -17,6 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..core.errors import UserError
+from ..spec.kinds import kind_of
+from ..spec.run import InferSpec, RunSpec
+from .options import flag_grid, spec_values, with_spec_options
 
 app = typer.Typer(help="Measure how batch size and parallelism shape neural-network training on your hardware.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -79,7 +82,7 @@ def progress_events(progress: Progress):
     task = progress.add_task("starting", total=None)
 
     def started(spec, index, total):
-        epochs = f" epoch 0/{spec.epochs}" if spec.KIND == "train" else ""
+        epochs = f" epoch 0/{spec.epochs}" if kind_of(spec).has_epochs else ""
         progress.update(task, total=total, completed=index, description=spec.label() + epochs)
 
     def epoch_done(spec, record):
@@ -189,35 +192,16 @@ def check_cores(specs, oversubscribe: bool) -> None:
               highlight=False)
 
 
-MICRO_BATCH_HELP = ("Images per slice of a batch (gradients accumulate to one update); 0 = automatic "
-                    "(cache-sized on CPU, whole on GPU), ≥ batch size = whole batches.")
-
-
 @app.command()
 @user_errors
+@with_spec_options(RunSpec)
 def train(
-    dataset: Annotated[str, typer.Option(help="mnist, fashion-mnist or folder:PATH.")] = "fashion-mnist",
-    model: Annotated[str, typer.Option(help="seed-cnn, keras-cnn, mlp or package.module:factory.")] = "seed-cnn",
-    batch_size: Annotated[int, typer.Option(help="Images per optimizer step.")] = 64,
-    epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = 1,
-    optimizer: Annotated[str, typer.Option(help="sgd, momentum (0.9) or adam.")] = "momentum",
-    lr: Annotated[float, typer.Option(help="Learning rate.")] = 0.01,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or mps.")] = "cpu",
-    strategy: Annotated[str, typer.Option(help="single, hogwild (async, shared memory) or ddp (sync all-reduce).")] = "single",
-    workers: Annotated[int, typer.Option(help="Worker processes for hogwild/ddp (batch size is per worker).")] = 1,
-    threads: Annotated[int, typer.Option(help="torch intra-op threads per process; 0 = cores / workers.")] = 0,
-    precision: Annotated[str, typer.Option(help="Numeric precision.")] = "fp32",
-    val_split: Annotated[float, typer.Option(help="Fraction of the training set held out for validation.")] = 0.0,
-    limit_train: Annotated[int, typer.Option(help="Train on N training images, a fixed sample stratified by class; 0 = all.")] = 0,
-    drop_last: Annotated[bool, typer.Option(help="Skip the last, smaller batch of each epoch.")] = False,
-    target_accuracy: Annotated[float, typer.Option(help="Report the train seconds until this accuracy.")] = 0.0,
-    micro_batch: Annotated[int, typer.Option(help=MICRO_BATCH_HELP)] = 0,
-    seed: Annotated[int, typer.Option(help="Seed of weights, batch order and dropout.")] = 0,
     save_weights: Annotated[bool, typer.Option(help="Store the trained weights with the run (for infer --weights).")] = False,
     memory_limit: MemoryOpt = None,
     oversubscribe: OversubscribeOpt = False,
     db: DbOpt = Path("batchlab.db"),
     data_dir: DataDirOpt = None,
+    **fields,
 ) -> None:
     """Train once and print one line of results; the run is stored. Running the same command again
     adds another repeat.
@@ -227,14 +211,10 @@ def train(
     from ..data.registry import check_data_dir
     from ..device.machine import fingerprint, machine_id, resolve_device
     from ..runner.sweep import next_repeat
-    from ..spec.run import RunSpec
     from ..store.store import Store
     from ..train.ddp import launched_externally
 
-    spec = RunSpec(dataset=dataset, model=model, batch_size=batch_size, epochs=epochs, optimizer=optimizer, lr=lr,
-                   device=device, strategy=strategy, workers=workers, threads=threads, precision=precision, val_split=val_split,
-                   limit_train=limit_train, drop_last=drop_last, target_accuracy=target_accuracy,
-                   micro_batch=micro_batch, seed=seed).validated()
+    spec = RunSpec(**spec_values(RunSpec, fields)).validated()
     resolve_device(spec.device)  # a missing device is an error here, not a skipped run
     if launched_externally():  # one rank of a torchrun job: every rank trains, rank 0 stores
         from ..report.training import run_line
@@ -253,39 +233,18 @@ def train(
     execute([spec], db, data_dir, None, save_weights, memory_limit, oversubscribe)
 
 
-GRID_FLAGS = {  # sweep flag → (RunSpec field, value type)
-    "dataset": str, "model": str, "batch_size": int, "epochs": int, "optimizer": str, "lr": float,
-    "device": str, "strategy": str, "workers": int, "threads": int, "precision": str, "val_split": float, "limit_train": int,
-    "target_accuracy": float, "micro_batch": int, "seed": int,
-}
-
-
 @app.command()
 @user_errors
+@with_spec_options(RunSpec, lists=True)
 def sweep(
     experiment: Annotated[Optional[Path], typer.Argument(help="TOML experiment file (flags override its values).")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="Comma list, e.g. mnist,fashion-mnist.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Comma list of models.")] = None,
-    batch_size: Annotated[Optional[str], typer.Option(help="Comma list, e.g. 16,64,256,1024.")] = None,
-    epochs: Annotated[Optional[str], typer.Option(help="Comma list of epoch counts.")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(help="Comma list: sgd, momentum, adam.")] = None,
-    lr: Annotated[Optional[str], typer.Option(help="Comma list of learning rates.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="Comma list, e.g. cpu,cuda (missing ones are skipped).")] = None,
-    strategy: Annotated[Optional[str], typer.Option(help="Comma list: single, hogwild, ddp.")] = None,
-    workers: Annotated[Optional[str], typer.Option(help="Comma list of worker process counts.")] = None,
-    threads: Annotated[Optional[str], typer.Option(help="Comma list of intra-op thread counts per process.")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="Comma list of precisions.")] = None,
-    val_split: Annotated[Optional[str], typer.Option(help="Validation fraction(s).")] = None,
-    limit_train: Annotated[Optional[str], typer.Option(help="Training images per run; 0 = all.")] = None,
-    target_accuracy: Annotated[Optional[str], typer.Option(help="Accuracy for time to target.")] = None,
-    micro_batch: Annotated[Optional[str], typer.Option(help="Comma list; " + MICRO_BATCH_HELP)] = None,
-    seed: Annotated[Optional[str], typer.Option(help="Base seed(s); repeat r uses seed + r.")] = None,
     repeats: Annotated[Optional[int], typer.Option(help="Runs per grid point.")] = None,
     save_weights: Annotated[bool, typer.Option(help="Store every run's trained weights (for infer --weights).")] = False,
     memory_limit: MemoryOpt = None,
     oversubscribe: OversubscribeOpt = False,
     db: DbOpt = Path("batchlab.db"),
     data_dir: DataDirOpt = None,
+    **fields,
 ) -> None:
     """Run a grid of runs, each in a fresh process, every run stored as it finishes. Started
     again, it skips the runs already finished (resume); Ctrl-C stores the running run as KILLED.
@@ -294,13 +253,12 @@ def sweep(
     Example: batchlab sweep experiments/small-batches.toml
     """
     from ..core.errors import SpecError
-    from ..spec.experiment import ExperimentSpec, parse_list
+    from ..spec.experiment import ExperimentSpec
 
-    flags = locals()  # the grid flags by name, as GRID_FLAGS lists them
     if experiment is not None and experiment.is_dir():
         raise SpecError(f"{experiment} is a folder, not an experiment file (give a .toml file)")
     base = ExperimentSpec.from_toml(experiment) if experiment else ExperimentSpec()
-    overrides = {name: parse_list(flags[name], kind, name) for name, kind in GRID_FLAGS.items() if flags[name] is not None}
+    overrides = flag_grid(RunSpec, fields)
     if experiment is None and not overrides:
         raise SpecError("nothing to sweep: give an experiment file or grid flags, e.g. --batch-size 16,64,256")
     spec = base.with_overrides(overrides, repeats)
@@ -309,34 +267,27 @@ def sweep(
 
 @app.command()
 @user_errors
+@with_spec_options(InferSpec, lists=True)
 def infer(
-    dataset: Annotated[str, typer.Option(help="Dataset whose test set is tiled into the batches.")] = "fashion-mnist",
-    model: Annotated[str, typer.Option(help="Comma list of models.")] = "seed-cnn",
-    batch_size: Annotated[str, typer.Option(help="Comma list; larger than the test set is fine (tiled).")] = "1,16,256,4096,40000",
-    device: Annotated[str, typer.Option(help="Comma list, e.g. cpu,cuda (missing ones are skipped).")] = "cpu",
-    threads: Annotated[str, typer.Option(help="Comma list of intra-op thread counts; 0 = all cores.")] = "0",
-    precision: Annotated[str, typer.Option(help="Comma list: fp32, bf16, fp16.")] = "fp32",
-    weights: Annotated[str, typer.Option(help="'' = fresh seeded weights; a training run's key (prefix) or 'latest' (needs --save-weights on train).")] = "",
-    micro_batch: Annotated[str, typer.Option(help="Comma list; " + MICRO_BATCH_HELP)] = "0",
     memory_limit: MemoryOpt = None,
     oversubscribe: OversubscribeOpt = False,
     db: DbOpt = Path("batchlab.db"),
     data_dir: DataDirOpt = None,
+    **fields,
 ) -> None:
     """Inference throughput and latency against batch size: compute only and with overheads
     (host↔device copies), first-call cost apart; each batch size in its own process.
 
     Example: batchlab infer --batch-size 1,16,256,4096,40000 --threads 1,0 --precision fp32,bf16
     """
-    from ..report.inference import comparison_lines, inference_table, load_inference
-    from ..spec.experiment import ExperimentSpec, parse_list
+    from ..report.inference import comparison_lines, load_inference
+    from ..spec.experiment import ExperimentSpec
     from ..store.store import Store
 
-    grid = {"dataset": [dataset], "batch_size": parse_list(batch_size, int, "batch_size"),
-            "device": parse_list(device, str, "device"), "threads": parse_list(threads, int, "threads"),
-            "precision": parse_list(precision, str, "precision"), "micro_batch": parse_list(micro_batch, int, "micro_batch")}
+    grid = flag_grid(InferSpec, fields)
+    dataset, weights = grid["dataset"][0], grid["weights"][0]
     specs = []
-    for name in parse_list(model, str, "model"):  # each model with its own weights
+    for name in grid["model"]:  # each model with its own weights
         keyed = ""
         if weights:
             with Store(db) as store:  # a fixed run key, so the measurement's key names its weights
@@ -349,9 +300,12 @@ def infer(
             measured = load_inference(db)
             mine = measured[measured["run_key"].isin({spec.key for spec in specs})].reset_index(drop=True)
             if len(mine):
-                out.print(inference_table(mine))
+                from ..report.terminal import console, inference_table
+
+                screen = console()  # $COLUMNS wide if set, else the terminal's width, else 200
+                screen.print(inference_table(mine, screen.width))
                 for line in comparison_lines(mine):
-                    out.print(line, highlight=False)
+                    screen.print(line, highlight=False)
 
 
 @app.command()
@@ -373,8 +327,10 @@ def report(
     Example: batchlab report --html report.html
     Example: batchlab report desktop.db hpc.db --png figures/
     """
-    from ..report.inference import comparison_lines, inference_table, load_inference
-    from ..report.training import aggregate, json_rows, load_runs, merged, table
+    from ..report.columns import INFERENCE, TRAINING, machine_rows
+    from ..report.inference import comparison_lines, load_inference, with_best
+    from ..report.terminal import console, inference_table, training_table
+    from ..report.training import aggregate, json_rows, load_runs, merged
 
     if format not in ("table", "json"):
         raise typer.BadParameter("--format must be table or json")
@@ -385,25 +341,28 @@ def report(
     training, measured = merged(sources, load_runs), merged(sources, load_inference)
     if html or png:
         write_figures(sources, training, measured, html, png)
+    # CSV and JSON: the table's columns first, in its order (columns.py), then every other field.
     if inference:  # raw per-call timings only with --runs
-        rows = measured if runs else measured.drop(columns=["compute_seconds", "overhead_seconds"])
+        rows = measured if runs else machine_rows(INFERENCE, with_best(measured.drop(columns=["compute_seconds",
+                                                                                            "overhead_seconds"])))
     else:
-        rows = training if runs else aggregate(training)
+        rows = training if runs else machine_rows(TRAINING, aggregate(training))
     if csv:
         rows.to_csv(csv, index=False)
+    screen = console()  # $COLUMNS wide if set, else the terminal's width, else 200
     if format == "json":
         sys.stdout.write(json.dumps(json_rows(rows), indent=1) + "\n")
     elif runs:
-        out.print(rows.to_string(index=False))
+        screen.print(rows.to_string(index=False))
     else:
         if not len(training) and not len(measured):
             err.print(f"no runs stored in {', '.join(map(str, sources))} yet: run `batchlab sweep`, `train` or `infer`")
         if len(rows) and not inference:
-            out.print(table(rows))
+            screen.print(training_table(rows, screen.width))
         if len(measured):
-            out.print(inference_table(measured))
+            screen.print(inference_table(measured, screen.width))
             for line in comparison_lines(measured):
-                out.print(line, highlight=False)
+                screen.print(line, highlight=False)
 
 
 def write_figures(sources: list[Path], training, measured, html: Optional[Path], png: Optional[Path]) -> None:

@@ -33,24 +33,44 @@ DEVICE_KEYS = ["device", "threads", "precision", "slicing", "machine"]
 MAX_ACCURACY_PANELS = 4
 
 
+def value_text(value) -> str:
+    """A setting's value in a label: 16, not 16.0."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
 def series_labels(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
     """A short label per row from the keys that differ between the rows' series."""
     varying = [k for k in keys if k in frame and frame[k].astype(str).nunique() > 1]
     if not varying:
         return pd.Series([str(frame.iloc[0]["model"])] * len(frame), index=frame.index)
-    return frame[varying].astype(str).apply(lambda row: " ".join(f"{k}={v}" for k, v in row.items()), axis=1)
+    return frame[varying].apply(lambda row: " ".join(f"{k}={value_text(v)}" for k, v in row.items()), axis=1)
 
 
-def panels(count: int, series: int, width: float = 5.5) -> tuple[Figure, list]:
-    """A figure of `count` plots side by side with room below them for a legend of `series`
-    entries: labels can be long when stores are merged, so the legend never covers the data."""
-    legend_height = 0.3 + 0.17 * series
-    figure = plt.figure(figsize=(max(width * count, 11), 4 + legend_height))  # wide enough for long labels
+LEGEND_FONT = 8  # points: about 12 px high in a PNG at 110 dpi
+LEGEND_ROW_INCHES = 0.2
+LEGEND_ROWS = 8  # entries per legend column before a second (and third) column is used
+
+
+def legend_columns(labels: list[str], figure_width: float) -> int:
+    """As many legend columns as needed for at most LEGEND_ROWS rows, and as fit the figure's
+    width (at most 3): a long legend is not a tall strip of small print."""
+    entry = 0.8 + max((len(label) for label in labels), default=0) * LEGEND_FONT * 0.55 / 72  # inches
+    return max(1, min(3, int(figure_width // entry), -(-len(labels) // LEGEND_ROWS)))
+
+
+def panels(count: int, labels: list[str], width: float = 5.5) -> tuple[Figure, list]:
+    """A figure of `count` plots side by side with room below them for a legend of `labels`:
+    labels can be long when stores are merged, so the legend never covers the data."""
+    figure_width = max(width * count, 11)  # wide enough for long labels
+    columns = legend_columns(labels, figure_width)
+    legend_height = 0.3 + LEGEND_ROW_INCHES * -(-len(labels) // columns)
+    figure = plt.figure(figsize=(figure_width, 4 + legend_height))
     grid = figure.add_gridspec(2, count, height_ratios=[4, legend_height])
     axes = [figure.add_subplot(grid[0, i]) for i in range(count)]
     legend_axis = figure.add_subplot(grid[1, :])
     legend_axis.set_axis_off()
     figure.legend_axis = legend_axis
+    figure.legend_columns = columns
     return figure, axes
 
 
@@ -61,14 +81,17 @@ def titled(figure: Figure, title: str) -> Figure:
     legend_axis = getattr(figure, "legend_axis", None)
     if legend_axis is not None:
         handles, labels = figure.axes[0].get_legend_handles_labels()
-        legend_axis.legend(handles, labels, loc="upper center", fontsize=7, frameon=False)
+        legend_axis.legend(handles, labels, loc="upper center", fontsize=LEGEND_FONT, frameon=False,
+                           ncol=figure.legend_columns, handlelength=3.5, columnspacing=1.5)
     figure.tight_layout()
     return figure
 
 
-def line_style(index: int) -> str:
-    """Solid for the first ten series, then dashed, dotted…: colours repeat after ten."""
-    return ["-", "--", ":", "-."][index // 10 % 4]
+def style(index: int) -> dict:
+    """The look of series `index`, the same in every panel of a figure: ten colours, then the
+    same colours again dashed with square markers, dotted with triangles…"""
+    cycle = index // 10 % 4
+    return {"color": f"C{index % 10}", "linestyle": ["-", "--", ":", "-."][cycle], "marker": "os^D"[cycle]}
 
 
 def log2_batch_axis(axis) -> None:
@@ -83,13 +106,12 @@ def time_vs_batch(rows: pd.DataFrame) -> Figure | None:
     if done.empty:
         return None
     labels = series_labels(done, SERIES_KEYS)
-    figure, (seconds_axis, rate_axis) = panels(2, labels.nunique())
+    figure, (seconds_axis, rate_axis) = panels(2, sorted(labels.unique()))
     for index, (label, part) in enumerate(done.groupby(labels, sort=True)):
         part = part.sort_values("batch_size")
         for axis, name in ((seconds_axis, "epoch_train_seconds"), (rate_axis, "images_per_second")):
             spread = [part[name] - part[name + "_min"], part[name + "_max"] - part[name]]
-            axis.errorbar(part["batch_size"], part[name], yerr=spread, marker="o", capsize=3, label=label,
-                          linestyle=line_style(index))
+            axis.errorbar(part["batch_size"], part[name], yerr=spread, capsize=3, label=label, **style(index))
     seconds_axis.set_ylabel("train seconds per epoch")
     rate_axis.set_ylabel("training images / s")
     for axis in (seconds_axis, rate_axis):
@@ -116,7 +138,7 @@ def accuracy_vs_epoch(epochs: pd.DataFrame) -> Figure | None:
             stats = curve.groupby("epoch")["test_accuracy"].agg(["median", "min", "max"])
             axis.plot(stats.index, stats["median"], marker="o", label=f"batch {batch}")
             axis.fill_between(stats.index, stats["min"], stats["max"], alpha=0.2)
-        axis.set_title(textwrap.fill(title, 70), fontsize=8)
+        axis.set_title(textwrap.fill(title, 70, break_on_hyphens=False), fontsize=8)
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("epoch")
         axis.set_ylabel("test accuracy")
@@ -133,17 +155,17 @@ def accuracy_vs_batch(rows: pd.DataFrame) -> Figure | None:
         return None
     targets = done[done["time_to_target_seconds"].notna()]
     labels = series_labels(done, SERIES_KEYS)
-    figure, axes = panels(2 if len(targets) else 1, labels.nunique())
+    names = sorted(labels.unique())
+    figure, axes = panels(2 if len(targets) else 1, names)
     for index, (label, part) in enumerate(done.groupby(labels, sort=True)):
         part = part.sort_values("batch_size")
         spread = [part["test_accuracy"] - part["test_accuracy_min"], part["test_accuracy_max"] - part["test_accuracy"]]
-        axes[0].errorbar(part["batch_size"], part["test_accuracy"], yerr=spread, marker="o", capsize=3, label=label,
-                         linestyle=line_style(index))
+        axes[0].errorbar(part["batch_size"], part["test_accuracy"], yerr=spread, capsize=3, label=label, **style(index))
     axes[0].set_ylabel("test accuracy after the last epoch")
     if len(targets):
-        for index, (label, part) in enumerate(targets.groupby(labels[targets.index], sort=True)):
+        for label, part in targets.groupby(labels[targets.index], sort=True):  # each series in its colour
             part = part.sort_values("batch_size")
-            axes[1].plot(part["batch_size"], part["time_to_target_seconds"], marker="o", linestyle=line_style(index),
+            axes[1].plot(part["batch_size"], part["time_to_target_seconds"], **style(names.index(label)),
                          label=f"{label} (target {part['target_accuracy'].iloc[0]:.2f})")
         axes[1].set_ylabel("train seconds to target accuracy")
     for axis in axes:
@@ -157,12 +179,11 @@ def scaling(rows: pd.DataFrame) -> Figure | None:
         return None
     keys = [k for k in SERIES_KEYS if k not in ("workers", "threads")] + ["baseline_batch_size"]
     labels = series_labels(scaled, keys)
-    figure, (speedup_axis, efficiency_axis) = panels(2, labels.nunique() + 1)
+    figure, (speedup_axis, efficiency_axis) = panels(2, sorted(labels.unique()) + ["ideal"])
     for index, (label, part) in enumerate(scaled.groupby(labels, sort=True)):
         part = part.sort_values("parallelism")
-        speedup_axis.plot(part["parallelism"], part["speedup"], marker="o", label=label, linestyle=line_style(index))
-        efficiency_axis.plot(part["parallelism"], part["efficiency"] * 100, marker="o", label=label,
-                             linestyle=line_style(index))
+        speedup_axis.plot(part["parallelism"], part["speedup"], label=label, **style(index))
+        efficiency_axis.plot(part["parallelism"], part["efficiency"] * 100, label=label, **style(index))
     top = int(scaled["parallelism"].max())
     speedup_axis.plot([1, top], [1, top], "k--", linewidth=1, label="ideal")
     efficiency_axis.axhline(100, color="k", linestyle="--", linewidth=1, label="ideal")
@@ -180,20 +201,22 @@ def inference(measured: pd.DataFrame) -> Figure | None:
     if done.empty:
         return None
     names = done.apply(config_name, axis=1)
-    figure, (axis,) = panels(1, 2 * names.nunique(), width=9)
-    for name, part in done.groupby(names, sort=True):
+    wins = {found["other"]: found["crossover"] for found in comparisons(measured) if found["crossover"] is not None}
+    labels = {name: (f"{name} compute only" + (f", faster than the slowest from batch {wins[name]:,}"
+                                               if name in wins else ""), f"{name} with overheads")
+              for name in sorted(names.unique())}
+    figure, (axis,) = panels(1, [label for pair in labels.values() for label in pair], width=9)
+    for index, (name, part) in enumerate(done.groupby(names, sort=True)):
         part = part.sort_values("batch_size")
-        line, = axis.plot(part["batch_size"], part["images_per_second"], marker="o", label=f"{name} compute only")
+        look = style(index)  # a colour per configuration; compute only solid, with overheads dashed
+        axis.plot(part["batch_size"], part["images_per_second"], marker="o", color=look["color"],
+                  label=labels[name][0])
         axis.plot(part["batch_size"], part["overhead_images_per_second"], marker="s", linestyle="--",
-                  color=line.get_color(), label=f"{name} with overheads")
-    winners: dict[int, list[str]] = {}
-    for found in comparisons(measured):
-        if found["crossover"] is not None:
-            winners.setdefault(found["crossover"], []).append(found["other"])
-    for batch, names in winners.items():
+                  color=look["color"], label=labels[name][1])
+    for batch in sorted(set(wins.values())):  # the crossovers; who wins from there: in the legend
         axis.axvline(batch, color="grey", linestyle=":", linewidth=1)
-        axis.annotate(f"{', '.join(names)} win(s) from {batch:,}", (batch, 0), xycoords=("data", "axes fraction"),
-                      xytext=(3, 5), textcoords="offset points", fontsize=7, rotation=90)
+        axis.annotate(f"crossover {batch:,}", (batch, 1), xycoords=("data", "axes fraction"), xytext=(3, -5),
+                      textcoords="offset points", fontsize=LEGEND_FONT, rotation=90, va="top")
     log2_batch_axis(axis)
     axis.set_ylabel("inference images / s")
     return titled(figure, "Inference throughput vs batch size (dotted: crossover of the faster configuration)")
@@ -204,6 +227,8 @@ def training_pairs(rows: pd.DataFrame) -> list[tuple[str, pd.Series]]:
     against the slowest one of its kind."""
     done = rows[rows["n"] > 0]
     same = [k for k in SERIES_KEYS if k not in DEVICE_KEYS]
+    kinds = series_labels(done, same)  # what the pairs of one group share, when groups differ (e.g. strategy=ddp)
+    several = kinds.nunique() > 1
     pairs = []
     for _, group in done.groupby(same, dropna=False):
         names = group.apply(config_name, axis=1)
@@ -211,10 +236,11 @@ def training_pairs(rows: pd.DataFrame) -> list[tuple[str, pd.Series]]:
         if len(series) < 2:
             continue
         baseline = min(series, key=lambda name: series[name].max())
+        kind = f" {kinds[group.index[0]]}" if several else ""
         for name, values in series.items():
             ratio = (values / series[baseline]).dropna()
             if name != baseline and len(ratio):
-                pairs.append((f"train: {name} vs {baseline}", ratio))
+                pairs.append((f"train{kind}: {name} vs {baseline}", ratio))
     return pairs
 
 
@@ -224,10 +250,10 @@ def device_speedup(rows: pd.DataFrame, measured: pd.DataFrame) -> Figure | None:
         lines += [(f"infer: {f['other']} vs {f['baseline']}", pd.Series(f["speedup"])) for f in comparisons(measured)]
     if not lines:
         return None
-    figure, (axis,) = panels(1, len(lines), width=9)
+    figure, (axis,) = panels(1, [label for label, _ in lines], width=9)
     for index, (label, ratio) in enumerate(lines):
         ratio = ratio.sort_index()
-        axis.plot(ratio.index, ratio.values, marker="o", label=label, linestyle=line_style(index))
+        axis.plot(ratio.index, ratio.values, label=label, **style(index))
     axis.axhline(1, color="k", linestyle="--", linewidth=1)
     log2_batch_axis(axis)
     axis.set_ylabel("speedup (images/s ratio)")

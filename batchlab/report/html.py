@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import io
 import json
+import re
 from datetime import datetime, timezone
 
 import matplotlib.pyplot as plt
@@ -14,8 +15,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..core.version import __version__
-from .inference import best_batches, comparison_lines
-from .training import missing, number, spread
+from .columns import INFERENCE, MISSING, TRAINING, Column, constant, shown, text
+from .inference import comparison_lines, with_best
 
 DEFINITIONS = [
     ("train seconds", "the optimizer steps of an epoch only (batch gather, forward, loss, backward, update), device "
@@ -43,9 +44,16 @@ CAPTIONS = {
 }
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
-table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px}
-th{background:#f3f3f3}td.n{text-align:right}figure{margin:1.5em 0}figcaption{color:#555;font-size:14px}
-svg{max-width:100%;height:auto}code{background:#f3f3f3;padding:0 3px}"""
+table{border-collapse:collapse;font-size:12px;margin:.4em 0 1.2em}td,th{border:1px solid #ccc;padding:2px 4px}
+th{background:#f3f3f3;vertical-align:bottom}td{vertical-align:top}.n{text-align:right}td span{white-space:nowrap}
+td .range{color:#666}table.machine td{overflow-wrap:anywhere}p.same{font-size:13px;margin:.4em 0}
+figure{margin:1.5em 0}figcaption{color:#555;font-size:14px}svg{max-width:100%;height:auto}
+code{background:#f3f3f3;padding:0 3px}"""
+# Width a table may take: tables are planned for a 1200 px wide window, 1136 px inside the body's
+# margins. Estimated from characters (12 px DejaVu Sans, a wide font, measured in Chromium: 6.6 px
+# per character in cells, 7.0 in bold headers; the estimate runs a few per cent over).
+TABLE_BUDGET_PX = 1130
+CHAR_PX, HEADER_CHAR_PX, CELL_PADDING_PX = 7.0, 7.6, 9
 
 
 def svg(figure: Figure) -> str:
@@ -56,55 +64,98 @@ def svg(figure: Figure) -> str:
     return text[text.index("<svg"):]  # drop the XML prolog and doctype: inline SVG needs neither
 
 
-def cell(value, digits: int | None = None) -> str:
-    if missing(value):
-        return "<td>—</td>"
-    if digits is None:
-        return f"<td>{html.escape(str(value))}</td>"
-    return f'<td class="n">{number(value, digits)}</td>'
+TWO_LINES = ("spread", "target")  # figures that may break once: 0.89 | [0.88–0.90], 10.4 | (2/2)
 
 
-def spread_cell(row: pd.Series, name: str, digits: int) -> str:
-    text = spread(row[name], row[name + "_min"], row[name + "_max"], digits)
-    return f'<td class="n">{text}</td>' if text != "—" else "<td>—</td>"
+def pieces(text: str) -> list[str]:
+    """Where a browser may break a text cell (a setting, a status): at spaces and after hyphens."""
+    return [piece for piece in re.split(r"\s+|(?<=-)", text) if piece]
+
+
+def least_px(column: Column, texts: list[str]) -> float:
+    """An estimate of the narrowest a column can get: its longest unbreakable piece (cell() keeps
+    a figure on one line, but a spread's median and [min–max] may take two)."""
+    header = max((len(p) for p in pieces(column.label)), default=0) * HEADER_CHAR_PX
+    if column.format == "text":
+        body = max((len(p) for t in texts for p in pieces(t)), default=0)
+    elif column.format in TWO_LINES:
+        body = max((len(p) for t in texts for p in t.split(" ", 1)), default=0)
+    else:
+        body = max((len(t) for t in texts), default=0)
+    return max(header, body * CHAR_PX) + CELL_PADDING_PX
+
+
+def natural_px(column: Column, texts: list[str]) -> float:
+    """An estimate of a column's width when nothing in it wraps."""
+    return max(len(column.label) * HEADER_CHAR_PX, max((len(t) for t in texts), default=0) * CHAR_PX) + CELL_PADDING_PX
+
+
+def plan(columns: list[Column], rows: pd.DataFrame, budget: float = TABLE_BUDGET_PX):
+    """How a table of `rows` fits the page: (the settings said once above it, as (column, text);
+    the tables, each a list of columns). As in the terminal, settings the same in every row are
+    said once when cells would wrap; if the columns are too many even wrapped, the figures are
+    split over several tables (each repeating the settings that tell rows apart), the first
+    keeping the most important."""
+    columns = shown(columns, rows)
+    texts = {column.key: [text(column, row) for _, row in rows.iterrows()] for column in columns}
+
+    def width(part: list[Column], estimate=least_px) -> float:
+        return sum(estimate(column, texts[column.key]) for column in part) + 1
+
+    folded = []
+    if width(columns, natural_px) > budget:  # as in the terminal: when cells would wrap
+        folded = [(column, texts[column.key][0]) for column in columns if constant(column, texts[column.key])]
+        columns = [column for column in columns if column not in [c for c, _ in folded]]
+    settings = [column for column in columns if column.setting]
+    pending = [column for column in columns if not column.setting]
+    tables = []
+    while pending:  # the first table keeps the most important figures (lowest priority number)
+        part = list(pending)
+        while len(part) > 1 and width(settings + part) > budget:
+            part.remove(max(part, key=lambda column: (column.priority, part.index(column))))
+        tables.append([column for column in columns if column in settings or column in part])
+        pending = [column for column in pending if column not in part]
+    return folded, tables or [settings]
+
+
+def cell(column: Column, row) -> str:
+    """One cell: the column's text (columns.text); a spread's median and [min–max] (a time to
+    target and how many reached it) may go on two lines, each one unbroken."""
+    shown_text = text(column, row)
+    align = ' class="n"' if column.align == "right" else ""
+    if shown_text == MISSING:
+        return f"<td{align}>{MISSING}</td>"
+    if column.format in TWO_LINES and " " in shown_text:
+        median, spread = shown_text.split(" ", 1)
+        return f'<td{align}><span>{html.escape(median)}</span> <span class="range">{html.escape(spread)}</span></td>'
+    if column.format != "text":  # a figure, e.g. 49,557 ★ or 1.25x: on one line
+        return f"<td{align}><span>{html.escape(shown_text)}</span></td>"
+    return f"<td{align}>{html.escape(shown_text)}</td>"
+
+
+def tables_html(columns: list[Column], rows: pd.DataFrame, budget: float = TABLE_BUDGET_PX) -> str:
+    """The rows as one or more HTML tables that fit the page (plan()), the same columns and text
+    as the terminal table."""
+    folded, tables = plan(columns, rows, budget)
+    parts = []
+    if folded:
+        parts.append('<p class="same">Same in every row: ' + ", ".join(
+            f"{html.escape(column.label)} <b>{html.escape(value)}</b>" for column, value in folded) + "</p>")
+    for index, part in enumerate(tables):
+        if index:
+            parts.append('<p class="same">Continued: the same rows, further columns.</p>')
+        head = "".join(f'<th{" class=n" if c.align == "right" else ""}>{html.escape(c.label)}</th>' for c in part)
+        body = "\n".join("<tr>" + "".join(cell(c, row) for c in part) + "</tr>" for _, row in rows.iterrows())
+        parts.append(f"<table><tr>{head}</tr>\n{body}</table>")
+    return "\n".join(parts)
 
 
 def training_table(rows: pd.DataFrame) -> str:
-    head = ["dataset", "model", "device", "strategy", "workers", "threads", "precision", "slicing", "batch", "epochs",
-            "machine", "n", "status", "s / epoch", "images / s", "speedup", "val acc", "test acc", "test loss",
-            "time to target s"]
-    body = []
-    for _, row in rows.iterrows():
-        body.append("<tr>" + "".join(cell(row[k]) for k in ("dataset", "model", "device", "strategy", "workers",
-                                                            "threads", "precision", "slicing", "batch_size", "epochs",
-                                                            "machine", "n", "status"))
-                    + spread_cell(row, "epoch_train_seconds", 2) + spread_cell(row, "images_per_second", 0)
-                    + cell(row.get("speedup"), 2) + cell(row["val_accuracy"], 4) + spread_cell(row, "test_accuracy", 4) + cell(row["test_loss"], 4)
-                    + cell(row["time_to_target_seconds"], 1) + "</tr>")
-    return table_html(head, body)
+    return tables_html(TRAINING, rows)
 
 
 def inference_table(measured: pd.DataFrame) -> str:
-    head = ["dataset", "model", "device", "threads", "precision", "slicing", "weights", "batch", "machine", "status", "n",
-            "images / s", "p50 ms", "p99 ms", "images / s with overheads", "first call ms", "accuracy"]
-    best = best_batches(measured)
-    body = []
-    for index, row in measured.iterrows():
-        rate = cell(row["images_per_second"], 0)
-        if best[index]:
-            rate = rate.replace("</td>", " ★</td>")
-        body.append("<tr>" + "".join(cell(row[k]) for k in ("dataset", "model", "device", "threads", "precision",
-                                                            "slicing", "weights_source", "batch_size", "machine", "status"))
-                    + cell(row["repeats"] if row["status"] == "DONE" else None) + rate
-                    + cell(row["latency_p50"] * 1000, 3) + cell(row["latency_p99"] * 1000, 3)
-                    + cell(row["overhead_images_per_second"], 0) + cell(row["first_call_seconds"] * 1000, 2)
-                    + cell(row["accuracy"], 4) + "</tr>")
-    return table_html(head, body)
-
-
-def table_html(head: list[str], body: list[str]) -> str:
-    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>\n"
-            + "\n".join(body) + "</table>")
+    return tables_html(INFERENCE, with_best(measured))
 
 
 def machines_html(machines: dict[str, dict]) -> str:
@@ -113,7 +164,7 @@ def machines_html(machines: dict[str, dict]) -> str:
         rows = [f"<tr><th>{html.escape(k)}</th><td>{html.escape(v if isinstance(v, str) else json.dumps(v))}</td></tr>"
                 for k, v in info.items()]
         parts.append(f"<h3>{html.escape(info.get('hostname', machine_id))} <code>{machine_id}</code></h3>"
-                     f"<table>{''.join(rows)}</table>")
+                     f"<table class=\"machine\">{''.join(rows)}</table>")
     return "\n".join(parts)
 
 

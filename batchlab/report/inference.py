@@ -1,15 +1,15 @@
-"""Inference tables from the store: throughput and latency per batch size, the best batch size per
-device configuration, and device-vs-device speedup with the crossover batch size."""
+"""Inference measurements from the store: throughput and latency per batch size, the best batch
+size per device configuration, and device-vs-device speedup with the crossover batch size (how
+they are shown: columns.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
-from rich.table import Table
 
 from ..store.store import Store
-from .training import missing, number, read_store
+from .training import read_store
 
 CONFIG_KEYS = ["device", "threads", "precision", "slicing", "machine"]  # one "device" in comparisons
 SERIES_KEYS = ["dataset", "model", "weights_source"]  # only measurements of the same work compare
@@ -70,31 +70,9 @@ def best_batches(rows: pd.DataFrame) -> pd.Series:
     return rows.index.isin(best.values)
 
 
-def ms(value: float) -> str:
-    return "—" if missing(value) else f"{value * 1000:,.3g}"
-
-
-def inference_table(rows: pd.DataFrame) -> Table:
-    best = best_batches(rows)
-    table = Table(title="inference", caption="latency per batch in ms (p50/p90/p99 over n calls); ★ best "
-                  "compute-only throughput of its configuration; with overheads = host→device copy, forward, "
-                  "predictions back to the host; first call timed once, apart")
-    for label in ("dataset", "model", "device", "threads", "precision", "slicing", "weights", "batch", "status", "n",
-                  "images/s", "p50", "p90", "p99", "images/s w/ overheads", "p50 w/ overheads", "first call",
-                  "accuracy"):
-        table.add_column(label, justify="left" if label in ("dataset", "model", "device", "precision", "slicing",
-                                                            "weights", "status") else "right")
-    for index, row in rows.iterrows():
-        table.add_row(
-            row["dataset"], row["model"], row["device"], str(row["threads"]), row["precision"], row["slicing"],
-            row["weights_source"] if isinstance(row["weights_source"], str) else "—", f"{row['batch_size']:,}",
-            row["status"],
-            str(row["repeats"]) if row["status"] == "DONE" else "—",
-            number(row["images_per_second"], 0) + (" ★" if best[index] else ""),
-            ms(row["latency_p50"]), ms(row["latency_p90"]), ms(row["latency_p99"]),
-            number(row["overhead_images_per_second"], 0), ms(row["overhead_latency_p50"]),
-            ms(row["first_call_seconds"]), number(row["accuracy"], 4))
-    return table
+def with_best(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows with `best`: true on each configuration's best batch size (best_batches)."""
+    return rows.assign(best=best_batches(rows)) if len(rows) else rows.assign(best=pd.Series(dtype=bool))
 
 
 def comparison_lines(rows: pd.DataFrame) -> list[str]:

@@ -1,4 +1,5 @@
-"""Tables from the store: runs grouped over repeats, with median and min–max per figure.
+"""Training runs from the store, grouped over repeats, with median and min–max per figure (how
+they are shown: columns.py).
 
 A group is every run that differs only in seed and repeat. Figures are computed over the group's
 DONE runs (n); the group's status column says how its runs ended, so OOM or diverged batch sizes
@@ -13,12 +14,14 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
-from rich.table import Table
 
+from ..spec.fields import group_keys
+from ..spec.run import RunSpec
 from ..store.store import Store, with_parallelism
 
-GROUP_KEYS = ["dataset", "model", "device", "strategy", "workers", "threads", "precision", "slicing", "optimizer", "lr",
-              "val_split", "limit_train", "drop_last", "target_accuracy", "batch_size", "epochs", "machine"]
+# Runs that differ only in seed and repeat form one group: the spec fields marked as group keys
+# (spec/fields.py; micro_batch as the derived `slicing`), per machine.
+GROUP_KEYS = group_keys(RunSpec) + ["machine"]
 # Figures summarised over repeats: median, min and max of the per-run values.
 SPREAD_FIGURES = ["epoch_train_seconds", "images_per_second", "test_accuracy"]
 MEDIAN_FIGURES = ["test_loss", "val_accuracy", "time_to_target_seconds", "wall_seconds", "warmup_seconds",
@@ -147,55 +150,6 @@ def json_rows(rows: pd.DataFrame) -> list[dict]:
     return [{k: (v.item() if hasattr(v, "item") else v) for k, v in record.items()} for record in records]
 
 
-def missing(value) -> bool:
-    """None or NaN: a figure that was not measured (shown as —)."""
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def spread(median: float, low: float, high: float, digits: int) -> str:
-    if missing(median):
-        return "—"
-    text = f"{median:,.{digits}f}"
-    if low != high:
-        text += f" [{low:,.{digits}f}–{high:,.{digits}f}]"
-    return text
-
-
-def number(value: float, digits: int) -> str:
-    return "—" if missing(value) else f"{value:,.{digits}f}"
-
-
-def table(rows: pd.DataFrame, title: str = "batchlab results") -> Table:
-    """A rich table: fixed columns, plus any group key that varies across rows."""
-    always = ["dataset", "model", "device", "batch_size", "epochs"]
-    varying = [k for k in GROUP_KEYS if k not in always and k in rows and rows[k].nunique(dropna=False) > 1]
-    result = Table(title=title, caption="median \\[min–max] over n DONE repeats; seconds are train seconds "
-                   "(steps only, device synchronised); accuracy after the last epoch; speedup in images/s "
-                   "against parallelism 1 (workers, or threads for single)")
-    for key in always[:3] + varying + always[3:]:
-        result.add_column(key.replace("_", " "), justify="right" if key in ("batch_size", "epochs") else "left")
-    scaling = bool(rows.get("speedup", pd.Series(dtype=float)).notna().any() and (rows["parallelism"] > 1).any())
-    validated = bool(rows["val_accuracy"].notna().any())  # runs with --val-split: show what they watched
-    labels = ["n", "status", "s / epoch", "images / s"] + (["speedup", "efficiency"] if scaling else []) + (
-        ["val acc"] if validated else []) + ["test acc", "test loss", "time to target s"]
-    for label in labels:
-        result.add_column(label, justify="left" if label == "status" else "right")
-    for _, row in rows.iterrows():
-        target = "—"
-        if row.get("target_accuracy"):
-            target = f"{number(row['time_to_target_seconds'], 1)} ({row['target_reached']}/{row['n']})"
-        result.add_row(
-            *(str(row[k]) for k in always[:3] + varying + always[3:]),
-            str(row["n"]), row["status"],
-            spread(row["epoch_train_seconds"], row["epoch_train_seconds_min"], row["epoch_train_seconds_max"], 2),
-            spread(row["images_per_second"], row["images_per_second_min"], row["images_per_second_max"], 0),
-            *([number(row["speedup"], 2) + "x", number(row["efficiency"] * 100, 0) + "%"] if scaling else []),
-            *([number(row["val_accuracy"], 4)] if validated else []),
-            spread(row["test_accuracy"], row["test_accuracy_min"], row["test_accuracy_max"], 4),
-            number(row["test_loss"], 4), target)
-    return result
-
-
 def run_line(spec, status: str, result=None, error: str | None = None) -> str:
     """One line for one finished run, as `batchlab train` and the sweep print it."""
     head = f"{status:<8} {spec.label()}"
@@ -226,5 +180,8 @@ def infer_line(spec, status: str, result=None, error: str | None = None) -> str:
     return text + (f", accuracy {result.accuracy:.4f}" if result.accuracy is not None else "")
 
 
+LINES = {"train": run_line, "infer": infer_line}  # run kind (spec/kinds.py) → its one-line summary
+
+
 def outcome_line(spec, status: str, result=None, error: str | None = None) -> str:
-    return (infer_line if spec.KIND == "infer" else run_line)(spec, status, result, error)
+    return LINES[spec.KIND](spec, status, result, error)

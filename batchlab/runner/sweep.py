@@ -31,9 +31,10 @@ from ..core import heartbeat
 from ..core.errors import RunAlreadyFinished
 from ..core.records import FINISHED, EpochRecord, InferResult, RunResult
 from ..device.machine import fingerprint, machine_id, unavailable_reason
+from ..spec.kinds import KINDS, kind_of
 from ..spec.run import InferSpec, RunSpec
 from ..store.store import Store
-from .worker import PREFIX, result_from_dict
+from .worker import PREFIX
 
 STOP_GRACE_SECONDS = 10
 
@@ -84,7 +85,7 @@ def run_in_worker(spec: RunSpec | InferSpec, data_dir: str | None, on_epoch: Cal
         if weights_in is not None:
             job["weights_in"] = str(Path(scratch) / "weights_in.pt")
             Path(job["weights_in"]).write_bytes(weights_in)
-        if save_weights and isinstance(spec, RunSpec):
+        if save_weights and kind_of(spec).saves_weights:
             job["weights_out"] = str(Path(scratch) / "weights_out.pt")
         outcome = _supervise(json.dumps(job), on_epoch, memory_limit)
         saved = job.get("weights_out")
@@ -133,7 +134,7 @@ def _supervise(job: str, on_epoch: Callable[[EpochRecord], None], memory_limit: 
                 if message["event"] == "epoch":
                     on_epoch(EpochRecord(**message["record"]))
                 elif message["event"] == "result":
-                    result = result_from_dict(message["kind"], message["result"])
+                    result = KINDS[message["kind"]].result_from_dict(message["result"])
                     outcome = Outcome(result.status, result, result.error)
                 elif message["event"] == "error":
                     outcome = Outcome(message["status"], None, message["error"])
@@ -259,7 +260,7 @@ def run_sweep(specs: list[RunSpec | InferSpec], db: str | Path, data_dir: str | 
             for spec in todo:
                 store.plan(spec, machine, experiment)
             for index, spec in enumerate(todo):
-                weights = store.weights(spec.weights)[1] if isinstance(spec, InferSpec) and spec.weights else None
+                weights = store.weights(spec.weights)[1] if kind_of(spec).loads_weights and spec.weights else None
                 row = None
                 try:  # an interrupt anywhere in here ends this run as KILLED, never half-stored
                     try:

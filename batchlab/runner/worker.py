@@ -27,6 +27,7 @@ import traceback
 
 from ..core.errors import one_line
 from ..core.parent import exit_with_parent
+from ..spec.kinds import KINDS
 
 PREFIX = "@batchlab "
 PROGRESS_LINE = PREFIX + json.dumps({"event": "progress"}) + "\n"
@@ -42,38 +43,38 @@ def send_progress() -> None:
     sys.stdout.flush()
 
 
-def result_from_dict(kind: str, values: dict):
-    from ..core.records import EpochRecord, InferResult, RunResult
-    from ..spec.run import InferSpec, RunSpec
-
-    values = dict(values)
-    if kind == "infer":
-        values["spec"] = InferSpec(**values["spec"])
-        return InferResult(**values)
-    values["spec"] = RunSpec(**values["spec"])
-    values["epochs"] = [EpochRecord(**e) for e in values["epochs"]]
-    return RunResult(**values)
-
-
-def perform(job: dict):
-    """Run the job in this process and return its result (weights, if any, written to file)."""
+def train_job(spec, job: dict):
+    """A training run in this process; its weights, if asked for, written to the job's file."""
     import torch
 
-    from ..core import heartbeat
-    from ..infer.measure import measure
-    from ..spec.run import InferSpec, RunSpec
     from ..train.strategies import run
 
-    heartbeat.beat()  # imports done; next the data load (~1 s), then warm-up and steps beat
-    if job["kind"] == "infer":
-        weights = open(job["weights_in"], "rb").read() if job.get("weights_in") else None
-        return measure(InferSpec(**job["spec"]), job.get("data_dir"), weights)
-    result = run(RunSpec(**job["spec"]), job.get("data_dir"), keep_weights=bool(job.get("weights_out")),
+    result = run(spec, job.get("data_dir"), keep_weights=bool(job.get("weights_out")),
                  on_epoch=lambda record: send({"event": "epoch", "record": dataclasses.asdict(record)}))
     if result.weights is not None:
         torch.save(result.weights, job["weights_out"])
         result.weights = None
     return result
+
+
+def infer_job(spec, job: dict):
+    """An inference measurement in this process, with the job's weights if it names a file."""
+    from ..infer.measure import measure
+
+    weights = open(job["weights_in"], "rb").read() if job.get("weights_in") else None
+    return measure(spec, job.get("data_dir"), weights)
+
+
+JOBS = {"train": train_job, "infer": infer_job}  # run kind → how this process performs it
+
+
+def perform(job: dict):
+    """Run the job in this process and return its result."""
+    from ..core import heartbeat
+
+    heartbeat.beat()  # imports done; next the data load (~1 s), then warm-up and steps beat
+    kind = KINDS[job["kind"]]
+    return JOBS[kind.name](kind.spec_from_dict(job["spec"]), job)
 
 
 def classify(error: BaseException) -> str:
@@ -101,7 +102,7 @@ def main() -> int:
         heartbeat.install(send_progress)
         heartbeat.beat()  # started: the sweep hears from this process before the imports of the run
         result = perform(job)
-        if job["kind"] == "train":
+        if KINDS[job["kind"]].records_startup:
             result.startup_seconds = startup_seconds
             result.wall_seconds += startup_seconds
         send({"event": "result", "kind": job["kind"], "result": dataclasses.asdict(result)})

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..core.cpus import available_cores
 from ..core.errors import SpecError
+from .fields import user_fields
 from .run import InferSpec, RunSpec, field_types
 
 RANGE = re.compile(r"(\d+)\.\.(\d+|cores)")  # "1..8" or "1..cores" for whole-number fields
@@ -117,7 +118,7 @@ class ExperimentSpec:
 
 
 def _as_lists(values: dict[str, Any], kind: type = RunSpec) -> dict[str, list[Any]]:
-    known = [name for name in field_types(kind) if name != "repeat"]
+    known = user_fields(kind)
     unknown = set(values) - set(known)
     if unknown:
         where = "experiment" if kind is RunSpec else "[infer]"

@@ -18,7 +18,10 @@ from ..core.cpus import available_cores
 from ..core.errors import SpecError
 from ..data import registry as data
 from ..nn import names
+from .fields import setting
 
+MICRO_BATCH_HELP = ("Images per slice of a batch (gradients accumulate to one update); 0 = automatic "
+                    "(cache-sized on CPU, whole on GPU), ≥ batch size = whole batches.")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 STRATEGIES = ("single", "hogwild", "ddp")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -67,33 +70,30 @@ class Keyed:
 
 @dataclass(frozen=True)
 class RunSpec(Keyed):
-    dataset: str = "fashion-mnist"
-    model: str = "seed-cnn"
-    batch_size: int = 64
-    epochs: int = 1
+    dataset: str = setting("fashion-mnist", "mnist, fashion-mnist or folder:PATH.")
+    model: str = setting("seed-cnn", "seed-cnn, keras-cnn, mlp, package.module:factory or file.py:factory.")
+    batch_size: int = setting(64, "Images per optimizer step (per worker).")
+    epochs: int = setting(1, "Passes over the training set.")
     # SGD with momentum 0.9 at lr 0.01: a standard choice that learns seed-cnn within an epoch.
-    optimizer: str = "momentum"
-    lr: float = 0.01
-    device: str = "cpu"
-    strategy: str = "single"
-    workers: int = 1
-    # torch intra-op threads per process; 0 means "available cores / workers", resolved by validated().
-    threads: int = 0
-    precision: str = "fp32"
-    # Fraction of the training set held out (seeded) as validation; 0 = no validation set.
-    val_split: float = 0.0
-    # Train on N images (after the validation split): a fixed-seed sample stratified by class; 0 = all.
-    limit_train: int = 0
+    optimizer: str = setting("momentum", "sgd, momentum (0.9) or adam.")
+    lr: float = setting(0.01, "Learning rate.")
+    device: str = setting("cpu", "cpu, cuda, cuda:N or mps (in a sweep, missing devices are skipped).")
+    strategy: str = setting("single", "single, hogwild (async, shared memory) or ddp (sync all-reduce).")
+    workers: int = setting(1, "Worker processes for hogwild/ddp (batch size is per worker).")
+    # 0 means "available cores / workers", resolved by validated().
+    threads: int = setting(0, "torch intra-op threads per process; 0 = cores / workers.")
+    precision: str = setting("fp32", "fp32, bf16 or fp16 (autocast forward passes).")
+    val_split: float = setting(0.0, "Fraction of the training set held out (seeded) for validation.")
+    limit_train: int = setting(0, "Train on N training images, a fixed sample stratified by class; 0 = all.")
     # False: the last, smaller batch of an epoch is trained on (every image once per epoch).
-    drop_last: bool = False
-    # Accuracy (validation if any, else test) whose first crossing gives "time to target"; 0 = none.
-    target_accuracy: float = 0.0
-    # Images per micro-batch: each batch runs through the network in slices of this size whose
-    # gradients add up to the batch's single update (microbatch.py). 0 = automatic (CPU: slices
-    # that fit the cache; GPU or batch norm: whole batches); a value ≥ the batch size = whole batches.
-    micro_batch: int = 0
-    seed: int = 0
-    repeat: int = 0
+    drop_last: bool = setting(False, "Skip the last, smaller batch of each epoch.", grid=False)
+    target_accuracy: float = setting(
+        0.0, "Report the train seconds until this accuracy (validation if held out, else test); 0 = none.")
+    # Each batch runs through the network in slices of this size whose gradients add up to the
+    # batch's single update (microbatch.py). Reported as `slicing` (auto, whole or the size).
+    micro_batch: int = setting(0, MICRO_BATCH_HELP, group="slicing")
+    seed: int = setting(0, "Seed of weights, batch order and dropout; repeat r uses seed + r.", group=None)
+    repeat: int = setting(0, "Repeat number (set by --repeats).", flag=False, grid=False, group=None)
 
     def label(self) -> str:
         """Short human description for progress bars and messages."""
@@ -131,17 +131,19 @@ class InferSpec(Keyed):
     """One inference measurement: a model at one batch size on one device configuration."""
 
     KIND = "infer"
-    dataset: str = "fashion-mnist"  # the test set, tiled up to the batch size
-    model: str = "seed-cnn"
-    batch_size: int = 256
-    device: str = "cpu"
-    threads: int = 0  # 0 = all available cores
-    precision: str = "fp32"
-    # "" = freshly initialised (seeded) weights: timing does not depend on them; else the key of
-    # a stored training run whose saved weights are used (and accuracy is reported).
-    weights: str = ""
-    micro_batch: int = 0  # images per forward slice, as for training (0 = automatic)
-    seed: int = 0
+    dataset: str = setting("fashion-mnist", "Dataset whose test set is tiled into the batches.", grid=False,
+                           cli_default="fashion-mnist")
+    model: str = setting("seed-cnn", "Models (each with its own --weights).", cli_default="seed-cnn")
+    batch_size: int = setting(256, "Batch sizes; larger than the test set is fine (tiled).",
+                              cli_default="1,16,256,4096,40000")
+    device: str = setting("cpu", "Devices, e.g. cpu,cuda (missing ones are skipped).", cli_default="cpu")
+    threads: int = setting(0, "Intra-op thread counts; 0 = all available cores.", cli_default="0")
+    precision: str = setting("fp32", "fp32, bf16, fp16.", cli_default="fp32")
+    # A stored training run whose saved weights are used (and accuracy reported); "" = fresh weights.
+    weights: str = setting("", "'' = fresh seeded weights; a training run's key (prefix) or 'latest' "
+                               "(needs --save-weights on train).", grid=False, cli_default="")
+    micro_batch: int = setting(0, MICRO_BATCH_HELP, group="slicing", cli_default="0")
+    seed: int = setting(0, "Seed of the fresh weights.", group=None, cli_default="0")
 
     def label(self) -> str:
         return (f"infer {self.model} {self.dataset} bs={self.batch_size} {self.device} t={self.threads} "
@@ -154,9 +156,5 @@ class InferSpec(Keyed):
 
 def field_types(cls: type) -> dict[str, str]:
     return {f.name: str(f.type) for f in dataclasses.fields(cls)}
-
-
-# Fields that take part in a training grid; repeat is generated from `repeats`.
-GRID_FIELDS = tuple(name for name in field_types(RunSpec) if name != "repeat")
 
 

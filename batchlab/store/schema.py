@@ -8,17 +8,20 @@ from __future__ import annotations
 import sqlite3
 
 from ..core.records import STATUSES
+from ..spec.fields import store_columns
+from ..spec.run import InferSpec, RunSpec
 
-# The schema is written out, not derived from the dataclasses: a stored schema version must mean
-# the same tables forever. A new RunSpec/InferSpec/result field needs a new migration (ALTER TABLE)
-# and its column here; tests/test_store.py fails until both exist.
+# The migrations are written out, not derived from the dataclasses: a stored schema version must
+# mean the same tables forever. The current spec columns follow the spec fields (spec/fields.py):
+# a new field needs only a migration (ALTER TABLE) that adds its column; tests/test_store.py
+# fails until the migrations create every column. Result columns are listed here.
 RUN_SPEC_COLUMNS_1 = {  # as schema 1 created them
     "dataset": "TEXT", "model": "TEXT", "batch_size": "INTEGER", "epochs": "INTEGER", "optimizer": "TEXT",
     "lr": "REAL", "device": "TEXT", "strategy": "TEXT", "workers": "INTEGER", "threads": "INTEGER",
     "precision": "TEXT", "val_split": "REAL", "limit_train": "INTEGER", "drop_last": "INTEGER",
     "target_accuracy": "REAL", "seed": "INTEGER", "repeat": "INTEGER",
 }
-RUN_SPEC_COLUMNS = {**RUN_SPEC_COLUMNS_1, "micro_batch": "INTEGER"}  # schema 2
+RUN_SPEC_COLUMNS = store_columns(RunSpec)
 RESULT_COLUMNS = {
     "parameters": "INTEGER", "train_images": "INTEGER", "val_images": "INTEGER", "test_images": "INTEGER",
     "dataset_checksum": "TEXT", "dataset_source": "TEXT",
@@ -36,7 +39,7 @@ INFER_SPEC_COLUMNS_1 = {
     "dataset": "TEXT", "model": "TEXT", "batch_size": "INTEGER", "device": "TEXT", "threads": "INTEGER",
     "precision": "TEXT", "weights": "TEXT", "seed": "INTEGER",
 }
-INFER_SPEC_COLUMNS = {**INFER_SPEC_COLUMNS_1, "micro_batch": "INTEGER"}  # schema 2
+INFER_SPEC_COLUMNS = store_columns(InferSpec)
 # Raw per-call timings are stored (JSON lists); images/s and percentiles are derived on reading.
 INFER_RESULT_COLUMNS = {
     "compute_seconds": "TEXT", "overhead_seconds": "TEXT", "first_call_seconds": "REAL", "accuracy": "REAL",

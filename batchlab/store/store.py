@@ -24,6 +24,7 @@ import pandas as pd
 from ..core.errors import RunAlreadyFinished, StoreError
 from ..core.records import FINISHED, InferResult, RunResult
 from ..core.stats import images_per_second, percentiles
+from ..spec.kinds import RunKind, kind_of
 from ..spec.run import InferSpec, RunSpec
 from .schema import (
     EPOCH_COLUMNS,
@@ -38,14 +39,18 @@ from .schema import (
 
 @dataclass(frozen=True)
 class Row:
-    """Where a run lives in the store: its table and row id."""
+    """Where a run lives in the store: its kind (and so its table) and row id."""
 
-    table: str
+    kind: RunKind
     run_id: int
 
+    @property
+    def table(self) -> str:
+        return self.kind.table
 
-def table_of(spec: RunSpec | InferSpec) -> str:
-    return "inference" if isinstance(spec, InferSpec) else "runs"
+
+# Each store table's result columns (besides epochs and weights, in their own tables).
+RESULTS_OF = {"runs": RESULT_COLUMNS, "inference": INFER_RESULT_COLUMNS}
 
 
 def now() -> str:
@@ -190,14 +195,14 @@ class Store:
                     (machine_id, json.dumps(fingerprint, sort_keys=True), now()))
 
     def status(self, spec: RunSpec | InferSpec, machine_id: str) -> str | None:
-        table = table_of(spec)
+        table = kind_of(spec).table
         row = self.db.execute(f"SELECT status FROM {table} WHERE run_key = ? AND machine_id = ?",
                               (spec.key, machine_id)).fetchone()
         return row["status"] if row else None
 
     def plan(self, spec: RunSpec | InferSpec, machine_id: str, experiment: str | None = None) -> None:
         """Record a planned run as PENDING (no-op if the key is already stored for this machine)."""
-        table = table_of(spec)
+        table = kind_of(spec).table
         values = {"run_key": spec.key, "machine_id": machine_id, "status": "PENDING", "experiment": experiment,
                   "created_at": now(), **dataclasses.asdict(spec)}
         names = ", ".join(values)
@@ -210,8 +215,9 @@ class Store:
         transaction as the reset, so a second sweep that reaches a run finished meanwhile cannot
         wipe it."""
         self.plan(spec, machine_id, experiment)
-        table = table_of(spec)
-        results = RESULT_COLUMNS if table == "runs" else INFER_RESULT_COLUMNS
+        kind = kind_of(spec)
+        table = kind.table
+        results = RESULTS_OF[table]
         blank = ", ".join(f"{name} = NULL" for name in results)
         try:
             with self.db:
@@ -221,18 +227,19 @@ class Store:
                 if row["status"] in FINISHED:
                     raise RunAlreadyFinished(f"{self.path}: {spec.label()} is already {row['status']} "
                                              f"(run {row['run_id']}); a finished run is never run again")
-                if table == "runs":
+                if kind.has_epochs:  # an earlier, unfinished attempt's
                     self.db.execute("DELETE FROM epochs WHERE run_id = ?", (row["run_id"],))
+                if kind.saves_weights:
                     self.db.execute("DELETE FROM weights WHERE run_id = ?", (row["run_id"],))
                 self.db.execute(f"UPDATE {table} SET status = 'RUNNING', error = NULL, {blank}, environment = NULL, "
                                 "started_at = ?, finished_at = NULL WHERE run_id = ?", (now(), row["run_id"]))
         except sqlite3.Error as error:
             raise self._error(error, "write failed") from None
-        return Row(table, row["run_id"])
+        return Row(kind, row["run_id"])
 
     def finish(self, row: Row, result: RunResult | InferResult, weights: bytes | None = None) -> None:
         """Store a completed result (with its epochs, and weights if given) in one transaction."""
-        columns = RESULT_COLUMNS if row.table == "runs" else INFER_RESULT_COLUMNS
+        columns = RESULTS_OF[row.table]
         values = {name: getattr(result, name) for name in columns}
         values.update({name: json.dumps(values[name]) for name in JSON_COLUMNS if name in values})
         assignments = ", ".join(f"{name} = :{name}" for name in values)
@@ -244,7 +251,7 @@ class Store:
                                 f"finished_at = :finished_at, {assignments} WHERE run_id = :run_id",
                                 {**values, "status": result.status, "error": result.error, "run_id": row.run_id,
                                  "environment": json.dumps(result.environment, sort_keys=True), "finished_at": now()})
-                if row.table == "runs":
+                if row.kind.has_epochs:
                     names = list(EPOCH_COLUMNS)
                     self.db.executemany(
                         f"INSERT INTO epochs (run_id, {', '.join(names)}) VALUES (?, {', '.join('?' * len(names))})",
