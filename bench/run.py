@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import plain_torch  # noqa: E402
 
 import batchlab  # noqa: E402
-from batchlab.core.stats import images_per_second
+from batchlab.core.cpus import available_cores  # noqa: E402
+from batchlab.core.stats import images_per_second  # noqa: E402
 from batchlab.device.machine import fingerprint  # noqa: E402
 from batchlab.infer.measure import measure  # noqa: E402
 from batchlab.spec.run import InferSpec, RunSpec  # noqa: E402
@@ -187,7 +188,7 @@ def main() -> None:
     repeats = 1 if args.quick else args.repeats
     train_sizes = [1, 64, 1024] if args.quick else TRAIN_SIZES
     infer_sizes = [1, 256, 10000] if args.quick else INFER_SIZES
-    torch.set_num_threads(batchlab.spec.available_cores())
+    torch.set_num_threads(available_cores())
     prep = prepare(RunSpec(), args.data_dir)
 
     gemm = gemm_flops()
