@@ -353,3 +353,17 @@ def test_ctrl_c_early_is_one_line_and_exit_130(moment, image_folder, tmp_path):
 def test_help_keeps_square_brackets():
     result = invoke("report", "--help")
     assert "median [min–max]" in " ".join(result.output.split())
+
+
+# --- 1. --data-dir is a promise, checked before any run starts -------------------------------------------
+
+def test_a_wrong_data_dir_stops_the_command_before_anything_is_stored(tmp_path):
+    (tmp_path / "empty").mkdir()
+    db = tmp_path / "s.db"
+    one_error_line(invoke("train", "--dataset", "fashion-mnist", "--data-dir", tmp_path / "nowhere", "--db", db),
+                   f"--data-dir {tmp_path / 'nowhere'} does not exist")
+    line = one_error_line(invoke("sweep", "--dataset", "mnist", "--batch-size", "16,64", "--data-dir",
+                                 tmp_path / "empty", "--db", db), "holds no complete mnist: missing")
+    assert "train-images-idx3-ubyte(.gz)" in line and "t10k-labels-idx1-ubyte(.gz)" in line
+    one_error_line(invoke("data", "verify", "fashion-mnist", "--data-dir", tmp_path / "empty"), "holds no complete")
+    assert not db.exists()
