@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from ..core.errors import UserError
+from ..core.records import FAILURES
 from ..spec.kinds import kind_of
 from ..spec.run import InferSpec, RunSpec
 from .options import flag_grid, spec_values, with_spec_options
@@ -148,11 +149,6 @@ def preflight(specs, data_dir: Optional[Path], memory_limit: Optional[float], ov
     timeout_seconds()  # a bad $BATCHLAB_WORKER_TIMEOUT is one line, before anything is stored
     check_cores(specs, oversubscribe)
     return memory_limit_bytes(memory_limit)
-
-
-# Outcomes that mean a run did not give its result (the sweep exits 1). DIVERGED and OOM (under
-# --memory-limit: "this batch does not fit") are results; SKIPPED: another sweep finished the run.
-FAILURES = ("FAILED", "KILLED")
 
 
 def memory_limit_bytes(memory_limit: Optional[float]) -> Optional[int]:
