@@ -228,6 +228,25 @@ def test_terminal_table_fits_columns_and_names_what_it_left_out(db, width):
         assert in_order(notes[section], expected)
 
 
+@pytest.mark.parametrize("width", [80, 100])
+def test_runs_table_fits_columns_one_row_per_run(db, width):
+    """report --runs: one row per run (98 in the store) under the RUNS spec, fitted like the others;
+    the OOM run's error is shown; JSON carries the same rows, the spec's fields first."""
+    from batchlab.report.columns import RUNS
+
+    printed = batchlab("report", "--db", db, "--runs", columns=width)
+    assert max(len(line) for line in printed.splitlines()) <= width
+    assert "batchlab runs" in printed and "…" not in printed
+    _, notes = parse_terminal(printed.replace("batchlab runs", "batchlab results"))
+    assert ("out of memory" in printed) == (width == 100) and ("error" in notes["training"]) == (width == 80)
+    rows = json.loads(batchlab("report", "--db", db, "--runs", "--format", "json"))
+    assert len(rows) == 2 * (4 * 2 * 3 * 2 + 1)
+    fields = [f for column in RUNS for f in column.fields if f in rows[0]]
+    assert list(rows[0])[:len(fields)] == fields and "run_id" in fields and "error" in fields
+    data_rows = [line for line in printed.splitlines() if re.search(r"\d\.\d{4}", line)]
+    assert len(data_rows) >= 2 * 4 * 2 * 3 * 2  # every DONE run has its own row (wrapped rows may add lines)
+
+
 def test_terminal_width_is_columns_even_off_a_terminal(db):
     """$COLUMNS is respected when stdout is a pipe; without it a pipe gets 200 columns."""
     assert max(map(len, batchlab("report", "--db", db, columns=120).splitlines())) <= 120

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from ..core.errors import UserError
 from ..core.records import FAILURES
+from ..report.screen import console
 from ..spec.kinds import kind_of
 from ..spec.run import InferSpec, RunSpec
 from .options import flag_grid, spec_values, with_spec_options
@@ -26,8 +27,18 @@ app = typer.Typer(help="Measure how batch size and parallelism shape neural-netw
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 data_app = typer.Typer(help="List, download and verify datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+
 # Off a terminal (pipe, file, CI log) rich would wrap at 80 columns; tables need more.
-out = Console() if sys.stdout.isatty() else Console(width=200)
+class Screen:
+    """stdout as a Rich console made at each use, so it prints at the width of that moment
+    ($COLUMNS if set, else the terminal's, else 200: screen.terminal_width)."""
+
+    def __getattr__(self, name: str):
+        return getattr(console(), name)
+
+
+out = Screen()
 err = Console(stderr=True, soft_wrap=True)  # messages stay one line, whatever the width
 
 DbOpt = Annotated[Path, typer.Option("--db", help="SQLite results store.")]
@@ -296,7 +307,7 @@ def infer(
             measured = load_inference(db)
             mine = measured[measured["run_key"].isin({spec.key for spec in specs})].reset_index(drop=True)
             if len(mine):
-                from ..report.terminal import console, inference_table
+                from ..report.terminal import inference_table
 
                 screen = console()  # $COLUMNS wide if set, else the terminal's width, else 200
                 screen.print(inference_table(mine, screen.width))
@@ -323,9 +334,9 @@ def report(
     Example: batchlab report --html report.html
     Example: batchlab report desktop.db hpc.db --png figures/
     """
-    from ..report.columns import INFERENCE, TRAINING, machine_rows
+    from ..report.columns import INFERENCE, RUNS, TRAINING, machine_rows
     from ..report.inference import comparison_lines, load_inference, with_best
-    from ..report.terminal import console, inference_table, training_table
+    from ..report.terminal import inference_table, runs_table, training_table
     from ..report.training import aggregate, json_rows, load_runs, merged
 
     if format not in ("table", "json"):
@@ -342,19 +353,17 @@ def report(
         rows = measured if runs else machine_rows(INFERENCE, with_best(measured.drop(columns=["compute_seconds",
                                                                                             "overhead_seconds"])))
     else:
-        rows = training if runs else machine_rows(TRAINING, aggregate(training))
+        rows = machine_rows(RUNS, training) if runs else machine_rows(TRAINING, aggregate(training))
     if csv:
         rows.to_csv(csv, index=False)
     screen = console()  # $COLUMNS wide if set, else the terminal's width, else 200
     if format == "json":
         sys.stdout.write(json.dumps(json_rows(rows), indent=1) + "\n")
-    elif runs:
-        screen.print(rows.to_string(index=False))
     else:
         if not len(training) and not len(measured):
             err.print(f"no runs stored in {', '.join(map(str, sources))} yet: run `batchlab sweep`, `train` or `infer`")
-        if len(rows) and not inference:
-            screen.print(training_table(rows, screen.width))
+        if len(rows) and not inference:  # with --inference, the table below is per measurement already
+            screen.print(runs_table(rows, screen.width) if runs else training_table(rows, screen.width))
         if len(measured):
             screen.print(inference_table(measured, screen.width))
             for line in comparison_lines(measured):

@@ -102,6 +102,25 @@ TRAINING_CAPTION = ("median [min–max] over n DONE repeats; seconds are train s
                     "synchronised); accuracy after the last epoch; speedup in images/s against parallelism 1 "
                     "(workers, or threads for single); time to target: train seconds (runs that reached it / n)")
 
+# `report --runs`: one row per run, the settings as in TRAINING, then the run's own figures.
+RUNS = [
+    *(column for column in TRAINING[:TRAINING.index(SETTINGS["epochs"]) + 1]),
+    Column("repeat", "repeat", "count", align="right", priority=5),
+    Column("status", "status", fold=True),
+    Column("epochs_done", "epochs done", "count", align="right", priority=6, fold=True),
+    Column("epoch_train_seconds", "s / epoch", "number", 2, "right", priority=7),
+    Column("images_per_second", "images / s", "number", 0, "right", priority=0),
+    Column("val_accuracy", "val acc", "number", 4, "right", priority=6, show_if="measured"),
+    Column("test_accuracy", "test acc", "number", 4, "right", priority=0),
+    Column("test_loss", "test loss", "number", 4, "right", priority=9),
+    Column("time_to_target_seconds", "time to target s", "number", 1, "right", priority=4, show_if="target"),
+    Column("run_id", "run", priority=10),
+    Column("error", "error", priority=1, show_if="measured"),  # why a run failed: the last optional column to go
+]
+RUNS_TITLE = "batchlab runs"
+RUNS_CAPTION = ("one row per run; seconds are train seconds (steps only, device synchronised); accuracy after the "
+                "last epoch done; time to target: train seconds, — when not reached")
+
 INFERENCE = [
     setting("dataset", show_if="always"),
     setting("model", show_if="always"),

@@ -11,9 +11,6 @@ even for that loses essential columns. What went is named in one line under the 
 
 from __future__ import annotations
 
-import os
-import shutil
-import sys
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -27,6 +24,9 @@ from .columns import (
     INFERENCE,
     INFERENCE_CAPTION,
     INFERENCE_TITLE,
+    RUNS,
+    RUNS_CAPTION,
+    RUNS_TITLE,
     TRAINING,
     TRAINING_CAPTION,
     TRAINING_TITLE,
@@ -37,26 +37,10 @@ from .columns import (
     text,
 )
 from .inference import with_best
+from .screen import PIPE_WIDTH
 
 # The compact style: no borders; each column's header underlined, two spaces between columns.
 RULED = box.Box("    \n    \n ─  \n    \n    \n    \n    \n    \n")
-PIPE_WIDTH = 200  # off a terminal (pipe, file, CI log) and without $COLUMNS: wide enough for most tables
-
-
-def terminal_width() -> int:
-    """The width to print at: $COLUMNS when set (whether or not the output is a terminal), else
-    the terminal's width, else PIPE_WIDTH."""
-    columns = os.environ.get("COLUMNS", "").strip()
-    if columns.isdigit() and int(columns) > 0:
-        return int(columns)
-    if sys.stdout.isatty():
-        return shutil.get_terminal_size().columns
-    return PIPE_WIDTH
-
-
-def console() -> Console:
-    """A console on stdout that prints at terminal_width()."""
-    return Console(width=terminal_width())
 
 
 def table_width(widths: list[int], compact: bool = False) -> int:
@@ -211,3 +195,8 @@ def training_table(rows: pd.DataFrame, width: int = PIPE_WIDTH) -> Group:
 def inference_table(measured: pd.DataFrame, width: int = PIPE_WIDTH) -> Group:
     """Inference measurements, ★ on each configuration's best batch size, fitted to `width`."""
     return render(INFERENCE, with_best(measured), width, INFERENCE_TITLE, INFERENCE_CAPTION)
+
+
+def runs_table(runs: pd.DataFrame, width: int = PIPE_WIDTH) -> Group:
+    """Training runs, one row each (report --runs), fitted to `width`."""
+    return render(RUNS, runs, width, RUNS_TITLE, RUNS_CAPTION)
