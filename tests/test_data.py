@@ -62,8 +62,8 @@ def test_wrong_dataset_fails_checksum(synthetic_dataset):
 
 def test_loads_a_registered_dataset_with_checksums(synthetic_dataset):
     dataset = data.load(synthetic_dataset.name, synthetic_dataset.directory)
-    assert dataset.train_images.shape == (TRAIN, 28, 28) and dataset.train_images.dtype == np.uint8
-    assert dataset.test_images.shape == (TEST, 28, 28)
+    assert dataset.train_images.shape == (TRAIN, 1, 28, 28) and dataset.train_images.dtype == np.uint8
+    assert dataset.test_images.shape == (TEST, 1, 28, 28)
     assert np.bincount(dataset.train_labels).tolist() == [TRAIN // 10] * 10  # balanced, as written
     assert dataset.classes == 10 and dataset.class_names == CLASS_NAMES and len(dataset.checksum) == 16
     assert dataset.source == str(synthetic_dataset.directory)
@@ -72,8 +72,8 @@ def test_loads_a_registered_dataset_with_checksums(synthetic_dataset):
 @pytest.mark.real_data
 def test_loads_fashion_mnist_with_checksums(fashion_dir):
     dataset = data.load("fashion-mnist", fashion_dir)
-    assert dataset.train_images.shape == (60_000, 28, 28)
-    assert dataset.test_images.shape == (10_000, 28, 28)
+    assert dataset.train_images.shape == (60_000, 1, 28, 28)
+    assert dataset.test_images.shape == (10_000, 1, 28, 28)
     assert np.bincount(dataset.train_labels).tolist() == [6000] * 10  # balanced, as published
     assert dataset.classes == 10 and len(dataset.checksum) == 16
     assert dataset.class_names[9] == "Ankle boot"
@@ -124,7 +124,7 @@ def test_folder_dataset(tmp_path):
     dataset = data.load(f"folder:{tmp_path}")
     assert dataset.classes == 2
     assert len(dataset.train_images) + len(dataset.test_images) == 24 and len(dataset.test_images) == 4
-    assert dataset.train_images.shape[1:] == (28, 28)
+    assert dataset.train_images.shape[1:] == (1, 28, 28)
     bright = dataset.train_images[dataset.train_labels == 0]  # classes sorted: bright=0, dark=1
     assert bright.mean() > 150
     (tmp_path / "dark" / "broken.png").write_bytes(b"not an image")

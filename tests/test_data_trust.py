@@ -101,8 +101,8 @@ def test_missing_dataset_in_data_dir_says_how_to_get_it(tmp_path):
 def synthetic(counts: list[int]) -> Dataset:
     """A dataset stored class by class, as a folder of images is read."""
     labels = np.repeat(np.arange(len(counts)), counts).astype(np.int64)
-    images = np.zeros((len(labels), 28, 28), dtype=np.uint8)
-    images[:, 0, 0] = np.arange(len(labels)) % 256
+    images = np.zeros((len(labels), 1, 28, 28), dtype=np.uint8)
+    images[:, 0, 0, 0] = np.arange(len(labels)) % 256
     names = tuple(f"c{i}" for i in range(len(counts)))
     return Dataset("synthetic", images, labels, images[:6], labels[:6], len(counts), "0" * 16, "memory", names)
 

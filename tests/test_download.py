@@ -91,7 +91,7 @@ def test_download_whole_dataset_into_cache_then_load(serve, synthetic_dataset, i
     assert dest == data.cache_dir() / name
     assert sorted(p.name for p in dest.iterdir()) == sorted(p.name for p in synthetic_dataset.directory.iterdir())
     assert data.locate(name) == dest  # found before the system copy
-    assert data.load(name).train_images.shape == (TRAIN, 28, 28)
+    assert data.load(name).train_images.shape == (TRAIN, 1, 28, 28)
 
 
 def test_download_replaces_a_corrupted_cached_file(serve, synthetic_dataset, tmp_path):

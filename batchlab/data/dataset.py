@@ -9,7 +9,7 @@ import numpy as np
 
 @dataclass
 class Dataset:
-    """A whole dataset in host memory: uint8 images (N, 28, 28) and int64 labels."""
+    """A whole dataset in host memory: uint8 images (N, C, H, W) and int64 labels (N,)."""
 
     name: str
     train_images: np.ndarray
@@ -20,3 +20,8 @@ class Dataset:
     checksum: str  # one hash over the content of all files: recorded with every run
     source: str  # where it was loaded from
     class_names: tuple[str, ...]  # label i is class_names[i]; recorded with the run
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of every image."""
+        return tuple(int(size) for size in self.train_images.shape[1:])

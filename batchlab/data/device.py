@@ -29,7 +29,7 @@ def normalized(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
 
 @dataclass
 class DeviceData:
-    train_images: torch.Tensor  # uint8 (N, 1, 28, 28) on the device
+    train_images: torch.Tensor  # uint8 (N, C, H, W) on the device
     train_labels: torch.Tensor  # int64 (N,)
     val_images: torch.Tensor
     val_labels: torch.Tensor
@@ -93,7 +93,7 @@ def to_device(dataset: Dataset, val_split: float, limit_train: int, device: torc
     mean, std = float(train_np.mean()), float(train_np.std()) or 1.0
 
     def images(array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).unsqueeze(1).to(device)
+        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
     def labels(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(device)

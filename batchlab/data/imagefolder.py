@@ -48,7 +48,7 @@ def read_class_folders(root: Path, classes: list[str]) -> tuple[np.ndarray, np.n
             try:
                 with Image.open(path) as image:
                     gray = image.convert("L").resize((SIDE, SIDE), Image.Resampling.BILINEAR)
-                    images.append(np.asarray(gray, dtype=np.uint8))
+                    images.append(np.asarray(gray, dtype=np.uint8)[None])
             except (UnidentifiedImageError, OSError) as error:
                 raise DataError(f"{path}: not a readable image ({error})") from None
             labels.append(label)

@@ -202,7 +202,8 @@ def load_registered(name: str, data_dir: str | Path | None = None) -> Dataset:
             raise DataError(f"{directory}: {part} images {images.shape} and labels {labels.shape} do not match")
         if labels.max(initial=0) >= info.classes:
             raise DataError(f"{directory}: {part} labels exceed {info.classes} classes")
-    return Dataset(name, train_x, train_y.astype(np.int64), test_x, test_y.astype(np.int64),
+    # IDX holds gray images (N, H, W): one channel each.
+    return Dataset(name, train_x[:, None], train_y.astype(np.int64), test_x[:, None], test_y.astype(np.int64),
                    info.classes, digest.hexdigest()[:16], str(directory), info.class_names)
 
 

@@ -41,7 +41,7 @@ MAX_REPEATS = 1000
 def tiled(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exactly `batch_size` test images (and labels), the test set repeated as often as needed."""
     index = np.arange(batch_size) % len(images)
-    return torch.from_numpy(images[index]).unsqueeze(1), torch.from_numpy(labels[index])
+    return torch.from_numpy(images[index]), torch.from_numpy(labels[index])
 
 
 def repeat_timed(call, device: torch.device) -> list[float]:
