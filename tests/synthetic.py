@@ -12,13 +12,22 @@ The same images come in two forms:
 - a `folder:` dataset (`write_folder_dataset`): its path is in the dataset's name, so it reaches
   the processes a sweep or a DDP run starts, where an in-process registry entry does not.
 
+Apart from them: the content of small archives laid out as the official CIFAR-10 and CIFAR-100
+python-version archives (`cifar10_content`, `cifar100_content`: random pixels, a few images a
+batch) and `write_tar_gz`, which packs the members into such an archive; a test registers it with
+its own MD5.
+
 tests/conftest.py wraps both in fixtures."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import pickle
 import struct
+import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +129,78 @@ def write_image_folder(root: Path, classes: int = 3, per_class: int = 20, seed: 
             pixels[:, label::classes] += 60
             Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{index}.png")
     return root
+
+
+# --- CIFAR-layout archives -------------------------------------------------------------------------
+
+CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR100_FINE_NAMES = tuple(f"fine{index:02d}" for index in range(100))
+CIFAR100_COARSE_NAMES = tuple(f"coarse{index:02d}" for index in range(20))
+CIFAR_ROW = 3 * 32 * 32  # one image: 1024 red, 1024 green, 1024 blue values, each plane row-major
+
+
+@dataclass(frozen=True)
+class CifarContent:
+    """What a CIFAR-layout archive holds: its members, and the arrays they were made of."""
+
+    members: dict[str, bytes]  # member name (without the folder) -> its pickled content
+    train_rows: np.ndarray  # uint8 (N, 3072) as stored, the training batches in order
+    train_labels: dict[bytes, np.ndarray]  # by label key: b"labels", or b"fine_labels" and b"coarse_labels"
+    test_rows: np.ndarray
+    test_labels: dict[bytes, np.ndarray]
+
+
+def cifar_pickle(content: dict) -> bytes:
+    """`content` pickled so that it reads as the official batches do: byte-string keys, and numpy
+    arrays named by numpy.core.multiarray, as the numpy that wrote the archives named them."""
+    return pickle.dumps(content, protocol=3).replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+
+
+def cifar_batch(rows: np.ndarray, labels: dict[bytes, np.ndarray]) -> bytes:
+    """A pickled batch: the image rows as a uint8 array, each label list as a list of ints."""
+    content = {b"batch_label": b"synthetic batch", b"data": rows,
+               b"filenames": [f"image_{index}.png".encode() for index in range(len(rows))]}
+    content.update({key: values.tolist() for key, values in labels.items()})
+    return cifar_pickle(content)
+
+
+def cifar10_content(per_batch: int = 4, test: int = 6, seed: int = 0) -> CifarContent:
+    """The members of cifar-10-batches-py/: data_batch_1..5, test_batch, batches.meta."""
+    rng = np.random.default_rng(seed)
+    train_rows = rng.integers(0, 256, (5 * per_batch, CIFAR_ROW), dtype=np.uint8)
+    train_labels = rng.integers(0, 10, 5 * per_batch)
+    test_rows = rng.integers(0, 256, (test, CIFAR_ROW), dtype=np.uint8)
+    test_labels = rng.integers(0, 10, test)
+    members = {}
+    for number in range(1, 6):
+        part = slice((number - 1) * per_batch, number * per_batch)
+        members[f"data_batch_{number}"] = cifar_batch(train_rows[part], {b"labels": train_labels[part]})
+    members["test_batch"] = cifar_batch(test_rows, {b"labels": test_labels})
+    members["batches.meta"] = cifar_pickle({b"label_names": [name.encode() for name in CIFAR10_NAMES],
+                                            b"num_cases_per_batch": per_batch, b"num_vis": CIFAR_ROW})
+    return CifarContent(members, train_rows, {b"labels": train_labels}, test_rows, {b"labels": test_labels})
+
+
+def cifar100_content(train: int = 12, test: int = 6, seed: int = 0) -> CifarContent:
+    """The members of cifar-100-python/: train, test, meta. Each image has a fine label and a
+    coarse one (here fine % 20)."""
+    rng = np.random.default_rng(seed)
+    rows = {"train": rng.integers(0, 256, (train, CIFAR_ROW), dtype=np.uint8),
+            "test": rng.integers(0, 256, (test, CIFAR_ROW), dtype=np.uint8)}
+    fine = {part: rng.integers(0, 100, len(rows[part])) for part in rows}
+    labels = {part: {b"fine_labels": fine[part], b"coarse_labels": fine[part] % 20} for part in rows}
+    members = {part: cifar_batch(rows[part], labels[part]) for part in rows}
+    members["meta"] = cifar_pickle({b"fine_label_names": [name.encode() for name in CIFAR100_FINE_NAMES],
+                                    b"coarse_label_names": [name.encode() for name in CIFAR100_COARSE_NAMES]})
+    return CifarContent(members, rows["train"], labels["train"], rows["test"], labels["test"])
+
+
+def write_tar_gz(path: Path, folder: str, members: dict[str, bytes]) -> Path:
+    """A gzipped tar at `path` holding FOLDER/NAME for every member, as the official archives do."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content in members.items():
+            entry = tarfile.TarInfo(f"{folder}/{name}")
+            entry.size = len(content)
+            tar.addfile(entry, io.BytesIO(content))
+    return path

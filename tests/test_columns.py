@@ -26,10 +26,10 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 # The columns the fixture store's tables have (settings the same in every row, e.g. threads, are
 # not columns; accuracy is not, as no inference ran with trained weights).
-TRAINING_LABELS = ["dataset", "model", "device", "strategy", "workers", "precision", "val split", "machine",
+TRAINING_LABELS = ["dataset", "input", "model", "device", "strategy", "workers", "precision", "val split", "machine",
                    "batch size", "epochs", "n", "status", "s / epoch", "images / s", "speedup", "efficiency",
                    "val acc", "test acc", "test loss", "time to target s"]
-INFERENCE_LABELS = ["dataset", "model", "device", "threads", "precision", "weights", "machine", "batch", "status", "n",
+INFERENCE_LABELS = ["dataset", "input", "model", "device", "threads", "precision", "weights", "machine", "batch", "status", "n",
                     "images / s", "p50 ms", "p90 ms", "p99 ms", "images / s w/ overheads", "p50 ms w/ overheads",
                     "first call ms"]
 
@@ -57,7 +57,8 @@ def fill(db: Path) -> None:
                                                   steps=54000 // batch) for e in (1, 2, 3)]
                             reached = 2 * seconds if repeat == 0 or batch < 4096 else None
                             store.finish(store.start(spec, machine), RunResult(
-                                spec=spec, epochs=epochs, wall_seconds=3.5 * seconds, time_to_target_seconds=reached))
+                                spec=spec, epochs=epochs, wall_seconds=3.5 * seconds, time_to_target_seconds=reached,
+                                input_shape="1x28x28"))
             too_large = RunSpec(model="seed-cnn", batch_size=65536, epochs=3, threads=2, val_split=0.1,
                                 target_accuracy=0.85)
             store.fail(store.start(too_large, machine), "OOM", "out of memory")
@@ -69,7 +70,7 @@ def fill(db: Path) -> None:
                         timings = [per_call * f for f in (1.0, 1.1, 0.9, 1.2, 1.05)]
                         store.finish(store.start(spec, machine), InferResult(
                             spec=spec, compute_seconds=timings, overhead_seconds=[t * 1.4 for t in timings],
-                            first_call_seconds=0.05 + per_call))
+                            first_call_seconds=0.05 + per_call, input_shape="1x28x28"))
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ def invoke(*args):
 
 
 def test_tiling_gives_exactly_the_requested_batch():
-    images = np.arange(10 * 4, dtype=np.uint8).reshape(10, 2, 2)
+    images = np.arange(10 * 4, dtype=np.uint8).reshape(10, 1, 2, 2)  # (N, C, H, W)
     labels = np.arange(10)
     batch, batch_labels = tiled(images, labels, 25)
     assert batch.shape == (25, 1, 2, 2) and batch_labels.shape == (25,)

@@ -57,3 +57,44 @@ def test_the_probe_leaves_the_random_stream_and_mode_alone():
     microbatch.largest_activation_bytes(model, torch.zeros(1, 1, 28, 28))
     assert torch.equal(torch.rand(3), expected)
     assert model.training
+
+
+def batch_norm_model(channels: int = 3) -> torch.nn.Module:
+    """Batch normalisation straight on the input, so its statistics are those of the images."""
+    return torch.nn.Sequential(torch.nn.BatchNorm2d(channels), torch.nn.Flatten(),
+                               torch.nn.Linear(channels * 8 * 8, 10))
+
+
+def test_automatic_choice_keeps_batch_norm_models_whole():
+    sample = torch.zeros(1, 3, 8, 8)
+    with_batch_norm = batch_norm_model()
+    without = torch.nn.Sequential(*list(with_batch_norm)[1:])
+    assert microbatch.slice_size(0, 1_000_000, without, sample) < 1_000_000  # the same network without it: sliced
+    assert microbatch.slice_size(0, 1_000_000, with_batch_norm, sample) == 1_000_000
+    assert microbatch.slice_size(16, 1_000_000, with_batch_norm, sample) == 16  # asked for: honoured
+
+
+def test_explicit_slices_of_a_batch_norm_model_are_ghost_batch_normalisation():
+    """--micro-batch N on a model with batch statistics normalises over N-image slices (Hoffer et
+    al. 2017): running statistics updated once per slice with that slice's mean, and a different
+    update from the whole batch's."""
+    torch.manual_seed(0)
+    model = batch_norm_model()
+    images = torch.randn(64, 3, 8, 8) + torch.arange(64.0).view(64, 1, 1, 1) / 16  # slices differ in mean
+    labels = torch.randint(0, 10, (64,))
+    size = microbatch.slice_size(16, 64, model, images[:1])
+    results = {}
+    for slices in (64, size):
+        copied = copy.deepcopy(model)
+        train_step(copied, make_optimizer("sgd", copied.parameters(), 0.1), images, labels, slice_size=slices)
+        results[slices] = copied
+    whole, ghost = results[64][0], results[size][0]
+    momentum = whole.momentum
+    assert torch.allclose(whole.running_mean, momentum * images.mean((0, 2, 3)), atol=1e-6)
+    expected = torch.zeros(3)
+    for start in range(0, 64, 16):  # one update per slice, each with its slice's mean
+        expected = (1 - momentum) * expected + momentum * images[start:start + 16].mean((0, 2, 3))
+    assert torch.allclose(ghost.running_mean, expected, atol=1e-6)
+    assert not torch.allclose(ghost.running_mean, whole.running_mean, atol=1e-3)
+    assert not torch.allclose(ghost.running_var, whole.running_var, atol=1e-3)
+    assert not torch.allclose(results[size][2].weight, results[64][2].weight, atol=1e-5)  # another update

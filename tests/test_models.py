@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from batchlab.nn import models
@@ -24,27 +25,45 @@ def not_a_module():
     return "nope"
 
 
-def test_pooling_before_relu_and_cropping_is_the_studies_network():
-    """seed-cnn crops its input to 25×25 and pools before its ReLUs; the studies' network
-    (28×28, conv → ReLU → pool) must give the same outputs and gradients, with the same parameter
-    names."""
+SEED_CNN_NAMES = ["0.weight", "0.bias", "3.weight", "3.bias", "8.weight", "8.bias", "11.weight", "11.bias"]
+
+
+def test_seed_cnn_at_1x28x28_is_unchanged():
+    """Weights saved before seed-cnn took other shapes still load: same names, same shapes."""
+    shapes = {name: tuple(tensor.shape) for name, tensor in models.build("seed-cnn").state_dict().items()}
+    assert list(shapes) == SEED_CNN_NAMES
+    assert shapes == {"0.weight": (32, 1, 4, 4), "0.bias": (32,), "3.weight": (64, 32, 4, 4), "3.bias": (64,),
+                      "8.weight": (500, 1024), "8.bias": (500,), "11.weight": (10, 500), "11.bias": (10,)}
+
+
+@pytest.mark.parametrize("shape, used", [((1, 28, 28), (25, 25)), ((3, 32, 32), (29, 29)), ((2, 30, 19), (29, 17)),
+                                         ((1, 13, 13), (13, 13))])
+def test_pooling_before_relu_and_cropping_is_the_studies_network(shape, used):
+    """seed-cnn crops its input to the rows and columns that reach its output (25×25 of 28×28)
+    and pools before its ReLUs; the studies' network (whole image, conv → ReLU → pool) must give
+    the same outputs and gradients, with the same parameter names."""
     torch.manual_seed(0)
-    ours = models.build("seed-cnn").eval()
+    ours = models.build("seed-cnn", input_shape=shape).eval()
+    assert (ours.height, ours.width) == used
     layers = list(ours)
     studies = torch.nn.Sequential(layers[0], layers[2], layers[1], layers[3], layers[5], layers[4], *layers[6:]).eval()
-    assert list(studies.state_dict()) == list(ours.state_dict())
-    images = torch.randn(16, 1, 28, 28, requires_grad=True)
+    assert list(studies.state_dict()) == list(ours.state_dict()) == SEED_CNN_NAMES
+    images = torch.randn(16, *shape, requires_grad=True)
     ours(images).sum().backward()
     ours_grad = images.grad.clone()
     images.grad = None
     studies(images).sum().backward()
     assert torch.allclose(ours(images), studies(images), atol=1e-6)
     assert torch.allclose(ours_grad, images.grad, atol=1e-6)
-    assert ours_grad[..., :25, :25].abs().sum() > 0
-    # Why the crop is exact: the study's network never looks at rows and columns 25-27.
+    # Why the crop is exact and as large as it can be: the last row and column kept reach the
+    # study's output, the ones beyond never do.
+    height, width = used
+    assert images.grad[..., height - 1, :width].abs().sum() > 0
+    assert images.grad[..., :height, width - 1].abs().sum() > 0
+    assert not images.grad[..., height:, :].any() and not images.grad[..., :, width:].any()
     changed = images.detach().clone()
-    changed[..., 25:, :] = 100.0
-    changed[..., :, 25:] = -100.0
+    changed[..., height:, :] = 100.0
+    changed[..., :, width:] = -100.0
     assert torch.equal(studies(changed), studies(images))
 
 
@@ -54,8 +73,6 @@ def test_user_model_by_import_path():
 
 
 def test_user_model_errors():
-    import pytest
-
     with pytest.raises(models.ModelError, match="cannot load user model"):
         models.build("no_such_module_xyz:f")
     with pytest.raises(models.ModelError, match="not a torch.nn.Module"):

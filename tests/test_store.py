@@ -119,7 +119,8 @@ def test_every_column_is_in_a_migrated_store(tmp_path):
 
 
 def test_a_schema_1_store_is_migrated_keeping_its_runs(tmp_path):
-    """Stores written before micro-batches existed open, and their runs read as whole batches."""
+    """Stores written before micro-batches existed open, and their runs read as whole batches on
+    28×28 gray images at their own size."""
     from batchlab.report.training import load_runs
     from batchlab.store.schema import MIGRATIONS
 
@@ -132,8 +133,9 @@ def test_a_schema_1_store_is_migrated_keeping_its_runs(tmp_path):
     before = path.read_bytes()
     runs = load_runs(path)  # a report reads it migrated in memory, the file untouched
     assert runs.loc[0, "micro_batch"] == 256 and runs.loc[0, "slicing"] == "whole"
+    assert (runs.loc[0, "input_shape"], runs.loc[0, "image_size"], runs.loc[0, "skipped_images"]) == ("1x28x28", 0, 0)
     assert path.read_bytes() == before
     Store(path).close()  # a sweep's store migrates the file
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     assert load_runs(path).loc[0, "micro_batch"] == 256

@@ -41,6 +41,7 @@ class Screen:
 out = Screen()
 err = Console(stderr=True, soft_wrap=True)  # messages stay one line, whatever the width
 
+REGISTERED_HELP = "A registered dataset: mnist, fashion-mnist, cifar10, cifar100 or cifar100-coarse (batchlab data list)."
 DbOpt = Annotated[Path, typer.Option("--db", help="SQLite results store.")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the dataset files; when given, the only place looked in.")]
 MemoryOpt = Annotated[Optional[float], typer.Option("--memory-limit", help="GiB of address space per run process; beyond it a run ends as OOM.")]
@@ -92,6 +93,7 @@ def progress_events(progress: Progress):
     from ..runner.sweep import SweepEvents
 
     task = progress.add_task("starting", total=None)
+    noted: set[str] = set()  # each data note once per sweep, not once per run
 
     def started(spec, index, total):
         epochs = f" epoch 0/{spec.epochs}" if kind_of(spec).has_epochs else ""
@@ -103,6 +105,10 @@ def progress_events(progress: Progress):
 
     def ended(spec, outcome):
         progress.advance(task)
+        for note in (outcome.result.environment.get("data_notes", []) if outcome.result else []):
+            if note not in noted:
+                noted.add(note)
+                progress.console.print(f"note: {spec.dataset}: {note}", markup=False, highlight=False, soft_wrap=True)
         progress.console.print(outcome_line(spec, outcome.status, outcome.result, outcome.error),
                                markup=False, highlight=False, soft_wrap=True)
 
@@ -425,14 +431,17 @@ def machine(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.
 
 @app.command()
 def models() -> None:
-    """List the built-in models with their parameter counts (10 classes)."""
+    """List the built-in models with their parameter counts (10 classes; their layers follow the
+    images' shape, so the count is given for 1x28x28 and 3x32x32)."""
     from ..nn.models import catalogue
 
-    grid = Table("model", "parameters", "description")
-    for name, parameters, description in catalogue():
-        grid.add_row(name, f"{parameters:,}", description)
+    grid = Table("model", "parameters 1x28x28", "parameters 3x32x32", "description")
+    for (name, gray, description), (_, colour, _) in zip(catalogue(), catalogue((3, 32, 32))):
+        grid.add_row(name, f"{gray:,}", f"{colour:,}", description)
     out.print(grid)
-    out.print("Your own: --model package.module:factory (factory(classes) → torch.nn.Module).")
+    out.print("Your own: --model package.module:factory (factory(input_shape, classes) → torch.nn.Module); "
+              "--model torchvision:NAME for torchvision's classifiers (pip install 'batchlab[vision]').",
+              markup=False)
 
 
 @data_app.command("list")
@@ -451,13 +460,14 @@ def data_list(data_dir: DataDirOpt = None) -> None:
 @data_app.command("download")
 @user_errors
 def data_download(
-    name: Annotated[str, typer.Argument(help="mnist or fashion-mnist.")],
+    name: Annotated[str, typer.Argument(help=REGISTERED_HELP)],
     mirror: Annotated[Optional[list[str]], typer.Option(help="Base URL to try instead of the official mirrors (repeatable).")] = None,
     dest: Annotated[Optional[Path], typer.Option(help="Folder to write to (default: the user cache).")] = None,
 ) -> None:
     """Download a dataset into the cache (skipped if a valid copy is already found), verified.
 
     Example: batchlab data download mnist
+    Example: batchlab data download cifar10 --mirror http://mirror.example.org/cifar/
     """
     from ..data.download import download
     from ..data.registry import locate, verify
@@ -472,8 +482,9 @@ def data_download(
 
 @data_app.command("verify")
 @user_errors
-def data_verify(name: Annotated[str, typer.Argument(help="mnist or fashion-mnist.")], data_dir: DataDirOpt = None) -> None:
-    """Check every file of a dataset: SHA-256 of the decompressed content and IDX structure."""
+def data_verify(name: Annotated[str, typer.Argument(help=REGISTERED_HELP)], data_dir: DataDirOpt = None) -> None:
+    """Check every file of a dataset: IDX files by the SHA-256 of their content and their structure,
+    CIFAR archives by the publisher's MD5 and by decoding them."""
     from ..data.registry import verify
 
     for path, status in verify(name, data_dir):

@@ -53,6 +53,8 @@ class RunResult:
     cores: int = 0  # cores available to the run: workers x threads above this oversubscribes
     time_to_target_seconds: float | None = None
     diverged_step: int | None = None
+    input_shape: str | None = None  # "CxHxW" of the images the model was fed (None: not loaded)
+    skipped_images: int = 0  # folder images that could not be decoded (listed in environment)
     error: str | None = None
     environment: dict = field(default_factory=dict)
     # Final weights (CPU state dict) when asked for with keep_weights; never serialised.
@@ -80,5 +82,6 @@ class InferResult:
     load_seconds: float = 0.0
     peak_memory_bytes: int = 0
     cores: int = 0
+    input_shape: str | None = None  # "CxHxW" (None: not loaded)
     error: str | None = None
     environment: dict = field(default_factory=dict)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,6 +20,8 @@ class Dataset:
     checksum: str  # one hash over the content of all files: recorded with every run
     source: str  # where it was loaded from
     class_names: tuple[str, ...]  # label i is class_names[i]; recorded with the run
+    notes: tuple[str, ...] = field(default=())  # what the loader decided or skipped: said to the user, recorded
+    skipped: tuple[str, ...] = field(default=())  # files that could not be decoded, each "path (why)"
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

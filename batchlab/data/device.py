@@ -21,10 +21,46 @@ VAL_SPLIT_SEED = 12345
 LIMIT_TRAIN_SEED = 54321
 
 
-def normalized(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """(images - mean) / std as float32, in one op (-mean/std + images × 1/std; type promotion
-    makes it float32): at batch 1 every op of the step counts."""
-    return torch.add(torch.tensor(-mean / std), images, alpha=1 / std)
+STATS_CHUNK = 4096  # images per step of channel_stats: float64 sums without a float copy of the dataset
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel pixel mean and standard deviation of uint8 images (N, C, H, W), in 0..255
+    units (a constant channel gets std 1: nothing to scale)."""
+    channels = images.shape[1]
+    total, squares, count = np.zeros(channels), np.zeros(channels), 0
+    for start in range(0, len(images), STATS_CHUNK):
+        chunk = images[start:start + STATS_CHUNK].astype(np.float64)
+        total += chunk.sum(axis=(0, 2, 3))
+        squares += np.square(chunk).sum(axis=(0, 2, 3))
+        count += chunk.size // channels
+    mean = total / max(count, 1)
+    std = np.sqrt(np.maximum(squares / max(count, 1) - mean ** 2, 0.0))
+    return tuple(float(m) for m in mean), tuple(float(s) or 1.0 for s in std)
+
+
+class Normalize:
+    """uint8 images (N, C, H, W) → float32 of zero mean and unit variance per channel, in one op:
+    -mean/std + images × 1/std (type promotion makes it float32); at batch 1 every op of the step
+    counts. One channel takes Python scalars; several, (C, 1, 1) tensors made once on `device`."""
+
+    def __init__(self, mean: tuple[float, ...] | float, std: tuple[float, ...] | float,
+                 device: torch.device | str = "cpu"):
+        # Weights saved before images had channels carry one float each.
+        self.mean = tuple(mean) if isinstance(mean, (tuple, list)) else (float(mean),)
+        self.std = tuple(std) if isinstance(std, (tuple, list)) else (float(std),)
+        shift = [-m / s for m, s in zip(self.mean, self.std)]
+        scale = [1 / s for s in self.std]
+        if len(self.mean) == 1:
+            self.shift, self.scale = shift[0], scale[0]
+        else:
+            self.shift = torch.tensor(shift, device=device).view(-1, 1, 1)
+            self.scale = torch.tensor(scale, device=device).view(-1, 1, 1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.scale, float):
+            return torch.add(torch.tensor(self.shift), images, alpha=self.scale)
+        return torch.addcmul(self.shift, images, self.scale)
 
 
 @dataclass
@@ -35,14 +71,14 @@ class DeviceData:
     val_labels: torch.Tensor
     test_images: torch.Tensor
     test_labels: torch.Tensor
-    mean: float  # pixel mean and std of the training images actually used, in 0..255 units
-    std: float
+    normalize: Normalize  # uint8 batch → float32, per channel by the training images actually used
     classes: int
     class_names: tuple[str, ...]  # label i is class_names[i]
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 batch → float32, zero mean and unit variance over the training set."""
-        return normalized(images, self.mean, self.std)
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of every image."""
+        return tuple(int(size) for size in self.train_images.shape[1:])
 
     @property
     def train_count(self) -> int:
@@ -90,7 +126,6 @@ def stratified_sample(labels: np.ndarray, indices: np.ndarray, count: int, seed:
 def to_device(dataset: Dataset, val_split: float, limit_train: int, device: torch.device) -> DeviceData:
     train_idx, val_idx = split_train(dataset, val_split, limit_train)
     train_np = dataset.train_images[train_idx]
-    mean, std = float(train_np.mean()), float(train_np.std()) or 1.0
 
     def images(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(device)
@@ -102,7 +137,8 @@ def to_device(dataset: Dataset, val_split: float, limit_train: int, device: torc
         train_images=images(train_np), train_labels=labels(dataset.train_labels[train_idx]),
         val_images=images(dataset.train_images[val_idx]), val_labels=labels(dataset.train_labels[val_idx]),
         test_images=images(dataset.test_images), test_labels=labels(dataset.test_labels),
-        mean=mean, std=std, classes=dataset.classes, class_names=dataset.class_names,
+        normalize=Normalize(*channel_stats(train_np), device), classes=dataset.classes,
+        class_names=dataset.class_names,
     )
 
 

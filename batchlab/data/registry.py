@@ -1,14 +1,20 @@
 """Datasets: registry, where the files are looked up, IDX reading with checksums, folders of images.
 
-MNIST and Fashion-MNIST are read from their original IDX files (gzipped or not). Every file is
-verified by the SHA-256 of its decompressed content before use, so a truncated download, a
-corrupted file or a look-alike from another dataset is rejected with a one-line error.
+A registered dataset names its files and its format: how the files sit in a folder, how they are
+verified and how they become a Dataset. Two formats:
+- IDX (here): MNIST and Fashion-MNIST as their four original IDX files (gzipped or not), each
+  verified by the SHA-256 of its decompressed content;
+- a CIFAR archive (cifar.py): CIFAR-10 and CIFAR-100 as their official python-version archive,
+  read in place, verified by the publisher's MD5 before anything in it is unpickled.
+Either way a truncated download, a corrupted file or a look-alike from another dataset is rejected
+with a one-line error.
 
 Look-up for a registered dataset NAME: with --data-dir, that folder only (a user who names a
 folder must never silently get another copy). Without it: $BATCHLAB_DATA, the user cache dir
 (where `batchlab data download` writes), then system directories a distribution installs
 (Debian/Ubuntu's `dataset-fashion-mnist`). In each directory the files may sit in a NAME/
-sub-folder or directly in it.
+sub-folder (or that of a dataset sharing them: cifar100-coarse reads cifar100's archive) or
+directly in it.
 """
 
 from __future__ import annotations
@@ -18,34 +24,203 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import platformdirs
 
 from ..core.errors import DataError
+from .cifar import CifarArchive, CifarArrays, CifarLabels, decode, md5_problem
 from .dataset import Dataset
 
 
 @dataclass(frozen=True)
 class DataFile:
+    """One IDX file of a dataset."""
+
     name: str  # file name without .gz, e.g. train-images-idx3-ubyte
     # SHA-256 of the decompressed content; None where no trusted published value is known
     # (the file is then checked structurally and its hash recorded with the run).
     sha256: str | None
 
 
+class DataFormat(Protocol):
+    """How a registered dataset's files sit in a folder, are checked and become a Dataset. `file`
+    is one of DatasetInfo.files, of the kind the format reads."""
+
+    def classes(self, info: DatasetInfo) -> int:
+        """How many classes the dataset has."""
+
+    def contents(self, info: DatasetInfo) -> str:
+        """What a user puts in a folder to have the dataset, for messages."""
+
+    def file_path(self, directory: Path, file) -> Path | None:
+        """The file in `directory`, if present (not yet checked)."""
+
+    def missing_name(self, file) -> str:
+        """The file as a message names it when it is missing."""
+
+    def served_name(self, file) -> str:
+        """Its name on a mirror, and in the folder a download writes to."""
+
+    def served_problem(self, path: Path, file) -> str | None:
+        """What is wrong with a downloaded copy, or None; may raise DataError or OSError too."""
+
+    def check_file(self, path: Path, file, dataset: str) -> str:
+        """Verify the file at `path` as fully as loading it would; the status `verify` shows."""
+
+    def load(self, info: DatasetInfo, directory: Path) -> Dataset:
+        """The dataset from the files in `directory`, verified; DataError if anything is wrong."""
+
+
+class IdxFormat:
+    """Four IDX files (train images, train labels, test images, test labels), gzipped or plain,
+    each verified by the SHA-256 of its decompressed content and by its IDX structure."""
+
+    def classes(self, info: DatasetInfo) -> int:
+        return len(info.class_names)  # IDX files hold no names: the registry lists them
+
+    def contents(self, info: DatasetInfo) -> str:
+        return "the four IDX files"
+
+    def file_path(self, directory: Path, file: DataFile) -> Path | None:
+        return file_path(directory, file)
+
+    def missing_name(self, file: DataFile) -> str:
+        return f"{file.name}(.gz)"
+
+    def served_name(self, file: DataFile) -> str:
+        return f"{file.name}.gz"
+
+    def served_problem(self, path: Path, file: DataFile) -> str | None:
+        raw = path.read_bytes()
+        if not raw:  # gunzip would make it empty content, reported as a checksum mismatch
+            return "the file is empty (0 bytes)"
+        content = gzip.decompress(raw)
+        problem = checksum_problem(content, file)
+        if problem:
+            return f"served a corrupted file, {problem}"
+        parse_idx(content, "served file")
+        return None
+
+    def check_file(self, path: Path, file: DataFile, dataset: str) -> str:
+        parse_idx(read_verified(path, file, dataset), str(path))
+        return "ok (SHA-256)" if file.sha256 else "ok (structure only: no published SHA-256)"
+
+    def load(self, info: DatasetInfo, directory: Path) -> Dataset:
+        digest = hashlib.sha256()
+        arrays = []
+        for file in info.files:
+            path = file_path(directory, file)
+            content = read_verified(path, file, info.name)
+            digest.update(hashlib.sha256(content).digest())
+            arrays.append(parse_idx(content, str(path)))
+        train_x, train_y, test_x, test_y = arrays
+        for images, labels, part in ((train_x, train_y, "train"), (test_x, test_y, "test")):
+            if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+                raise DataError(f"{directory}: {part} images {images.shape} and labels {labels.shape} do not match")
+            if labels.max(initial=0) >= info.classes:
+                raise DataError(f"{directory}: {part} labels exceed {info.classes} classes")
+        # IDX holds gray images (N, H, W): one channel each.
+        return Dataset(info.name, train_x[:, None], train_y.astype(np.int64), test_x[:, None],
+                       test_y.astype(np.int64), info.classes, digest.hexdigest()[:16], str(directory),
+                       info.class_names)
+
+
+@dataclass(frozen=True)
+class CifarFormat:
+    """One official CIFAR archive (cifar.py), read in place: the publisher's MD5 is checked
+    before anything in it is unpickled, then the batches are decoded and checked."""
+
+    labels: CifarLabels  # which labels and class names of the archive the dataset uses
+
+    def classes(self, info: DatasetInfo) -> int:
+        return self.labels.classes  # the names come from the archive's meta
+
+    def contents(self, info: DatasetInfo) -> str:
+        return " ".join(archive.name for archive in info.files) + " (as published, not extracted)"
+
+    def file_path(self, directory: Path, archive: CifarArchive) -> Path | None:
+        path = directory / archive.name
+        return path if path.is_file() else None
+
+    def missing_name(self, archive: CifarArchive) -> str:
+        return archive.name
+
+    def served_name(self, archive: CifarArchive) -> str:
+        return archive.name
+
+    def served_problem(self, path: Path, archive: CifarArchive) -> str | None:
+        problem = md5_problem(path, archive)
+        if problem:
+            return problem
+        decode(path, archive, self.labels)  # the publisher's file, but does it hold what we read?
+        return None
+
+    def check_file(self, path: Path, archive: CifarArchive, dataset: str) -> str:
+        self.checked_arrays(path, archive, dataset)
+        return "ok (MD5, decoded)"
+
+    def load(self, info: DatasetInfo, directory: Path) -> Dataset:
+        archive = info.files[0]
+        path = self.file_path(directory, archive)
+        arrays = self.checked_arrays(path, archive, info.name)
+        return Dataset(info.name, arrays.train_images, arrays.train_labels, arrays.test_images,
+                       arrays.test_labels, self.labels.classes, arrays.checksum(), str(path), arrays.class_names)
+
+    def checked_arrays(self, path: Path, archive: CifarArchive, dataset: str) -> CifarArrays:
+        try:
+            problem = md5_problem(path, archive)
+        except OSError as error:
+            raise DataError(f"{path}: cannot be read ({error}); {download_hint(dataset)}") from None
+        if problem:
+            raise DataError(f"{path}: {problem}; {download_hint(dataset)}")
+        try:
+            return decode(path, archive, self.labels)
+        except DataError as error:
+            # The publisher's file, yet not as read here: downloading it again would not help.
+            raise DataError(f"{path}: {error}") from None
+
+
+IDX = IdxFormat()
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     name: str
-    files: tuple[DataFile, DataFile, DataFile, DataFile]  # train images, train labels, test images, test labels
-    mirrors: tuple[str, ...]  # base URLs; a file's URL is base + name + ".gz"
-    class_names: tuple[str, ...]  # label i is class_names[i]
+    # What sits on disk and on the mirrors, of the kind `format` reads: IDX's train images, train
+    # labels, test images and test labels; a CIFAR archive.
+    files: tuple[DataFile, ...] | tuple[CifarArchive, ...]
+    mirrors: tuple[str, ...]  # base URLs; a file's URL is base + its served name
+    class_names: tuple[str, ...] = ()  # label i is class_names[i]; () where the files name them
     system_dirs: tuple[str, ...] = ()
+    format: DataFormat = IDX
+    shares_files_with: str | None = None  # a dataset whose folder holds this one's files too
 
     @property
     def classes(self) -> int:
-        return len(self.class_names)
+        return self.format.classes(self)
 
+    @property
+    def folders(self) -> tuple[str, ...]:
+        """Sub-folders of a data directory that may hold the files, in the order looked in."""
+        return (self.name,) + ((self.shares_files_with,) if self.shares_files_with else ())
+
+    @property
+    def download_folder(self) -> str:
+        """The cache's sub-folder a download writes to: shared files are fetched once."""
+        return self.shares_files_with or self.name
+
+
+CIFAR_MIRRORS = ("https://www.cs.toronto.edu/~kriz/",)
+# The publishers' archives and their MD5s (as published on the mirror's page, and used by torchvision).
+CIFAR10_ARCHIVE = CifarArchive(
+    "cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a", folder="cifar-10-batches-py",
+    train_members=tuple(f"data_batch_{number}" for number in range(1, 6)), test_members=("test_batch",),
+    meta_member="batches.meta")
+CIFAR100_ARCHIVE = CifarArchive(
+    "cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85", folder="cifar-100-python",
+    train_members=("train",), test_members=("test",), meta_member="meta")
 
 DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
@@ -78,6 +253,20 @@ DATASETS: dict[str, DatasetInfo] = {
                      "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
         system_dirs=("/usr/share/datasets/fashion-mnist",),
     ),
+    "cifar10": DatasetInfo(
+        name="cifar10", files=(CIFAR10_ARCHIVE,), mirrors=CIFAR_MIRRORS,
+        format=CifarFormat(CifarLabels(b"labels", b"label_names", classes=10)),
+    ),
+    "cifar100": DatasetInfo(
+        name="cifar100", files=(CIFAR100_ARCHIVE,), mirrors=CIFAR_MIRRORS,
+        format=CifarFormat(CifarLabels(b"fine_labels", b"fine_label_names", classes=100)),
+    ),
+    # The 20 superclasses of CIFAR-100, from the same archive.
+    "cifar100-coarse": DatasetInfo(
+        name="cifar100-coarse", files=(CIFAR100_ARCHIVE,), mirrors=CIFAR_MIRRORS,
+        format=CifarFormat(CifarLabels(b"coarse_labels", b"coarse_label_names", classes=20)),
+        shares_files_with="cifar100",
+    ),
 }
 
 FOLDER_PREFIX = "folder:"
@@ -97,22 +286,27 @@ def registered(name: str) -> DatasetInfo:
     return DATASETS[name]
 
 
+def dirs_under(root: Path, info: DatasetInfo) -> list[Path]:
+    """Where in a data directory the dataset's files may sit: its sub-folders, then the directory."""
+    return [root / folder for folder in info.folders] + [root]
+
+
 def search_dirs(name: str, data_dir: str | Path | None = None) -> list[Path]:
     """Directories looked in, in order, for dataset `name`."""
-    system_dirs = [Path(p) for p in registered(name).system_dirs]
+    info = registered(name)
     if data_dir:
         # --data-dir is a promise: only that folder. Falling back to another copy would train
         # on data the user did not choose, without a word.
-        return [Path(data_dir) / name, Path(data_dir)]
+        return dirs_under(Path(data_dir), info)
     env = os.environ.get("BATCHLAB_DATA")
     dirs = []
     for root in ([Path(env)] if env else []) + [cache_dir()]:
-        dirs += [root / name, root]
-    return dirs + system_dirs
+        dirs += dirs_under(root, info)
+    return dirs + [Path(p) for p in info.system_dirs]
 
 
 def file_path(directory: Path, file: DataFile) -> Path | None:
-    """The file in `directory`, gzipped or plain, if present."""
+    """The IDX file in `directory`, gzipped or plain, if present."""
     for candidate in (directory / (file.name + ".gz"), directory / file.name):
         if candidate.is_file():
             return candidate
@@ -120,10 +314,10 @@ def file_path(directory: Path, file: DataFile) -> Path | None:
 
 
 def locate(name: str, data_dir: str | Path | None = None) -> Path | None:
-    """First directory holding all four files of the dataset, or None."""
+    """First directory holding all files of the dataset, or None."""
     info = registered(name)
     for directory in search_dirs(name, data_dir):
-        if all(file_path(directory, f) for f in info.files):
+        if all(info.format.file_path(directory, f) for f in info.files):
             return directory
     return None
 
@@ -189,26 +383,12 @@ def load_registered(name: str, data_dir: str | Path | None = None) -> Dataset:
     if directory is None:
         raise DataError(missing_message(name, data_dir))
     info = registered(name)
-    digest = hashlib.sha256()
-    arrays = []
-    for file in info.files:
-        path = file_path(directory, file)
-        content = read_verified(path, file, name)
-        digest.update(hashlib.sha256(content).digest())
-        arrays.append(parse_idx(content, str(path)))
-    train_x, train_y, test_x, test_y = arrays
-    for images, labels, part in ((train_x, train_y, "train"), (test_x, test_y, "test")):
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise DataError(f"{directory}: {part} images {images.shape} and labels {labels.shape} do not match")
-        if labels.max(initial=0) >= info.classes:
-            raise DataError(f"{directory}: {part} labels exceed {info.classes} classes")
-    # IDX holds gray images (N, H, W): one channel each.
-    return Dataset(name, train_x[:, None], train_y.astype(np.int64), test_x[:, None], test_y.astype(np.int64),
-                   info.classes, digest.hexdigest()[:16], str(directory), info.class_names)
+    return info.format.load(info, directory)
 
 
 def data_dir_problem(name: str, data_dir: str | Path) -> str | None:
-    """What keeps `data_dir` (itself or its NAME/ sub-folder) from holding dataset `name`, or None."""
+    """What keeps `data_dir` (itself or its NAME/ sub-folder) from holding dataset `name`, or None.
+    Existence only: the content is verified on load."""
     if name.startswith(FOLDER_PREFIX):
         return "--data-dir does not apply to folder: datasets; the path is in --dataset folder:PATH"
     info = registered(name)
@@ -218,13 +398,16 @@ def data_dir_problem(name: str, data_dir: str | Path) -> str | None:
     if not root.is_dir():
         return f"--data-dir {root} is not a folder"
     # Name the files lacking in the candidate closest to complete: that is the one the user meant.
-    lacking = {d: [f.name + "(.gz)" for f in info.files if not file_path(d, f)] for d in (root, root / name)}
+    data_format = info.format
+    lacking = {d: [data_format.missing_name(f) for f in info.files if not data_format.file_path(d, f)]
+               for d in [root] + [root / folder for folder in info.folders]}
     best = min(lacking, key=lambda d: len(lacking[d]))  # on a tie, the folder itself
     if not lacking[best]:
         return None
     where = f" in {best}" if best != root else ""
+    them = "it" if len(info.files) == 1 else "them"
     return (f"--data-dir {root} holds no complete {name}: missing {', '.join(lacking[best])}{where} "
-            f"(`batchlab data download {name} --dest {root}` fetches them)")
+            f"(`batchlab data download {name} --dest {root}` fetches {them})")
 
 
 def check_data_dir(name: str, data_dir: str | Path | None) -> None:
@@ -242,12 +425,13 @@ def missing_message(name: str, data_dir: str | Path | None = None) -> str:
         problem = data_dir_problem(name, data_dir)
         if problem:
             return problem
+    info = registered(name)
     looked = ", ".join(str(d) for d in search_dirs(name, data_dir))
     hint = f"run `batchlab data download {name}` (needs network)"
     if name == "fashion-mnist":
         hint += ", install Debian/Ubuntu's dataset-fashion-mnist package"
     return (f"dataset {name} not found (looked in {looked}); {hint}, "
-            "or put the four IDX files in a folder and pass --data-dir")
+            f"or put {info.format.contents(info)} in a folder and pass --data-dir")
 
 
 def dataset_problem(name: str) -> str | None:
@@ -274,11 +458,9 @@ def verify(name: str, data_dir: str | Path | None = None) -> list[tuple[str, str
     directory = locate(name, data_dir)
     if directory is None:
         raise DataError(missing_message(name, data_dir))
+    info = registered(name)
     rows = []
-    for file in registered(name).files:
-        path = file_path(directory, file)
-        content = read_verified(path, file, name)
-        parse_idx(content, str(path))
-        status = "ok (SHA-256)" if file.sha256 else "ok (structure only: no published SHA-256)"
-        rows.append((str(path), status))
+    for file in info.files:
+        path = info.format.file_path(directory, file)
+        rows.append((str(path), info.format.check_file(path, file, name)))
     return rows

@@ -25,8 +25,8 @@ import torch
 from ..core import heartbeat
 from ..core.cpus import available_cores
 from ..core.records import InferResult
-from ..data import registry as data
-from ..data.device import normalized
+from ..data.loading import input_shape_text, load_for_run
+from ..data.device import Normalize, channel_stats
 from ..device.machine import THREAD_ENV, resolve_device
 from ..device.timing import Region, peak_memory_bytes, reset_peak_memory
 from ..nn import microbatch, models
@@ -67,31 +67,30 @@ def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None 
     result = InferResult(spec=spec)
 
     load_start = time.perf_counter()
-    dataset = data.load(spec.dataset, data_dir)
+    dataset = load_for_run(spec.dataset, data_dir, spec.image_size, spec.strict_images)
     result.load_seconds = time.perf_counter() - load_start
+    result.input_shape = input_shape_text(dataset.input_shape)
     host_images, labels = tiled(dataset.test_images, dataset.test_labels, spec.batch_size)
     if device.type == "cuda":
         host_images = host_images.pin_memory()  # as a serving pipeline would: faster, async-capable copies
 
     torch.manual_seed(spec.seed)
-    model = models.build(spec.model, dataset.classes)
-    mean, std = float(dataset.train_images.mean()), float(dataset.train_images.std())
+    model = models.build(spec.model, input_shape=dataset.input_shape, classes=dataset.classes)
+    normalized = Normalize(*channel_stats(dataset.train_images), device)
     if weights is not None:
         saved = load_weights(weights)
         model.load_state_dict(saved["state_dict"])
-        mean, std = saved["mean"], saved["std"]  # the normalisation the weights were trained with
+        normalized = Normalize(saved["mean"], saved["std"], device)  # as the weights were trained
         result.weights_source = spec.weights
     model = place(model, device).eval()
-    models.check_output(model, normalized(host_images[:2].to(device), mean, std), dataset.classes, spec.model,
-                        spec.dataset)
-    slice_size = microbatch.slice_size(spec.micro_batch, spec.batch_size, model,
-                                       normalized(host_images[:1].to(device), mean, std))
+    models.check_output(model, normalized(host_images[:2].to(device)), dataset.classes, spec.model, spec.dataset)
+    slice_size = microbatch.slice_size(spec.micro_batch, spec.batch_size, model, normalized(host_images[:1].to(device)))
     reset_peak_memory(device)
 
     def forward(images: torch.Tensor) -> torch.Tensor:
         """Logits of the whole batch, computed slice by slice (microbatch.py)."""
         with torch.inference_mode(), autocast(device, spec.precision):
-            logits = [model(normalized(images[start:stop], mean, std))
+            logits = [model(normalized(images[start:stop]))
                       for start, stop in microbatch.bounds(len(images), slice_size)]
         return logits[0] if len(logits) == 1 else torch.cat(logits)
 
@@ -112,5 +111,5 @@ def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None 
     result.environment = {"torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                           "thread_env": {name: os.environ.get(name) for name in THREAD_ENV},
                           "device_name": str(device), "dataset_checksum": dataset.checksum,
-                          "micro_batch": slice_size}
+                          "micro_batch": slice_size, "data_notes": list(dataset.notes)}
     return result

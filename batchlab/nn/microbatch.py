@@ -8,9 +8,16 @@ accumulating the gradients before the single optimizer step keeps the activation
 leaves the update that of the whole batch: the same images, one step, the mean loss over the
 batch (up to floating-point summation order; dropout draws its masks per slice).
 
-Only models whose output for an image does not depend on the other images of the batch can be
-sliced: a model with batch normalisation runs whole batches. On GPUs, which want large batches,
-batches run whole too.
+That holds for models whose output for an image does not depend on the other images of the
+batch. Batch normalisation breaks it: in training it normalises with the mean and variance of the
+images it is given, so a slice is normalised with its own statistics (different outputs,
+gradients and update) and updates the running statistics once per slice. The automatic choice
+therefore runs such models (any torch.nn batch-norm layer, e.g. torchvision's ResNets and
+MobileNets) in whole batches, as plain PyTorch does. An explicit `--micro-batch N` on such a model
+is honoured and is then "ghost batch normalisation" (Hoffer, Hubara and Soudry 2017, "Train
+longer, generalize better"): statistics over N-image slices, while the optimizer still takes one
+step per batch; the run records N (`micro_batch`), so such runs stay apart in reports. On GPUs,
+which want large batches, batches run whole too. tests/test_microbatch.py checks both.
 """
 
 from __future__ import annotations

@@ -1,15 +1,34 @@
-"""Model registry: the networks of the reproduced studies, plus any user model.
+"""Model registry: the networks of the reproduced studies, torchvision's classifiers, and any user model.
 
-A user model is given as `package.module:factory` or `path/to/file.py:factory`; factory(classes)
-(or factory() if it takes no argument) must return a torch.nn.Module mapping (N, 1, 28, 28) float
-images to (N, classes) logits. `check_output` holds every model to that before it trains.
+`build(name, input_shape=(C, H, W), classes=N)` returns a torch.nn.Module mapping (N, C, H, W)
+float images to (N, classes) logits; `check_output` holds every model to that before it trains.
+
+- Built-in (`seed-cnn`, `keras-cnn`, `mlp`): layer sizes derived from the input shape; at 1x28x28
+  they are exactly the studies' networks (parameter counts, names and outputs).
+- `torchvision:NAME`: any classification model of torchvision.models, untrained (weights=None),
+  with the dataset's class count; torchvision is optional (`pip install "batchlab[vision]"`) and
+  imported only here, on use. See `torchvision_model`.
+- User model: `package.module:factory` or `path/to/file.py:factory`. batchlab reads the factory's
+  signature and calls it one of three ways:
+  * `factory(input_shape=(C, H, W), classes=N)` when it has parameters named `input_shape` and
+    `classes` (in any order, positional or keyword-only: they are passed by name);
+  * otherwise by its required positional parameters: two → `factory((C, H, W), N)`; one →
+    `factory(N)`; none → `factory(N)` if it has an optional positional parameter (e.g.
+    `Net(classes=10)`), else `factory()`.
+  `input_shape` is a tuple of three ints. `factory(classes)` and `factory()` cannot know the
+  image shape, so they are accepted only for 1x28x28 images (the built-in datasets); any other
+  signature (three required parameters, required keyword-only ones, only *args/**kwargs, or a
+  parameter named input_shape or classes that would receive the other value) is refused with a
+  ModelError naming the signature.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import inspect
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -19,7 +38,11 @@ from torch import nn
 
 from ..core.errors import ModelError
 from .layers import Dropout, Linear, MaxPool2d
-from .names import BUILTIN_MODELS
+from .names import BUILTIN_MODELS, MODEL_FORMS, TORCHVISION_PREFIX, is_torchvision_model
+
+# The shape of the built-in datasets' images (MNIST, Fashion-MNIST), the default everywhere, and
+# the only one a factory(classes) or factory() can be assumed to take.
+MNIST_SHAPE = (1, 28, 28)
 
 # The studies write convolution → ReLU → max-pool. ReLU is monotonic, so max-pooling first and
 # applying ReLU to the pooled map gives the same outputs and the same gradients, with ReLU (and its
@@ -29,56 +52,202 @@ from .names import BUILTIN_MODELS
 
 
 class CroppedInput(nn.Sequential):
-    """nn.Sequential that first crops its (N, C, H, W) input to the top-left `size`×`size`
+    """nn.Sequential that first crops its (N, C, H, W) input to the top-left `height`×`width`
     pixels: the rows and columns beyond never reach the output of a network of 'valid'
     convolutions and flooring max-pools, so computing them is wasted work. Parameter names are
     those of nn.Sequential."""
 
-    def __init__(self, size: int, *layers: nn.Module):
+    def __init__(self, height: int, width: int, *layers: nn.Module):
         super().__init__(*layers)
-        self.size = size
+        self.height, self.width = height, width
 
     def forward(self, images):
-        return super().forward(images[..., :self.size, :self.size])
+        return super().forward(images[..., :self.height, :self.width])
 
 
-def seed_cnn(classes: int = 10) -> nn.Module:
-    """The TensorFlow batch-size study's CNN: 550,886 parameters for 10 classes, 'valid' padding
-    (28 → conv4 25 → pool 12 → conv4 9 → pool 4). The paper does not give the dropout rate;
-    0.5 is our documented choice. Pooling before ReLU: see above.
+def shape_of(input_shape) -> tuple[int, int, int]:
+    """`input_shape` as a (channels, height, width) tuple of positive ints, or a ModelError."""
+    try:
+        shape = tuple(int(size) for size in input_shape)
+    except (TypeError, ValueError):
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ModelError(f"input shape must be (channels, height, width), got {input_shape!r}")
+    return shape
+
+
+def failure(error: BaseException) -> str:
+    """`Type: first line of the message`, for one-line errors."""
+    return f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+
+
+def shape_text(shape: tuple[int, ...]) -> str:
+    return "x".join(str(size) for size in shape)
+
+
+def refuse_small(model: str, shape: tuple[int, int, int], smallest: int) -> None:
+    if min(shape[1:]) < smallest:
+        raise ModelError(f"model {model} needs images of at least {smallest}x{smallest} pixels (height and width), "
+                         f"got {shape_text(shape)}")
+
+
+# seed-cnn per spatial dimension n: conv 4 'valid' → n - 3, pool 2 → ⌊(n - 3)/2⌋, conv 4 → minus 3,
+# pool 2 → SEED_MAP(n) = ⌊(⌊(n - 3)/2⌋ - 3)/2⌋ = ⌊(n - 9)/4⌋. Working back from that map, the input
+# rows that reach the output are ((map·2 + 3)·2 + 3) = 4·map + 9: 25 of 28, 29 of 32, 13 of 13.
+SEED_CNN_SMALLEST = 13  # the smallest size that leaves a 1×1 map for the dense layer
+
+
+def seed_cnn_map(size: int) -> int:
+    """Rows (or columns) of the map seed-cnn's dense layer reads, for `size` input rows."""
+    return ((size - 3) // 2 - 3) // 2
+
+
+def seed_cnn_used(size: int) -> int:
+    """Input rows (or columns) that reach seed-cnn's output: the rest is cropped."""
+    return (seed_cnn_map(size) * 2 + 3) * 2 + 3
+
+
+def seed_cnn(input_shape=MNIST_SHAPE, classes: int = 10) -> nn.Module:
+    """The TensorFlow batch-size study's CNN: 550,886 parameters at 1x28x28, 10 classes.
+    'Valid' padding (28 → conv4 25 → pool 12 → conv4 9 → pool 4); other shapes size the first
+    convolution's channels and the dense layer's input (64 × map height × map width) from the
+    image. The paper does not give the dropout rate; 0.5 is our documented choice. Pooling before
+    ReLU: see above.
 
     Working back from the 4×4 map the dense layer reads: pool 2 needs 8×8, conv 4×4 needs 11×11,
     pool 2 needs 22×22, conv 4×4 needs 25×25. The last 3 rows and columns of a 28×28 image never
     reach the output (in the study's network too), so seed-cnn crops them: the same outputs and
-    gradients with 23% less work in the first convolution and pooling, 21% less in the second."""
+    gradients with 23% less work in the first convolution and pooling, 21% less in the second.
+    Other shapes crop per dimension likewise (seed_cnn_used: 29 of 32)."""
+    channels, height, width = shape = shape_of(input_shape)
+    refuse_small("seed-cnn", shape, SEED_CNN_SMALLEST)
     return CroppedInput(
-        25,
-        nn.Conv2d(1, 32, kernel_size=4), MaxPool2d(2), nn.ReLU(),
+        seed_cnn_used(height), seed_cnn_used(width),
+        nn.Conv2d(channels, 32, kernel_size=4), MaxPool2d(2), nn.ReLU(),
         nn.Conv2d(32, 64, kernel_size=4), MaxPool2d(2), nn.ReLU(),
         nn.Flatten(), Dropout(0.5),
-        Linear(64 * 4 * 4, 500), nn.ReLU(), Dropout(0.5),
+        Linear(64 * seed_cnn_map(height) * seed_cnn_map(width), 500), nn.ReLU(), Dropout(0.5),
         Linear(500, classes),
     )
 
 
-def keras_cnn(classes: int = 10) -> nn.Module:
-    """The Keras MNIST example CNN (1,199,882 parameters for 10 classes)."""
+KERAS_CNN_SMALLEST = 6  # conv3, conv3: n - 4; pool 2: ⌊(n - 4)/2⌋ ≥ 1
+
+
+def keras_cnn(input_shape=MNIST_SHAPE, classes: int = 10) -> nn.Module:
+    """The Keras MNIST example CNN (1,199,882 parameters at 1x28x28, 10 classes).
+    conv3, conv3, pool 2, dense 128: the dense input, 64 × ⌊(H - 4)/2⌋ × ⌊(W - 4)/2⌋, follows the
+    image."""
+    channels, height, width = shape = shape_of(input_shape)
+    refuse_small("keras-cnn", shape, KERAS_CNN_SMALLEST)
     return nn.Sequential(
-        nn.Conv2d(1, 32, kernel_size=3), nn.ReLU(),
+        nn.Conv2d(channels, 32, kernel_size=3), nn.ReLU(),
         nn.Conv2d(32, 64, kernel_size=3), MaxPool2d(2), nn.ReLU(), Dropout(0.25),
-        nn.Flatten(), Linear(64 * 12 * 12, 128), nn.ReLU(), Dropout(0.5),
+        nn.Flatten(), Linear(64 * ((height - 4) // 2) * ((width - 4) // 2), 128), nn.ReLU(), Dropout(0.5),
         Linear(128, classes),
     )
 
 
-def mlp(classes: int = 10) -> nn.Module:
-    """784-500-classes perceptron with one ReLU hidden layer."""
-    return nn.Sequential(nn.Flatten(), Linear(784, 500), nn.ReLU(), Linear(500, classes))
+def mlp(input_shape=MNIST_SHAPE, classes: int = 10) -> nn.Module:
+    """784-500-classes perceptron with one ReLU hidden layer (C·H·W inputs for other shapes)."""
+    channels, height, width = shape_of(input_shape)
+    return nn.Sequential(nn.Flatten(), Linear(channels * height * width, 500), nn.ReLU(), Linear(500, classes))
 
 
-MODELS: dict[str, Callable[[int], nn.Module]] = {"seed-cnn": seed_cnn, "keras-cnn": keras_cnn, "mlp": mlp}
+MODELS: dict[str, Callable[..., nn.Module]] = {"seed-cnn": seed_cnn, "keras-cnn": keras_cnn, "mlp": mlp}
 assert tuple(MODELS) == BUILTIN_MODELS, "names.py lists the built-in models for torch-free callers"
 
+
+# --- torchvision ------------------------------------------------------------------------------------
+
+# Builder options some torchvision models need to train here: GoogLeNet and Inception v3 return
+# (logits, auxiliary logits) in training mode unless aux_logits=False (init_weights=True keeps
+# their current initialisation without a warning); the vision transformers are built for 224×224
+# unless told the image size (square images only; the side must be a multiple of the patch).
+def torchvision_options(name: str, shape: tuple[int, int, int]) -> dict:
+    _, height, width = shape
+    if name in ("googlenet", "inception_v3"):
+        return {"aux_logits": False, "init_weights": True}
+    if name.startswith("vit_") and height == width:
+        return {"image_size": height}
+    if name.startswith("maxvit_"):
+        return {"input_size": (height, width)}
+    return {}
+
+
+def matching_torchvision() -> str:
+    """How to install the torchvision build made for the installed torch (torch 2.M.P goes with
+    torchvision 0.(M+15).P, from the index of the same build: +cpu, +cu128, ...)."""
+    release, _, build = torch.__version__.partition("+")
+    match = re.match(r"2\.(\d+)\.(\d+)", release)
+    advice = 'pip install "batchlab[vision]"'
+    if match:
+        version = f"0.{int(match[1]) + 15}.{match[2]}"
+        index = f" --index-url https://download.pytorch.org/whl/{build}" if build else ""
+        advice += f", or for torch {torch.__version__}: pip install torchvision=={version}{index}"
+    return advice
+
+
+def import_torchvision_models(name: str):
+    """torchvision.models, or a one-line ModelError: torchvision is optional, and a build made
+    for another torch fails on import (PyPI's beside a CPU torch: 'operator torchvision::nms does
+    not exist'), so it is imported here, on use, and any failure is the user's to fix."""
+    try:
+        import torchvision.models
+    except Exception as error:  # ImportError, or the RuntimeError of a build for another torch
+        raise ModelError(f"--model {name} needs torchvision, which is missing or does not match "
+                         f"torch {torch.__version__} ({failure(error)}); install the matching build: "
+                         f"{matching_torchvision()}") from None
+    return torchvision.models
+
+
+def adapt_input_channels(model: nn.Module, channels: int, name: str) -> nn.Module:
+    """The torchvision `model` (built for RGB) taking `channels`-channel images: its first
+    convolution is replaced by one with `channels` inputs whose weights are the RGB weights
+    summed over the colours, divided by `channels`. For grey (1-channel) images the model is then
+    exactly the RGB model fed the grey image in all three channels, the usual practice, at a third
+    of that convolution's work and without a wrapper (the parameter names stay torchvision's)."""
+    first = next(((path, module) for path, module in model.named_modules() if isinstance(module, nn.Conv2d)), None)
+    if first is None or first[1].in_channels != 3 or first[1].groups != 1:
+        raise ModelError(f"model {name} cannot take {channels}-channel images: its first convolution does not "
+                         "read 3 colour channels")
+    path, rgb = first
+    conv = nn.Conv2d(channels, rgb.out_channels, rgb.kernel_size, stride=rgb.stride, padding=rgb.padding,
+                     dilation=rgb.dilation, bias=rgb.bias is not None, padding_mode=rgb.padding_mode,
+                     device=rgb.weight.device, dtype=rgb.weight.dtype)
+    with torch.no_grad():
+        conv.weight.copy_((rgb.weight.sum(1, keepdim=True) / channels).expand_as(conv.weight))
+        if rgb.bias is not None:
+            conv.bias.copy_(rgb.bias)
+    parent, _, attribute = path.rpartition(".")
+    setattr(model.get_submodule(parent), attribute, conv)
+    return model
+
+
+def torchvision_model(name: str, shape: tuple[int, int, int], classes: int) -> nn.Module:
+    """torchvision.models' classifier `name` (untrained) for `shape` images and `classes` classes.
+    Whether it works on this image size (e.g. 28x28 where a network downsamples 32x) is probed by
+    check_output before the run, which names the shape."""
+    tv_models = import_torchvision_models(name)
+    model_name = name[len(TORCHVISION_PREFIX):]
+    classifiers = tv_models.list_models(module=tv_models)
+    if model_name not in classifiers:
+        close = difflib.get_close_matches(model_name, classifiers, n=3)
+        kind = "not a torchvision classification model" if model_name in tv_models.list_models() \
+            else "unknown torchvision model"
+        hint = f"; did you mean {', '.join(TORCHVISION_PREFIX + c for c in close)}?" if close else \
+            f" ({len(classifiers)} classifiers: {', '.join(classifiers[:5])}, ...)"
+        raise ModelError(f"{kind} {model_name!r}{hint}")
+    try:
+        model = tv_models.get_model(model_name, weights=None, num_classes=classes,
+                                    **torchvision_options(model_name, shape))
+    except Exception as error:
+        raise ModelError(f"model {name} cannot be built for {shape_text(shape)} images: "
+                         f"{failure(error)}") from None
+    return model if shape[0] == 3 else adapt_input_channels(model, shape[0], name)
+
+
+# --- user models ------------------------------------------------------------------------------------
 
 def is_file_model(module_name: str) -> bool:
     """`path/to/file.py:factory`: users hand over files, not only importable packages."""
@@ -115,8 +284,7 @@ def load_factory(name: str) -> Callable[..., nn.Module]:
         return MODELS[name]
     module_name, _, attribute = name.rpartition(":")
     if not module_name or not attribute:
-        raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}, package.module:factory "
-                         "or path/to/file.py:factory")
+        raise ModelError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}, {MODEL_FORMS}")
     try:
         module = import_file(module_name) if is_file_model(module_name) else importlib.import_module(module_name)
         factory = getattr(module, attribute)
@@ -127,10 +295,68 @@ def load_factory(name: str) -> Callable[..., nn.Module]:
     return factory
 
 
-def build(name: str, classes: int = 10) -> nn.Module:
-    factory = load_factory(name)
-    takes_classes = bool(inspect.signature(factory).parameters)
-    model = factory(classes) if takes_classes else factory()
+ROLES = ("input_shape", "classes")  # the values batchlab passes, by these names where a factory has both
+ACCEPTED = "factory(input_shape, classes), factory(classes) or factory()"
+
+
+def factory_arguments(factory: Callable, name: str, shape: tuple[int, int, int],
+                      classes: int) -> tuple[tuple, dict]:
+    """(args, kwargs) to call the user's `factory` with, read from its signature (module
+    docstring), or a ModelError naming the signature."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        raise ModelError(f"model {name}: cannot read the signature of {factory!r}; batchlab calls {ACCEPTED}") from None
+    parameters = list(signature.parameters.values())
+    named = {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+
+    called = getattr(factory, "__name__", "factory")
+
+    def refused(why: str) -> ModelError:
+        return ModelError(f"model {name}: batchlab cannot call {called}{signature} ({why}); it calls {ACCEPTED}, "
+                          "with parameters named input_shape and classes passed by name")
+
+    if set(ROLES) <= named:
+        args, kwargs, roles = (), {"input_shape": shape, "classes": classes}, ()
+    elif len(required) > 2:
+        raise refused(f"{len(required)} required parameters")
+    elif len(required) == 2:
+        args, kwargs, roles = (shape, classes), {}, ROLES
+    elif required or positional:
+        args, kwargs, roles = (classes,), {}, ROLES[1:]
+    elif any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters):
+        raise refused("only *args or **kwargs")
+    else:
+        args, kwargs, roles = (), {}, ()
+    for parameter, role in zip(positional, roles):
+        if parameter.name in ROLES and parameter.name != role:
+            raise refused(f"its parameter {parameter.name} would receive the {role}")
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as error:
+        raise refused(str(error)) from None
+    if "input_shape" not in kwargs and len(args) < 2 and shape != MNIST_SHAPE:
+        takes = "only classes" if args else "no arguments"
+        raise ModelError(f"model {name} takes {takes}; for {shape_text(shape)} images it must be "
+                         "factory(input_shape, classes)")
+    return args, kwargs
+
+
+def build(name: str, *, input_shape=MNIST_SHAPE, classes: int = 10) -> nn.Module:
+    """The model `name` for (C, H, W) = `input_shape` images and `classes` classes (module
+    docstring). Keyword arguments only: a positional class count, as build() once took, would
+    otherwise pass for a shape."""
+    shape = shape_of(input_shape)
+    if name in MODELS:
+        model = MODELS[name](shape, classes)
+    elif is_torchvision_model(name):
+        model = torchvision_model(name, shape, classes)
+    else:
+        factory = load_factory(name)
+        args, kwargs = factory_arguments(factory, name, shape, classes)
+        model = factory(*args, **kwargs)
     if not isinstance(model, nn.Module):
         raise ModelError(f"model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -146,9 +372,8 @@ def check_output(model: nn.Module, sample: torch.Tensor, classes: int, name: str
         with torch.no_grad():
             output = model.eval()(sample)
     except Exception as error:  # any failure of the user's forward on this input
-        first = (str(error).strip().splitlines() or [""])[0]
         raise ModelError(f"model {name} fails on {dataset} images of shape {tuple(sample.shape)}: "
-                         f"{type(error).__name__}: {first}") from None
+                         f"{failure(error)}") from None
     finally:
         model.train(training)
     expected = (len(sample), classes)
@@ -162,7 +387,8 @@ def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def catalogue() -> list[tuple[str, int, str]]:
-    """(name, parameters for 10 classes, first line of its description) for every built-in model."""
-    return [(name, parameter_count(factory(10)), (factory.__doc__ or "").strip().splitlines()[0])
+def catalogue(input_shape=MNIST_SHAPE) -> list[tuple[str, int, str]]:
+    """(name, parameters for 10 classes and `input_shape` images, first line of its description)
+    for every built-in model."""
+    return [(name, parameter_count(factory(input_shape, 10)), (factory.__doc__ or "").strip().splitlines()[0])
             for name, factory in MODELS.items()]

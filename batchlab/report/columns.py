@@ -14,6 +14,7 @@ they are shown.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -72,6 +73,7 @@ SETTINGS = {
     "val_split": setting("val_split", align="right"),
     "limit_train": setting("limit_train", align="right", fmt="count"),
     "target_accuracy": setting("target_accuracy", "target acc", align="right"),
+    "image_size": setting("image_size", "image size", align="right"),
     "batch_size": setting("batch_size", "batch size", align="right", show_if="always", fmt="count", split=False),
     "epochs": setting("epochs", align="right", show_if="always"),
 }
@@ -82,9 +84,15 @@ def spread(key: str, label: str, digits: int, priority: int) -> Column:
     return Column(key, label, "spread", digits, "right", priority)
 
 
+# The images' "CxHxW": decided by dataset and image size, shown beside them (and in JSON/CSV rows).
+# Optional in a narrow terminal (priority 5): the dataset column names the data already.
+INPUT_SHAPE = dataclasses.replace(setting("input_shape", "input", show_if="always"), priority=5)
+
 TRAINING = [
+    *(SETTINGS.get(key) or setting(key) for key in ("dataset",)),
+    INPUT_SHAPE,
     *(SETTINGS.get(key) or setting(key) for key in
-      (*LEAD, *(k for k in GROUP_KEYS if k not in LEAD + TAIL), *TAIL)),
+      (*LEAD[1:], *(k for k in GROUP_KEYS if k not in LEAD + TAIL), *TAIL)),
     Column("n", "n", "count", align="right", priority=5, fold=True),
     Column("status", "status", fold=True),
     spread("epoch_train_seconds", "s / epoch", 2, priority=7),
@@ -123,6 +131,7 @@ RUNS_CAPTION = ("one row per run; seconds are train seconds (steps only, device 
 
 INFERENCE = [
     setting("dataset", show_if="always"),
+    INPUT_SHAPE,
     setting("model", show_if="always"),
     setting("device", show_if="always"),
     setting("threads", align="right", show_if="always"),

@@ -102,6 +102,9 @@ def summarize_group(group: pd.DataFrame) -> dict:
         values = done[figure].dropna() if figure in done else pd.Series(dtype=float)
         row[figure] = values.median() if len(values) else math.nan
     row["target_reached"] = int(done["time_to_target_seconds"].notna().sum())
+    # Decided by the dataset and image size (group keys): the same in every run that loaded its data.
+    shapes = group["input_shape"].dropna() if "input_shape" in group else pd.Series(dtype=object)
+    row["input_shape"] = shapes.iloc[0] if len(shapes) else None
     errors = group["error"].dropna()
     row["error"] = errors.iloc[-1] if len(errors) else None
     return row

@@ -20,6 +20,9 @@ from ..data import registry as data
 from ..nn import names
 from .fields import setting
 
+IMAGE_SIZE_HELP = ("Bring every image to N×N: shorter side to N, then a centre crop; 0 = the data's own size "
+                   "(a folder of mixed sizes: the most common shorter side, with a note).")
+STRICT_IMAGES_HELP = "Refuse a folder dataset with an image that cannot be decoded (default: skip it, with a note)."
 MICRO_BATCH_HELP = ("Images per slice of a batch (gradients accumulate to one update); 0 = automatic "
                     "(cache-sized on CPU, whole on GPU), ≥ batch size = whole batches.")
 OPTIMIZERS = ("sgd", "momentum", "adam")
@@ -38,8 +41,7 @@ def check_common(spec: RunSpec | InferSpec) -> None:
     need(data.is_known_dataset(spec.dataset),
          f"unknown dataset {spec.dataset!r}; choose one of {', '.join(data.DATASETS)} or folder:PATH")
     need(names.is_known_model(spec.model),
-         f"unknown model {spec.model!r}; choose one of {', '.join(names.BUILTIN_MODELS)}, package.module:factory "
-         "or path/to/file.py:factory")
+         f"unknown model {spec.model!r}; choose one of {', '.join(names.BUILTIN_MODELS)}, {names.MODEL_FORMS}")
     need(spec.batch_size >= 1, f"batch size must be at least 1, got {spec.batch_size}")
     need(re.fullmatch(r"cpu|mps|cuda(:\d+)?", spec.device) is not None,
          f"unknown device {spec.device!r}; use cpu, cuda, cuda:N or mps")
@@ -47,6 +49,7 @@ def check_common(spec: RunSpec | InferSpec) -> None:
     need(spec.precision in PRECISIONS,
          f"unknown precision {spec.precision!r}; choose one of {', '.join(PRECISIONS)}")
     need(spec.micro_batch >= 0, f"micro-batch must be at least 1 (or 0 for automatic), got {spec.micro_batch}")
+    need(spec.image_size >= 0, f"image size must be at least 1 (or 0 for the data's own), got {spec.image_size}")
 
 
 class Keyed:
@@ -70,8 +73,9 @@ class Keyed:
 
 @dataclass(frozen=True)
 class RunSpec(Keyed):
-    dataset: str = setting("fashion-mnist", "mnist, fashion-mnist or folder:PATH.")
-    model: str = setting("seed-cnn", "seed-cnn, keras-cnn, mlp, package.module:factory or file.py:factory.")
+    dataset: str = setting("fashion-mnist", "mnist, fashion-mnist, cifar10, cifar100, cifar100-coarse or folder:PATH.")
+    model: str = setting("seed-cnn", "seed-cnn, keras-cnn, mlp, torchvision:NAME, package.module:factory or "
+                                     "file.py:factory.")
     batch_size: int = setting(64, "Images per optimizer step (per worker).")
     epochs: int = setting(1, "Passes over the training set.")
     # SGD with momentum 0.9 at lr 0.01: a standard choice that learns seed-cnn within an epoch.
@@ -92,6 +96,8 @@ class RunSpec(Keyed):
     # Each batch runs through the network in slices of this size whose gradients add up to the
     # batch's single update (microbatch.py). Reported as `slicing` (auto, whole or the size).
     micro_batch: int = setting(0, MICRO_BATCH_HELP, group="slicing")
+    image_size: int = setting(0, IMAGE_SIZE_HELP)
+    strict_images: bool = setting(False, STRICT_IMAGES_HELP, grid=False, group=None)
     seed: int = setting(0, "Seed of weights, batch order and dropout; repeat r uses seed + r.", group=None)
     repeat: int = setting(0, "Repeat number (set by --repeats).", flag=False, grid=False, group=None)
 
@@ -143,6 +149,8 @@ class InferSpec(Keyed):
     weights: str = setting("", "'' = fresh seeded weights; a training run's key (prefix) or 'latest' "
                                "(needs --save-weights on train).", grid=False, cli_default="")
     micro_batch: int = setting(0, MICRO_BATCH_HELP, group="slicing", cli_default="0")
+    image_size: int = setting(0, IMAGE_SIZE_HELP, grid=False, cli_default="0")
+    strict_images: bool = setting(False, STRICT_IMAGES_HELP, grid=False, group=None, cli_default=None)
     seed: int = setting(0, "Seed of the fresh weights.", group=None, cli_default="0")
 
     def label(self) -> str:

@@ -22,7 +22,7 @@ RUN_SPEC_COLUMNS_1 = {  # as schema 1 created them
     "target_accuracy": "REAL", "seed": "INTEGER", "repeat": "INTEGER",
 }
 RUN_SPEC_COLUMNS = store_columns(RunSpec)
-RESULT_COLUMNS = {
+RESULT_COLUMNS_1 = {  # as schema 1 created them
     "parameters": "INTEGER", "train_images": "INTEGER", "val_images": "INTEGER", "test_images": "INTEGER",
     "dataset_checksum": "TEXT", "dataset_source": "TEXT",
     "load_seconds": "REAL", "to_device_seconds": "REAL", "model_build_seconds": "REAL",
@@ -30,6 +30,8 @@ RESULT_COLUMNS = {
     "peak_memory_bytes": "INTEGER", "cores": "INTEGER", "time_to_target_seconds": "REAL",
     "diverged_step": "INTEGER",
 }
+# 3: images of any shape. input_shape is "CxHxW"; skipped_images counts undecodable folder images.
+RESULT_COLUMNS = RESULT_COLUMNS_1 | {"input_shape": "TEXT", "skipped_images": "INTEGER"}
 EPOCH_COLUMNS = {
     "epoch": "INTEGER", "train_loss": "REAL", "train_accuracy": "REAL", "val_loss": "REAL",
     "val_accuracy": "REAL", "test_loss": "REAL", "test_accuracy": "REAL", "train_seconds": "REAL",
@@ -41,10 +43,11 @@ INFER_SPEC_COLUMNS_1 = {
 }
 INFER_SPEC_COLUMNS = store_columns(InferSpec)
 # Raw per-call timings are stored (JSON lists); images/s and percentiles are derived on reading.
-INFER_RESULT_COLUMNS = {
+INFER_RESULT_COLUMNS_1 = {
     "compute_seconds": "TEXT", "overhead_seconds": "TEXT", "first_call_seconds": "REAL", "accuracy": "REAL",
     "weights_source": "TEXT", "load_seconds": "REAL", "peak_memory_bytes": "INTEGER", "cores": "INTEGER",
 }
+INFER_RESULT_COLUMNS = INFER_RESULT_COLUMNS_1 | {"input_shape": "TEXT"}
 JSON_COLUMNS = ("compute_seconds", "overhead_seconds")
 
 
@@ -79,7 +82,7 @@ MIGRATIONS = [
         fingerprint TEXT NOT NULL,
         first_seen TEXT NOT NULL
     );
-    {_run_table("runs", RUN_SPEC_COLUMNS_1, RESULT_COLUMNS)}
+    {_run_table("runs", RUN_SPEC_COLUMNS_1, RESULT_COLUMNS_1)}
     CREATE TABLE epochs (
         run_id INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
         {_columns(EPOCH_COLUMNS)},
@@ -89,7 +92,7 @@ MIGRATIONS = [
         run_id INTEGER PRIMARY KEY REFERENCES runs(run_id) ON DELETE CASCADE,
         state BLOB NOT NULL
     );
-    {_run_table("inference", INFER_SPEC_COLUMNS_1, INFER_RESULT_COLUMNS)}
+    {_run_table("inference", INFER_SPEC_COLUMNS_1, INFER_RESULT_COLUMNS_1)}
     """,
     # 2: micro-batches. Runs stored before ran whole batches, which micro_batch = batch_size says.
     """
@@ -97,6 +100,19 @@ MIGRATIONS = [
     UPDATE runs SET micro_batch = batch_size;
     ALTER TABLE inference ADD COLUMN micro_batch INTEGER;
     UPDATE inference SET micro_batch = batch_size;
+    """,
+    # 3: images of any shape and size. Every run stored before was on 28×28 gray images (IDX, and
+    # folders were converted to that), at their own size, with no image skipped (one failed the run).
+    """
+    ALTER TABLE runs ADD COLUMN image_size INTEGER;
+    ALTER TABLE runs ADD COLUMN strict_images INTEGER;
+    ALTER TABLE runs ADD COLUMN input_shape TEXT;
+    ALTER TABLE runs ADD COLUMN skipped_images INTEGER;
+    UPDATE runs SET image_size = 0, strict_images = 0, input_shape = '1x28x28', skipped_images = 0;
+    ALTER TABLE inference ADD COLUMN image_size INTEGER;
+    ALTER TABLE inference ADD COLUMN strict_images INTEGER;
+    ALTER TABLE inference ADD COLUMN input_shape TEXT;
+    UPDATE inference SET image_size = 0, strict_images = 0, input_shape = '1x28x28';
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -30,7 +30,7 @@ from ..core import heartbeat
 from ..core.cpus import available_cores
 from ..core.errors import SpecError
 from ..core.records import EpochRecord, RunResult
-from ..data import registry as data
+from ..data.loading import input_shape_text, load_for_run
 from ..data.device import DeviceData, to_device
 from ..device.machine import THREAD_ENV, resolve_device
 from ..device.timing import Region, peak_memory_bytes, reset_peak_memory
@@ -39,6 +39,7 @@ from ..nn.placement import autocast, place
 from ..spec.run import RunSpec
 
 WARMUP_STEPS = 2
+SKIPPED_EXAMPLES = 5  # undecodable images listed by name in the run record (all are counted)
 EVAL_BATCH_SIZE = 128  # fixed, so eval seconds are comparable across training batch sizes
 
 
@@ -183,9 +184,11 @@ def prepare(spec: RunSpec, data_dir: str | None = None, device: str | None = Non
     result = RunResult(spec=spec)
 
     load_start = time.perf_counter()
-    dataset = data.load(spec.dataset, data_dir)
+    dataset = load_for_run(spec.dataset, data_dir, spec.image_size, spec.strict_images)
     result.load_seconds = time.perf_counter() - load_start
     result.dataset_checksum, result.dataset_source = dataset.checksum, dataset.source
+    result.input_shape, result.skipped_images = input_shape_text(dataset.input_shape), len(dataset.skipped)
+    result.environment.update(data_notes(dataset))
 
     with Region(device) as copy_region:
         dd = to_device(dataset, spec.val_split, spec.limit_train, device)
@@ -203,9 +206,14 @@ def prepare(spec: RunSpec, data_dir: str | None = None, device: str | None = Non
     return Prepared(spec, device, dd, model, slices, result, started)
 
 
+def data_notes(dataset) -> dict:
+    """What the data loader chose or skipped, for the run record (and said to the user)."""
+    return {"data_notes": list(dataset.notes), "skipped_image_examples": list(dataset.skipped[:SKIPPED_EXAMPLES])}
+
+
 def build_model(spec: RunSpec, dd: DeviceData, device: torch.device) -> nn.Module:
     """The run's model (seeded by the caller) on its device, in the device's layout."""
-    return place(models.build(spec.model, dd.classes), device)
+    return place(models.build(spec.model, input_shape=dd.input_shape, classes=dd.classes), device)
 
 
 def slice_size_for(spec: RunSpec, model: nn.Module, dd: DeviceData) -> int:
@@ -264,7 +272,7 @@ def finish(prep: Prepared) -> RunResult:
     result.cores = available_cores()
     result.peak_memory_bytes = peak_memory_bytes(prep.device)
     result.wall_seconds = time.perf_counter() - prep.started
-    result.environment = {
+    result.environment |= {
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
         "thread_env": {name: os.environ.get(name) for name in THREAD_ENV},
@@ -281,6 +289,6 @@ def keep(result: RunResult, prep: Prepared, keep_weights: bool) -> RunResult:
     inference can use them as they are."""
     if keep_weights:
         state = {name: tensor.detach().cpu().clone() for name, tensor in prep.model.state_dict().items()}
-        result.weights = {"state_dict": state, "mean": prep.dd.mean, "std": prep.dd.std,
+        result.weights = {"state_dict": state, "mean": prep.dd.normalize.mean, "std": prep.dd.normalize.std,
                           "classes": prep.dd.classes, "model": prep.spec.model, "dataset": prep.spec.dataset}
     return result
