@@ -19,7 +19,10 @@ batchlab's look-up in the tests' process alike.
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,3 +130,26 @@ def synthetic_folder(tmp_path_factory) -> Path:
 def image_folder(tmp_path) -> Path:
     """Path of a 3-class, 60-image folder dataset (use as --dataset folder:PATH)."""
     return write_image_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def serve():
+    """serve(folder) → the base URL of a local HTTP server for that folder (a mirror in a test)."""
+    servers = []
+
+    def start(directory):
+        handler = functools.partial(QuietHandler, directory=str(directory))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass

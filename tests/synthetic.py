@@ -25,6 +25,7 @@ import gzip
 import hashlib
 import io
 import pickle
+import socket
 import struct
 import tarfile
 from dataclasses import dataclass
@@ -204,3 +205,10 @@ def write_tar_gz(path: Path, folder: str, members: dict[str, bytes]) -> Path:
             entry.size = len(content)
             tar.addfile(entry, io.BytesIO(content))
     return path
+
+
+def dead_mirror() -> str:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"

@@ -12,9 +12,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic import (CIFAR10_NAMES, CIFAR100_COARSE_NAMES, CIFAR100_FINE_NAMES, CifarContent, cifar10_content,
-                       cifar100_content, cifar_batch, cifar_pickle, write_tar_gz)
-from test_download import dead_mirror, serve  # noqa: F401  (serve: the local HTTP server, a fixture)
+from synthetic import (
+    CIFAR10_NAMES,
+    CIFAR100_COARSE_NAMES,
+    CIFAR100_FINE_NAMES,
+    CifarContent,
+    cifar10_content,
+    cifar100_content,
+    cifar_batch,
+    cifar_pickle,
+    dead_mirror,
+    write_tar_gz,
+)
 from typer.testing import CliRunner
 
 from batchlab.cli.app import app

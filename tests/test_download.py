@@ -2,48 +2,15 @@
 of the synthetic dataset (tests/synthetic.py) registered in-process."""
 
 import dataclasses
-import functools
 import gzip
-import http.server
 import shutil
-import socket
-import threading
 
 import pytest
-from synthetic import TRAIN
+from synthetic import TRAIN, dead_mirror
 
 from batchlab.core.errors import DataError
 from batchlab.data import registry as data
 from batchlab.data.download import download, fetch_file
-
-
-@pytest.fixture
-def serve():
-    servers = []
-
-    def start(directory):
-        handler = functools.partial(QuietHandler, directory=str(directory))
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}/"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
-class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-def dead_mirror() -> str:
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/"
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from batchlab.nn import models
+from batchlab.nn import models, vision
 
 
 def real_torchvision():
@@ -20,7 +20,7 @@ def real_torchvision():
         import torchvision.models
     except Exception as error:
         pytest.skip(f"torchvision does not import here ({type(error).__name__}: {str(error).splitlines()[0]}); "
-                    f"{models.matching_torchvision()}")
+                    f"{vision.matching_torchvision()}")
     return torchvision.models
 
 
@@ -62,7 +62,7 @@ def test_torchvision_for_another_torch_is_one_line_with_the_install(monkeypatch,
 ])
 def test_the_matching_torchvision_build(monkeypatch, version, advice):
     monkeypatch.setattr(torch, "__version__", version)
-    assert models.matching_torchvision() == f'pip install "batchlab[vision]", or {advice}'
+    assert vision.matching_torchvision() == f'pip install "batchlab[vision]", or {advice}'
 
 
 # --- batchlab's side, with a stand-in torchvision -------------------------------------------------------
@@ -145,9 +145,9 @@ def test_grey_images_go_to_a_one_channel_first_convolution(fake_torchvision):
 
 def test_a_model_without_an_rgb_first_convolution_is_refused():
     with pytest.raises(models.ModelError, match="^model torchvision:odd cannot take 1-channel images"):
-        models.adapt_input_channels(nn.Sequential(nn.Conv2d(4, 8, 3)), 1, "torchvision:odd")
+        vision.adapt_input_channels(nn.Sequential(nn.Conv2d(4, 8, 3)), 1, "torchvision:odd")
     with pytest.raises(models.ModelError, match="cannot take 2-channel images"):
-        models.adapt_input_channels(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), 2, "torchvision:odd")
+        vision.adapt_input_channels(nn.Sequential(nn.Flatten(), nn.Linear(12, 3)), 2, "torchvision:odd")
 
 
 # --- the real torchvision -------------------------------------------------------------------------------

@@ -25,8 +25,8 @@ import torch
 from ..core import heartbeat
 from ..core.cpus import available_cores
 from ..core.records import InferResult
-from ..data.loading import input_shape_text, load_for_run
 from ..data.device import Normalize, channel_stats
+from ..data.loading import input_shape_text, load_for_run
 from ..device.machine import THREAD_ENV, resolve_device
 from ..device.timing import Region, peak_memory_bytes, reset_peak_memory
 from ..nn import microbatch, models

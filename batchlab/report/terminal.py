@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 from rich import box
 from rich.cells import cell_len
-from rich.console import Console, Group
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 

@@ -30,8 +30,8 @@ from ..core import heartbeat
 from ..core.cpus import available_cores
 from ..core.errors import SpecError
 from ..core.records import EpochRecord, RunResult
-from ..data.loading import input_shape_text, load_for_run
 from ..data.device import DeviceData, to_device
+from ..data.loading import input_shape_text, load_for_run
 from ..device.machine import THREAD_ENV, resolve_device
 from ..device.timing import Region, peak_memory_bytes, reset_peak_memory
 from ..nn import microbatch, models
