@@ -28,9 +28,9 @@ from torch import nn
 
 from ..core import heartbeat
 from ..core.cpus import available_cores
-from ..core.errors import SpecError
+from ..core.errors import ModelError, SpecError
 from ..core.records import EpochRecord, RunResult
-from ..data.device import DeviceData, to_device
+from ..data.device import DeviceData, ddp_order, hogwild_order, single_order, to_device
 from ..data.loading import input_shape_text, load_for_run
 from ..device.machine import THREAD_ENV, resolve_device
 from ..device.timing import Region, peak_memory_bytes, reset_peak_memory
@@ -202,8 +202,33 @@ def prepare(spec: RunSpec, data_dir: str | None = None, device: str | None = Non
     result.parameters = models.parameter_count(model)
     models.check_output(model, dd.normalize(dd.train_images[:2]), dd.classes, spec.model, spec.dataset)
     slices = slice_size_for(spec, model, dd)
+    refuse_one_image_slices(spec, model, dd.train_count, slices)
     reset_peak_memory(device)
     return Prepared(spec, device, dd, model, slices, result, started)
+
+
+def smallest_slice(spec: RunSpec, count: int, slice_size: int) -> int:
+    """The fewest images any step of any process runs through the network at once: the last,
+    partial batch of a process's share of the epoch, cut into micro-batch slices."""
+    order = torch.arange(count)
+    if spec.strategy == "single":
+        shares = [single_order(order, spec.batch_size, spec.drop_last)]
+    else:
+        split = ddp_order if spec.strategy == "ddp" else hogwild_order
+        shares = [split(order, spec.workers, rank, spec.batch_size, spec.drop_last) for rank in range(spec.workers)]
+    batches = {size for share in shares if len(share)
+               for size in (min(spec.batch_size, len(share)), len(share) % spec.batch_size) if size}
+    return min((stop - start for batch in batches for start, stop in microbatch.bounds(batch, slice_size)),
+               default=spec.batch_size)
+
+
+def refuse_one_image_slices(spec: RunSpec, model: nn.Module, count: int, slice_size: int) -> None:
+    """A model with batch normalisation cannot train on one image (its statistics over one value
+    per channel are undefined; PyTorch raises mid-epoch): refuse the run before it starts."""
+    if microbatch.has_batch_statistics(model) and smallest_slice(spec, count, slice_size) == 1:
+        raise ModelError(f"model {spec.model} uses batch normalisation, which cannot train on a single image, but "
+                         f"batch size {spec.batch_size}, micro-batch {slice_size} and {count:,} training images give "
+                         "steps of 1 image; use a batch size and micro-batch of at least 2, or --drop-last")
 
 
 def data_notes(dataset) -> dict:
