@@ -10,7 +10,8 @@ from PIL import Image
 from batchlab.core.errors import DataError
 from batchlab.data.device import Normalize, channel_stats
 from batchlab.data.imagefolder import load_folder
-from batchlab.data.loading import input_shape_text, load_for_run
+from batchlab.data.registry import load
+from batchlab.nn.texts import shape_text
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
@@ -99,9 +100,9 @@ def test_a_class_with_only_undecodable_images_is_refused(tmp_path):
 
 def test_image_size_resizes_a_registered_dataset(synthetic_dataset):
     folder = synthetic_dataset.directory
-    dataset = load_for_run(synthetic_dataset.name, folder, image_size=32)
-    assert dataset.input_shape == (1, 32, 32) and input_shape_text(dataset.input_shape) == "1x32x32"
-    assert load_for_run(synthetic_dataset.name, folder).input_shape == (1, 28, 28)
+    dataset = load(synthetic_dataset.name, folder, image_size=32)
+    assert dataset.input_shape == (1, 32, 32) and shape_text(dataset.input_shape) == "1x32x32"
+    assert load(synthetic_dataset.name, folder).input_shape == (1, 28, 28)
 
 
 def test_normalisation_is_per_channel():

@@ -1,4 +1,4 @@
 """The data: the registry of datasets with checksums and look-up (registry.py), CIFAR archives
 (cifar.py), downloads (download.py), folders of images (imagefolder.py), resizing (resize.py), the
-dataset a run asks for (loading.py), the Dataset record (dataset.py); device.py puts a dataset on a
+Dataset record (dataset.py); device.py puts a dataset on a
 device for training (the one module here that imports torch)."""

@@ -32,6 +32,7 @@ import platformdirs
 from ..core.errors import DataError
 from .cifar import CifarArchive, CifarArrays, CifarLabels, decode, md5_problem
 from .dataset import Dataset
+from .resize import resized
 
 
 @dataclass(frozen=True)
@@ -442,15 +443,16 @@ def dataset_problem(name: str) -> str | None:
     return None
 
 
-def load(name: str, data_dir: str | Path | None = None) -> Dataset:
-    """Load a registered dataset or a `folder:PATH` of images, verified."""
+def load(name: str, data_dir: str | Path | None = None, image_size: int = 0, strict_images: bool = False) -> Dataset:
+    """Load a registered dataset or a `folder:PATH` of images, verified, at `image_size` (0 = the
+    data's own; see resize.py). `strict_images`: refuse a folder with an undecodable image."""
     problem = dataset_problem(name)
     if problem:
         raise DataError(problem)
     if name.startswith(FOLDER_PREFIX):
         from .imagefolder import load_folder  # Pillow only where it is needed
-        return load_folder(name[len(FOLDER_PREFIX):])
-    return load_registered(name, data_dir)
+        return load_folder(name[len(FOLDER_PREFIX):], image_size, strict_images)
+    return resized(load_registered(name, data_dir), image_size)
 
 
 def verify(name: str, data_dir: str | Path | None = None) -> list[tuple[str, str]]:

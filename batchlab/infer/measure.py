@@ -25,12 +25,13 @@ import torch
 from ..core import heartbeat
 from ..core.cpus import available_cores
 from ..core.records import InferResult
+from ..data import registry as data
 from ..data.device import Normalize, channel_stats
-from ..data.loading import input_shape_text, load_for_run
 from ..device.machine import THREAD_ENV, resolve_device
 from ..device.timing import Region, peak_memory_bytes, reset_peak_memory
 from ..nn import microbatch, models
 from ..nn.placement import autocast, place
+from ..nn.texts import shape_text
 from ..spec.run import InferSpec
 
 MIN_REPEATS = 3
@@ -67,9 +68,9 @@ def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None 
     result = InferResult(spec=spec)
 
     load_start = time.perf_counter()
-    dataset = load_for_run(spec.dataset, data_dir, spec.image_size, spec.strict_images)
+    dataset = data.load(spec.dataset, data_dir, spec.image_size, spec.strict_images)
     result.load_seconds = time.perf_counter() - load_start
-    result.input_shape = input_shape_text(dataset.input_shape)
+    result.input_shape = shape_text(dataset.input_shape)
     host_images, labels = tiled(dataset.test_images, dataset.test_labels, spec.batch_size)
     if device.type == "cuda":
         host_images = host_images.pin_memory()  # as a serving pipeline would: faster, async-capable copies

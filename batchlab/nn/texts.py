@@ -9,4 +9,5 @@ def failure(error: BaseException) -> str:
 
 
 def shape_text(shape: tuple[int, ...]) -> str:
+    """(3, 32, 32) → "3x32x32": how errors, the store and reports write an image shape."""
     return "x".join(str(size) for size in shape)

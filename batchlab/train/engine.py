@@ -30,12 +30,13 @@ from ..core import heartbeat
 from ..core.cpus import available_cores
 from ..core.errors import ModelError, SpecError
 from ..core.records import EpochRecord, RunResult
+from ..data import registry as data
 from ..data.device import DeviceData, ddp_order, hogwild_order, single_order, to_device
-from ..data.loading import input_shape_text, load_for_run
 from ..device.machine import THREAD_ENV, resolve_device
 from ..device.timing import Region, peak_memory_bytes, reset_peak_memory
 from ..nn import microbatch, models
 from ..nn.placement import autocast, place
+from ..nn.texts import shape_text
 from ..spec.run import RunSpec
 
 WARMUP_STEPS = 2
@@ -184,10 +185,10 @@ def prepare(spec: RunSpec, data_dir: str | None = None, device: str | None = Non
     result = RunResult(spec=spec)
 
     load_start = time.perf_counter()
-    dataset = load_for_run(spec.dataset, data_dir, spec.image_size, spec.strict_images)
+    dataset = data.load(spec.dataset, data_dir, spec.image_size, spec.strict_images)
     result.load_seconds = time.perf_counter() - load_start
     result.dataset_checksum, result.dataset_source = dataset.checksum, dataset.source
-    result.input_shape, result.skipped_images = input_shape_text(dataset.input_shape), len(dataset.skipped)
+    result.input_shape, result.skipped_images = shape_text(dataset.input_shape), len(dataset.skipped)
     result.environment.update(data_notes(dataset))
 
     with Region(device) as copy_region:
