@@ -42,7 +42,7 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
 class Normalize:
     """uint8 images (N, C, H, W) → float32 of zero mean and unit variance per channel, in one op:
     -mean/std + images × 1/std (type promotion makes it float32); at batch 1 every op of the step
-    counts. One channel takes Python scalars; several, (C, 1, 1) tensors made once on `device`."""
+    counts. One channel: a scalar tensor and a Python float; several: (C, 1, 1) tensors on `device`."""
 
     def __init__(self, mean: tuple[float, ...] | float, std: tuple[float, ...] | float,
                  device: torch.device | str = "cpu"):
@@ -51,15 +51,15 @@ class Normalize:
         self.std = tuple(std) if isinstance(std, (tuple, list)) else (float(std),)
         shift = [-m / s for m, s in zip(self.mean, self.std)]
         scale = [1 / s for s in self.std]
-        if len(self.mean) == 1:
-            self.shift, self.scale = shift[0], scale[0]
+        if len(self.mean) == 1:  # a CPU scalar tensor adds to images on any device; made once, not per batch
+            self.shift, self.scale = torch.tensor(shift[0]), scale[0]
         else:
             self.shift = torch.tensor(shift, device=device).view(-1, 1, 1)
             self.scale = torch.tensor(scale, device=device).view(-1, 1, 1)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if isinstance(self.scale, float):
-            return torch.add(torch.tensor(self.shift), images, alpha=self.scale)
+            return torch.add(self.shift, images, alpha=self.scale)
         return torch.addcmul(self.shift, images, self.scale)
 
 
