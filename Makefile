@@ -42,6 +42,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	-$(MAKE) --no-print-directory bench-tf
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/images.py
 
 # The optional Keras 3 + TensorFlow peer lives in its own environment (large; may be unavailable).
 bench-tf: bench/.venv-tf/.installed

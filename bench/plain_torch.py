@@ -13,12 +13,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 
-def seed_cnn(classes: int = 10) -> nn.Module:
-    """The TensorFlow batch-size study's CNN as its paper draws it (same parameters as batchlab's)."""
+def seed_cnn(classes: int = 10, channels: int = 1, side: int = 28) -> nn.Module:
+    """The TensorFlow batch-size study's CNN as its paper draws it (same parameters as batchlab's),
+    on `channels` x `side` x `side` images (28 → 4x4 maps for the dense layer, 32 → 5x5)."""
+    side_map = ((side - 3) // 2 - 3) // 2
     return nn.Sequential(
-        nn.Conv2d(1, 32, kernel_size=4), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(channels, 32, kernel_size=4), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, kernel_size=4), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Dropout(0.5), nn.Linear(64 * 4 * 4, 500), nn.ReLU(), nn.Dropout(0.5),
+        nn.Flatten(), nn.Dropout(0.5), nn.Linear(64 * side_map * side_map, 500), nn.ReLU(), nn.Dropout(0.5),
         nn.Linear(500, classes),
     )
 

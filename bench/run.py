@@ -78,6 +78,14 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
+def write_results(results: dict, suffix: str = "") -> None:
+    """bench/results/<date>-<host><suffix>.json"""
+    out = HERE / "results" / f"{datetime.now():%Y%m%d-%H%M}-{socket.gethostname()}{suffix}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(f"written {out}")
+
+
 def batchlab_train(prep, batch: int, repeats: int, record: bool = True) -> list[float]:
     """images/s of the engine's hot loop (StepLoop.train, as `batchlab train` runs it); with
     record=False the same steps without keeping each step's results (the measurement's cost)."""
@@ -239,10 +247,7 @@ def main() -> None:
     if not args.quick:
         results["accuracy_after_2_epochs_bs64"] = accuracy_check(prep, args.data_dir)
         print("test accuracy after 2 epochs at batch 64:", results["accuracy_after_2_epochs_bs64"])
-    out = HERE / "results" / f"{datetime.now():%Y%m%d-%H%M}-{socket.gethostname()}.json"
-    out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    print(f"written {out}")
+    write_results(results)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,10 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 # The columns the fixture store's tables have (settings the same in every row, e.g. threads, are
 # not columns; accuracy is not, as no inference ran with trained weights).
-TRAINING_LABELS = ["dataset", "input", "model", "device", "strategy", "workers", "precision", "val split", "machine",
+TRAINING_LABELS = ["dataset", "shape", "model", "device", "strategy", "workers", "precision", "val split", "machine",
                    "batch size", "epochs", "n", "status", "s / epoch", "images / s", "speedup", "efficiency",
                    "val acc", "test acc", "test loss", "time to target s"]
-INFERENCE_LABELS = ["dataset", "input", "model", "device", "threads", "precision", "weights", "machine", "batch", "status", "n",
+INFERENCE_LABELS = ["dataset", "shape", "model", "device", "threads", "precision", "weights", "machine", "batch", "status", "n",
                     "images / s", "p50 ms", "p90 ms", "p99 ms", "images / s w/ overheads", "p50 ms w/ overheads",
                     "first call ms"]
 

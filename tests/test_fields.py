@@ -26,7 +26,8 @@ RUN_VALUES = {
     "dataset": None,  # the test's image folder
     "model": "mlp", "batch_size": 8, "epochs": 2, "optimizer": "sgd", "lr": 0.05, "device": "cpu",
     "strategy": "hogwild", "workers": 2, "threads": 1, "precision": "bf16", "val_split": 0.2, "limit_train": 30,
-    "drop_last": True, "target_accuracy": 0.5, "micro_batch": 4, "image_size": 20, "strict_images": True, "seed": 3,
+    "drop_last": True, "target_accuracy": 0.5, "micro_batch": 4, "image_size": 20, "strict_images": True,
+    "input": "loader", "loader_workers": 1, "augment": True, "seed": 3,
 }
 
 

@@ -1,5 +1,6 @@
 import sqlite3
 
+import pandas as pd
 import pytest
 
 from batchlab.core.errors import StoreError
@@ -120,7 +121,7 @@ def test_every_column_is_in_a_migrated_store(tmp_path):
 
 def test_a_schema_1_store_is_migrated_keeping_its_runs(tmp_path):
     """Stores written before micro-batches existed open, and their runs read as whole batches on
-    28×28 gray images at their own size."""
+    28×28 gray images at their own size, on the device input path, their waits for data unknown."""
     from batchlab.report.training import load_runs
     from batchlab.store.schema import MIGRATIONS
 
@@ -130,12 +131,15 @@ def test_a_schema_1_store_is_migrated_keeping_its_runs(tmp_path):
         db.execute("INSERT INTO machines VALUES ('m1', '{}', 'then')")
         db.execute("INSERT INTO runs (run_key, machine_id, status, created_at, batch_size, model) "
                    "VALUES ('k', 'm1', 'DONE', 'then', 256, 'mlp')")
+        db.execute("INSERT INTO epochs (run_id, epoch, train_seconds, images) VALUES (1, 1, 2.0, 1000)")
     before = path.read_bytes()
     runs = load_runs(path)  # a report reads it migrated in memory, the file untouched
     assert runs.loc[0, "micro_batch"] == 256 and runs.loc[0, "slicing"] == "whole"
     assert (runs.loc[0, "input_shape"], runs.loc[0, "image_size"], runs.loc[0, "skipped_images"]) == ("1x28x28", 0, 0)
+    assert (runs.loc[0, "input"], runs.loc[0, "loader_workers"], runs.loc[0, "augment"]) == ("device", 0, False)
+    assert runs.loc[0, "images_per_second"] == 500 and pd.isna(runs.loc[0, "data_wait_seconds"])
     assert path.read_bytes() == before
     Store(path).close()  # a sweep's store migrates the file
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert load_runs(path).loc[0, "micro_batch"] == 256

@@ -30,6 +30,9 @@ class EpochRecord:
     eval_seconds: float
     images: int  # images trained on in this epoch
     steps: int
+    # Of train_seconds, the time the training loop waited for its batches (gather, loader, copy to
+    # the device); a mean over the processes of hogwild/ddp. None: not measured (runs before schema 4).
+    data_wait_seconds: float | None = None
 
 
 @dataclass
@@ -55,6 +58,7 @@ class RunResult:
     diverged_step: int | None = None
     input_shape: str | None = None  # "CxHxW" of the images the model was fed (None: not loaded)
     skipped_images: int = 0  # folder images that could not be decoded (listed in environment)
+    input_used: str | None = None  # the input path taken, "device" or "loader" (the spec may say auto)
     error: str | None = None
     environment: dict = field(default_factory=dict)
     # Final weights (CPU state dict) when asked for with keep_weights; never serialised.

@@ -1,8 +1,9 @@
-"""The run's data on its device: train/validation/test split, normalisation, batch order.
+"""The run's data: train/validation/test split, normalisation, batch order, and where it lives.
 
-The whole dataset is copied to the device once, as uint8 (4x smaller than float32); each batch
-is gathered by indexing with a slice of a seeded permutation and converted to float there. No
-DataLoader, no worker processes, no host→device copy in the hot loop.
+On the device input path the whole dataset is copied to the device once, as uint8 (4x smaller
+than float32); each batch is gathered by indexing with a slice of a seeded permutation and
+converted to float there: no DataLoader, no worker processes, no host→device copy in the hot loop.
+On the loader path the splits stay in host memory and batches travel (data/batches.py).
 """
 
 from __future__ import annotations
@@ -63,9 +64,12 @@ class Normalize:
         return torch.addcmul(self.shift, images, self.scale)
 
 
+INPUTS = ("device", "loader")
+
+
 @dataclass
 class DeviceData:
-    train_images: torch.Tensor  # uint8 (N, C, H, W) on the device
+    train_images: torch.Tensor  # uint8 (N, C, H, W): on the device, or in host memory for the loader path
     train_labels: torch.Tensor  # int64 (N,)
     val_images: torch.Tensor
     val_labels: torch.Tensor
@@ -74,6 +78,12 @@ class DeviceData:
     normalize: Normalize  # uint8 batch → float32, per channel by the training images actually used
     classes: int
     class_names: tuple[str, ...]  # label i is class_names[i]
+    device: torch.device  # where the model computes
+    input: str = "device"  # the input path: "device" (images on the device) or "loader" (in host memory)
+
+    def head(self, count: int) -> torch.Tensor:
+        """The first `count` training images (uint8) on the device: for probes and the warm-up."""
+        return self.train_images[:count].to(self.device)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -123,22 +133,23 @@ def stratified_sample(labels: np.ndarray, indices: np.ndarray, count: int, seed:
     return rng.permutation(np.concatenate(chosen))
 
 
-def to_device(dataset: Dataset, val_split: float, limit_train: int, device: torch.device) -> DeviceData:
+def to_device(dataset: Dataset, val_split: float, limit_train: int, device: torch.device,
+              input: str = "device") -> DeviceData:
+    """The dataset's splits as tensors: on `device` for the device input path, in host memory for
+    the loader path."""
     train_idx, val_idx = split_train(dataset, val_split, limit_train)
     train_np = dataset.train_images[train_idx]
+    home = device if input == "device" else torch.device("cpu")
 
-    def images(array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
-
-    def labels(array: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(array)).to(device)
+    def tensor(array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(home)
 
     return DeviceData(
-        train_images=images(train_np), train_labels=labels(dataset.train_labels[train_idx]),
-        val_images=images(dataset.train_images[val_idx]), val_labels=labels(dataset.train_labels[val_idx]),
-        test_images=images(dataset.test_images), test_labels=labels(dataset.test_labels),
+        train_images=tensor(train_np), train_labels=tensor(dataset.train_labels[train_idx]),
+        val_images=tensor(dataset.train_images[val_idx]), val_labels=tensor(dataset.train_labels[val_idx]),
+        test_images=tensor(dataset.test_images), test_labels=tensor(dataset.test_labels),
         normalize=Normalize(*channel_stats(train_np), device), classes=dataset.classes,
-        class_names=dataset.class_names,
+        class_names=dataset.class_names, device=torch.device(device), input=input,
     )
 
 

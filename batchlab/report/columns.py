@@ -86,7 +86,11 @@ def spread(key: str, label: str, digits: int, priority: int) -> Column:
 
 # The images' "CxHxW": decided by dataset and image size, shown beside them (and in JSON/CSV rows).
 # Optional in a narrow terminal (priority 5): the dataset column names the data already.
-INPUT_SHAPE = dataclasses.replace(setting("input_shape", "input", show_if="always"), priority=5)
+INPUT_SHAPE = dataclasses.replace(setting("input_shape", "shape", show_if="always"), priority=5)
+
+# Of the train seconds, the share spent waiting for batches (data/batches.py): the cost of the input path.
+DATA_WAIT = Column("data_wait_share", "data wait", "percent", 0, "right", priority=6, show_if="measured",
+                   extra=("data_wait_seconds",))
 
 TRAINING = [
     *(SETTINGS.get(key) or setting(key) for key in ("dataset",)),
@@ -97,6 +101,7 @@ TRAINING = [
     Column("status", "status", fold=True),
     spread("epoch_train_seconds", "s / epoch", 2, priority=7),
     spread("images_per_second", "images / s", 0, priority=0),
+    DATA_WAIT,
     Column("speedup", "speedup", "speedup", 2, "right", priority=3, show_if="scaling", extra=("baseline_batch_size",)),
     Column("efficiency", "efficiency", "percent", 0, "right", priority=8, show_if="scaling"),
     Column("val_accuracy", "val acc", "number", 4, "right", priority=6, show_if="measured"),
@@ -107,8 +112,8 @@ TRAINING = [
 ]
 TRAINING_TITLE = "batchlab results"
 TRAINING_CAPTION = ("median [min–max] over n DONE repeats; seconds are train seconds (steps only, device "
-                    "synchronised); accuracy after the last epoch; speedup in images/s against parallelism 1 "
-                    "(workers, or threads for single); time to target: train seconds (runs that reached it / n)")
+                    "synchronised), data wait their share spent waiting for batches; accuracy after the last epoch; "
+                    "speedup in images/s against parallelism 1 (workers, or threads for single); time to target: train seconds (runs that reached it / n)")
 
 # `report --runs`: one row per run, the settings as in TRAINING, then the run's own figures.
 RUNS = [
@@ -118,6 +123,7 @@ RUNS = [
     Column("epochs_done", "epochs done", "count", align="right", priority=6, fold=True),
     Column("epoch_train_seconds", "s / epoch", "number", 2, "right", priority=7),
     Column("images_per_second", "images / s", "number", 0, "right", priority=0),
+    DATA_WAIT,
     Column("val_accuracy", "val acc", "number", 4, "right", priority=6, show_if="measured"),
     Column("test_accuracy", "test acc", "number", 4, "right", priority=0),
     Column("test_loss", "test loss", "number", 4, "right", priority=9),
@@ -126,8 +132,8 @@ RUNS = [
     Column("error", "error", priority=1, show_if="measured"),  # why a run failed: the last optional column to go
 ]
 RUNS_TITLE = "batchlab runs"
-RUNS_CAPTION = ("one row per run; seconds are train seconds (steps only, device synchronised); accuracy after the "
-                "last epoch done; time to target: train seconds, — when not reached")
+RUNS_CAPTION = ("one row per run; seconds are train seconds (steps only, device synchronised), data wait their "
+                "share spent waiting for batches; accuracy after the last epoch done; time to target: train seconds, — when not reached")
 
 INFERENCE = [
     setting("dataset", show_if="always"),

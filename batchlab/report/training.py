@@ -25,7 +25,7 @@ GROUP_KEYS = group_keys(RunSpec) + ["machine"]
 # Figures summarised over repeats: median, min and max of the per-run values.
 SPREAD_FIGURES = ["epoch_train_seconds", "images_per_second", "test_accuracy"]
 MEDIAN_FIGURES = ["test_loss", "val_accuracy", "time_to_target_seconds", "wall_seconds", "warmup_seconds",
-                  "load_seconds", "peak_memory_bytes"]
+                  "load_seconds", "peak_memory_bytes", "data_wait_seconds", "data_wait_share"]
 
 
 def slicing(micro_batch: int, batch_size: int) -> str:
@@ -160,7 +160,9 @@ def run_line(spec, status: str, result=None, error: str | None = None) -> str:
         return f"{head}: {error or 'no epochs completed'}"
     last = result.epochs[-1]
     seconds = statistics.median(e.train_seconds for e in result.epochs)
-    text = (f"{head}: {len(result.epochs)} epoch(s), {seconds:.2f} s/epoch train, "
+    waits = [e.data_wait_seconds for e in result.epochs if e.data_wait_seconds is not None]
+    wait = f" ({sum(waits) / result.train_seconds:.0%} waiting for data)" if waits else ""
+    text = (f"{head}: {len(result.epochs)} epoch(s), {seconds:.2f} s/epoch train{wait}, "
             f"{result.images_processed / result.train_seconds:,.0f} img/s, test acc {last.test_accuracy:.4f}, "
             f"loss {last.test_loss:.4f}, wall {result.wall_seconds:.1f} s")
     if result.time_to_target_seconds is not None:

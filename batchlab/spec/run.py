@@ -28,6 +28,7 @@ MICRO_BATCH_HELP = ("Images per slice of a batch (gradients accumulate to one up
 OPTIMIZERS = ("sgd", "momentum", "adam")
 STRATEGIES = ("single", "hogwild", "ddp")
 PRECISIONS = ("fp32", "bf16", "fp16")
+INPUTS = ("auto", "device", "loader")  # data/batches.py, data/input_path.py
 
 
 def need(ok: bool, message: str) -> None:
@@ -98,14 +99,22 @@ class RunSpec(Keyed):
     micro_batch: int = setting(0, MICRO_BATCH_HELP, group="slicing")
     image_size: int = setting(0, IMAGE_SIZE_HELP)
     strict_images: bool = setting(False, STRICT_IMAGES_HELP, grid=False, group=None)
-    seed: int = setting(0, "Seed of weights, batch order and dropout; repeat r uses seed + r.", group=None)
+    # Reported as the path taken ("device" or "loader"): auto is resolved by the run.
+    input: str = setting("auto", "device (the dataset on the device, batches by index), loader (a DataLoader from "
+                                 "host memory) or auto (device unless the dataset would fill half the device).")
+    loader_workers: int = setting(0, "DataLoader worker processes on the loader path; 0 = the training process loads.")
+    augment: bool = setting(False, "Random crop (padding 1/8 of the size) and left-right flip of each training image.",
+                            grid=False)
+    seed: int = setting(0, "Seed of weights, batch order, dropout and augmentation; repeat r uses seed + r.",
+                        group=None)
     repeat: int = setting(0, "Repeat number (set by --repeats).", flag=False, grid=False, group=None)
 
     def label(self) -> str:
         """Short human description for progress bars and messages."""
         precision = "" if self.precision == "fp32" else f" {self.precision}"
-        return (f"{self.model} {self.dataset} bs={self.batch_size} {self.device}{precision} "
-                f"{self.strategy}x{self.workers} t={self.threads} r={self.repeat}")
+        loader = f" loader x{self.loader_workers}" if self.input == "loader" else ""
+        return (f"{self.model} {self.dataset} bs={self.batch_size} {self.device}{precision}{loader}"
+                f"{' augment' if self.augment else ''} {self.strategy}x{self.workers} t={self.threads} r={self.repeat}")
 
     def validated(self) -> RunSpec:
         """Check every field; return a copy with defaults resolved (threads=0 → core count)."""
@@ -126,6 +135,10 @@ class RunSpec(Keyed):
         need(0.0 <= self.target_accuracy <= 1.0,
              f"target accuracy is a fraction in [0, 1], got {self.target_accuracy}")
         need(self.repeat >= 0, f"repeat must be at least 0, got {self.repeat}")
+        need(self.input in INPUTS, f"unknown input {self.input!r}; choose one of {', '.join(INPUTS)}")
+        need(self.loader_workers >= 0, f"loader workers must be at least 0, got {self.loader_workers}")
+        need(self.loader_workers == 0 or self.input != "device",
+             "--loader-workers needs the loader input path (--input loader or auto)")
         # Default: share the cores among the worker processes.
         threads = self.threads or max(1, available_cores() // self.workers)
         return dataclasses.replace(self, threads=threads)

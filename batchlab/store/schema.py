@@ -31,12 +31,14 @@ RESULT_COLUMNS_1 = {  # as schema 1 created them
     "diverged_step": "INTEGER",
 }
 # 3: images of any shape. input_shape is "CxHxW"; skipped_images counts undecodable folder images.
-RESULT_COLUMNS = RESULT_COLUMNS_1 | {"input_shape": "TEXT", "skipped_images": "INTEGER"}
-EPOCH_COLUMNS = {
+# 4: input paths. input_used is the path a run took ("device" or "loader"; its spec may say auto).
+RESULT_COLUMNS = RESULT_COLUMNS_1 | {"input_shape": "TEXT", "skipped_images": "INTEGER", "input_used": "TEXT"}
+EPOCH_COLUMNS_1 = {  # as schema 1 created them
     "epoch": "INTEGER", "train_loss": "REAL", "train_accuracy": "REAL", "val_loss": "REAL",
     "val_accuracy": "REAL", "test_loss": "REAL", "test_accuracy": "REAL", "train_seconds": "REAL",
     "eval_seconds": "REAL", "images": "INTEGER", "steps": "INTEGER",
 }
+EPOCH_COLUMNS = EPOCH_COLUMNS_1 | {"data_wait_seconds": "REAL"}
 INFER_SPEC_COLUMNS_1 = {
     "dataset": "TEXT", "model": "TEXT", "batch_size": "INTEGER", "device": "TEXT", "threads": "INTEGER",
     "precision": "TEXT", "weights": "TEXT", "seed": "INTEGER",
@@ -85,7 +87,7 @@ MIGRATIONS = [
     {_run_table("runs", RUN_SPEC_COLUMNS_1, RESULT_COLUMNS_1)}
     CREATE TABLE epochs (
         run_id INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
-        {_columns(EPOCH_COLUMNS)},
+        {_columns(EPOCH_COLUMNS_1)},
         PRIMARY KEY (run_id, epoch)
     );
     CREATE TABLE weights (
@@ -113,6 +115,16 @@ MIGRATIONS = [
     ALTER TABLE inference ADD COLUMN strict_images INTEGER;
     ALTER TABLE inference ADD COLUMN input_shape TEXT;
     UPDATE inference SET image_size = 0, strict_images = 0, input_shape = '1x28x28';
+    """,
+    # 4: the input path axis. Every run stored before took the device path, without augmentation;
+    # its waits for batches were not measured (NULL).
+    """
+    ALTER TABLE runs ADD COLUMN input TEXT;
+    ALTER TABLE runs ADD COLUMN loader_workers INTEGER;
+    ALTER TABLE runs ADD COLUMN augment INTEGER;
+    ALTER TABLE runs ADD COLUMN input_used TEXT;
+    UPDATE runs SET input = 'device', loader_workers = 0, augment = 0, input_used = 'device';
+    ALTER TABLE epochs ADD COLUMN data_wait_seconds REAL;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

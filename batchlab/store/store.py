@@ -301,26 +301,33 @@ class Store:
 
     def runs_frame(self) -> pd.DataFrame:
         """One row per run with its spec, status, overheads and derived totals from its epochs:
-        train_seconds, images_processed, images_per_second, final train/val/test loss and accuracy."""
+        train_seconds, images_processed, images_per_second, data_wait_seconds (of train_seconds) and
+        data_wait_share, final train/val/test loss and accuracy. `input` is the path the run took
+        (its spec's `input` may say auto; runs that never started keep the spec's value)."""
         runs = pd.read_sql_query("SELECT * FROM runs ORDER BY run_id", self.db)
-        runs["drop_last"] = runs["drop_last"].astype(bool)  # SQLite stores booleans as 0/1
+        for flag in ("drop_last", "augment", "strict_images"):  # SQLite stores booleans as 0/1
+            runs[flag] = runs[flag].astype(bool)
+        runs["input"] = runs["input_used"].fillna(runs["input"])
         epochs = self.epochs_frame()
         if epochs.empty:
             runs = with_parallelism(runs)
             for column in ("epochs_done", "train_seconds", "eval_seconds", "images_processed", "images_per_second",
-                           "epoch_train_seconds", "test_accuracy", "test_loss", "val_accuracy", "val_loss",
-                           "train_accuracy", "train_loss"):
+                           "epoch_train_seconds", "data_wait_seconds", "data_wait_share", "test_accuracy", "test_loss",
+                           "val_accuracy", "val_loss", "train_accuracy", "train_loss"):
                 runs[column] = pd.Series(dtype=float)
             return runs
         grouped = epochs.groupby("run_id")
         totals = grouped.agg(epochs_done=("epoch", "max"), train_seconds=("train_seconds", "sum"),
                              eval_seconds=("eval_seconds", "sum"), images_processed=("images", "sum"),
-                             epoch_train_seconds=("train_seconds", "median"))
+                             epoch_train_seconds=("train_seconds", "median"),
+                             # NaN, not 0, for runs stored before the wait was measured
+                             data_wait_seconds=("data_wait_seconds", lambda waits: waits.sum(min_count=1)))
         final = epochs.sort_values("epoch").groupby("run_id").last()[
             ["test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_accuracy", "train_loss"]]
         merged = runs.merge(totals, left_on="run_id", right_index=True, how="left")
         merged = merged.merge(final, left_on="run_id", right_index=True, how="left")
         merged["images_per_second"] = merged["images_processed"] / merged["train_seconds"]
+        merged["data_wait_share"] = merged["data_wait_seconds"] / merged["train_seconds"]
         return with_parallelism(merged)
 
     def epochs_frame(self) -> pd.DataFrame:

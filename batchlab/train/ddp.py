@@ -30,7 +30,7 @@ from ..core.records import EpochRecord, RunResult
 from ..data.device import ddp_order
 from ..device.timing import Region
 from ..spec.run import RunSpec
-from .engine import EpochWork, StepLoop, keep, make_optimizer, prepare, run_epochs, warm_up
+from .engine import EpochWork, StepLoop, input_source, keep, make_optimizer, prepare, run_epochs, warm_up
 from .team import Team
 
 NO_BAD_STEP = 2**62  # stands for "every loss finite" in the MIN all-reduce of first bad steps
@@ -43,16 +43,18 @@ def launched_externally() -> bool:
 
 
 def all_reduced(work: EpochWork, device: torch.device) -> EpochWork:
-    """Sum the ranks' epoch figures (one small all-reduce per epoch, a sync point)."""
+    """Sum the ranks' epoch figures, the data wait as the ranks' mean (one small all-reduce per
+    epoch, a sync point)."""
     bad = work.bad_step if work.bad_step is not None else NO_BAD_STEP
-    totals = torch.tensor([work.loss_sum, work.correct, work.images], dtype=torch.float64, device=device)
+    totals = torch.tensor([work.loss_sum, work.correct, work.images, work.data_wait_seconds], dtype=torch.float64,
+                          device=device)
     first_bad = torch.tensor([bad], dtype=torch.int64, device=device)
     dist.all_reduce(totals)
     dist.all_reduce(first_bad, op=dist.ReduceOp.MIN)
     bad_step = int(first_bad.item())
     # steps: synchronised updates of the model, the same on every rank.
     return EpochWork(float(totals[0]), int(totals[1]), int(totals[2]), work.steps,
-                     None if bad_step == NO_BAD_STEP else bad_step)
+                     None if bad_step == NO_BAD_STEP else bad_step, float(totals[3]) / dist.get_world_size())
 
 
 def run_rank(spec: RunSpec, data_dir: str | None, keep_weights: bool = False,
@@ -70,13 +72,14 @@ def run_rank(spec: RunSpec, data_dir: str | None, keep_weights: bool = False,
     try:
         wrap = (lambda module: DistributedDataParallel(module, device_ids=[local_rank])) if backend == "nccl" \
             else DistributedDataParallel
+        source = input_source(spec, prep.dd, stream=rank)  # closed with the process (no loader workers here)
         with Region(prep.device) as warmup_region:
-            warm_up(prep.model, spec, prep.dd, prep.slice_size, wrap)
+            warm_up(prep.model, spec, prep.dd, prep.slice_size, wrap, source)
         prep.result.warmup_seconds = warmup_region.seconds
         model = wrap(prep.model)  # broadcasts rank 0's initial weights (identical anyway: same seed)
         optimizer = make_optimizer(spec.optimizer, model.parameters(), spec.lr)
         torch.manual_seed(spec.seed * 1009 + rank + 1)  # each rank its own dropout masks
-        loop = StepLoop(model, optimizer, prep.dd, spec.batch_size, spec.precision, prep.slice_size)
+        loop = StepLoop(model, optimizer, prep.dd, spec.batch_size, spec.precision, prep.slice_size, source)
         model.train()
 
         def one_epoch(order: torch.Tensor) -> EpochWork:

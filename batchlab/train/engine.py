@@ -1,8 +1,10 @@
 """Train and evaluate one model on one device: the hot loop and its measured regions.
 
 What is timed (the README's definitions, kept here):
-- train seconds of an epoch: the optimizer steps only (gather batch, forward, loss, backward,
+- train seconds of an epoch: the optimizer steps only (get the batch, forward, loss, backward,
   step), device synchronised before each clock read; evaluation and batch-order drawing excluded.
+  Of these, data wait: the time the loop waited for its batches (gathered on the device, or from
+  the DataLoader and copied to the device: data/batches.py).
 - eval seconds: evaluation on the validation and test sets after each epoch.
 - overheads, apart: dataset load (read + checksum), host→device copy, model build, warm-up
   (a few steps on a throw-away copy of the model, so the measured epochs start warm but from the
@@ -31,7 +33,9 @@ from ..core.cpus import available_cores
 from ..core.errors import ModelError, SpecError
 from ..core.records import EpochRecord, RunResult
 from ..data import registry as data
+from ..data.batches import DeviceBatches, LoaderBatches, batch_source
 from ..data.device import DeviceData, ddp_order, hogwild_order, single_order, to_device
+from ..data.input_path import choose_input, dataset_bytes
 from ..device.machine import THREAD_ENV, resolve_device
 from ..device.timing import Region, peak_memory_bytes, reset_peak_memory
 from ..nn import microbatch, models
@@ -81,18 +85,21 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
 
 def evaluate(model: nn.Module, dd: DeviceData, images: torch.Tensor, labels: torch.Tensor,
              precision: str = "fp32") -> tuple[float, float]:
-    """(mean loss, accuracy) over a whole split, in fixed-size batches."""
+    """(mean loss, accuracy) over a whole split, in fixed-size batches (copied to the device
+    batch by batch when the split is in host memory: the loader path)."""
     if len(labels) == 0:
         return float("nan"), float("nan")
     model.eval()
-    loss_sum = torch.zeros((), device=labels.device)
-    correct = torch.zeros((), dtype=torch.int64, device=labels.device)
+    device = dd.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
     with torch.inference_mode():
         for start in range(0, len(labels), EVAL_BATCH_SIZE):
             heartbeat.beat()
-            with autocast(labels.device, precision):
-                logits = model(dd.normalize(images[start:start + EVAL_BATCH_SIZE])).float()
-            target = labels[start:start + EVAL_BATCH_SIZE]
+            batch = images[start:start + EVAL_BATCH_SIZE].to(device, non_blocking=True)
+            with autocast(device, precision):
+                logits = model(dd.normalize(batch)).float()
+            target = labels[start:start + EVAL_BATCH_SIZE].to(device, non_blocking=True)
             loss_sum += F.cross_entropy(logits, target, reduction="sum")
             correct += (logits.argmax(1) == target).sum()
     model.train()
@@ -100,18 +107,23 @@ def evaluate(model: nn.Module, dd: DeviceData, images: torch.Tensor, labels: tor
 
 
 def warm_up(model: nn.Module, spec: RunSpec, dd: DeviceData, slice_size: int | None = None,
-            wrap: Callable[[nn.Module], nn.Module] = lambda module: module) -> None:
+            wrap: Callable[[nn.Module], nn.Module] = lambda module: module,
+            source: DeviceBatches | LoaderBatches | None = None) -> None:
     """A few steps on a copy of the model, so first-call costs (allocator, kernel selection,
-    for DDP the first all-reduces) fall outside the measured epochs while the real model keeps
-    its seeded initial weights. `wrap` wraps the copy as the strategy wraps the model."""
+    for DDP the first all-reduces, the loader's worker processes) fall outside the measured epochs
+    while the real model keeps its seeded initial weights. `wrap` wraps the copy as the strategy
+    wraps the model; the batches come from `source` (the run's input path) if given."""
     heartbeat.beat()
     scratch = wrap(copy.deepcopy(model))
     optimizer = make_optimizer(spec.optimizer, scratch.parameters(), spec.lr)
     batch = min(spec.batch_size, dd.train_count)
-    for _ in range(WARMUP_STEPS):
+    if source is None:
+        batches = [(dd.head(batch), dd.train_labels[:batch].to(dd.device))] * WARMUP_STEPS
+    else:
+        batches = source.epoch(torch.arange(min(WARMUP_STEPS * batch, dd.train_count), device=dd.device), warm_up=True)
+    for images, labels in batches:
         heartbeat.beat()
-        train_step(scratch, optimizer, dd.normalize(dd.train_images[:batch]), dd.train_labels[:batch], spec.precision,
-                   slice_size)
+        train_step(scratch, optimizer, dd.normalize(images), labels, spec.precision, slice_size)
 
 
 @dataclass
@@ -123,31 +135,44 @@ class EpochWork:
     images: int
     steps: int
     bad_step: int | None = None  # first step (1-based, in the epoch) whose loss was not finite
+    data_wait_seconds: float = 0.0  # of the epoch's train seconds, waiting for batches
 
 
 class StepLoop:
-    """The hot loop of one process: trains on a sequence of image indices in consecutive batches.
+    """The hot loop of one process: trains on a sequence of image indices in consecutive batches,
+    taken from `source` (the run's input path; default: gathered on the device, no augmentation).
     Each step's loss and correct count stay on the device, kept in plain lists (appending costs no
     device op, where writing into a buffer cost 2 ops per step, 3% at batch 1) and read once per call.
-    Each step reports progress (heartbeat.beat: a clock read, at most one message a second)."""
+    Each step reports progress (heartbeat.beat: a clock read, at most one message a second), and the
+    wait for its batch is timed by two host clock reads (~0.1 µs)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, dd: DeviceData, batch_size: int,
-                 precision: str = "fp32", slice_size: int | None = None):
+                 precision: str = "fp32", slice_size: int | None = None,
+                 source: DeviceBatches | LoaderBatches | None = None):
         self.model, self.optimizer, self.dd, self.batch_size = model, optimizer, dd, batch_size
         self.precision, self.slice_size = precision, slice_size
+        self.source = source or DeviceBatches(dd, batch_size)
 
     def train(self, indices: torch.Tensor) -> EpochWork:
-        dd, batch_size = self.dd, self.batch_size
+        model, optimizer, normalize = self.model, self.optimizer, self.dd.normalize
+        precision, slice_size = self.precision, self.slice_size
         step_losses, step_correct = [], []
-        beat = heartbeat.beat
-        for start in range(0, len(indices), batch_size):
+        beat, clock = heartbeat.beat, time.perf_counter
+        batches = self.source.epoch(indices)
+        waited = 0.0
+        while True:
             beat()
-            index = indices[start:start + batch_size]
-            loss, correct = train_step(self.model, self.optimizer, dd.normalize(dd.train_images[index]),
-                                       dd.train_labels[index], self.precision, self.slice_size)
+            asked = clock()
+            batch = next(batches, None)
+            waited += clock() - asked
+            if batch is None:
+                break
+            loss, correct = train_step(model, optimizer, normalize(batch[0]), batch[1], precision, slice_size)
             step_losses.append(loss)
             step_correct.append(correct)
-        return self.totals(step_losses, step_correct, len(indices))
+        work = self.totals(step_losses, step_correct, len(indices))
+        work.data_wait_seconds = waited
+        return work
 
     def totals(self, step_losses: list[torch.Tensor], step_correct: list[torch.Tensor], images: int) -> EpochWork:
         """Read the steps' results back (the one sync point of the epoch)."""
@@ -189,10 +214,11 @@ def prepare(spec: RunSpec, data_dir: str | None = None, device: str | None = Non
     result.load_seconds = time.perf_counter() - load_start
     result.dataset_checksum, result.dataset_source = dataset.checksum, dataset.source
     result.input_shape, result.skipped_images = shape_text(dataset.input_shape), len(dataset.skipped)
-    result.environment.update(data_notes(dataset))
+    result.input_used, input_note = choose_input(spec.input, dataset_bytes(dataset), device)
+    result.environment.update(data_notes(dataset, input_note))
 
     with Region(device) as copy_region:
-        dd = to_device(dataset, spec.val_split, spec.limit_train, device)
+        dd = to_device(dataset, spec.val_split, spec.limit_train, device, result.input_used)
     result.to_device_seconds = copy_region.seconds
     result.train_images, result.val_images, result.test_images = dd.train_count, len(dd.val_labels), len(dd.test_labels)
 
@@ -201,11 +227,17 @@ def prepare(spec: RunSpec, data_dir: str | None = None, device: str | None = Non
         model = build_model(spec, dd, device)
     result.model_build_seconds = build_region.seconds
     result.parameters = models.parameter_count(model)
-    models.check_output(model, dd.normalize(dd.train_images[:2]), dd.classes, spec.model, spec.dataset)
+    models.check_output(model, dd.normalize(dd.head(2)), dd.classes, spec.model, spec.dataset)
     slices = slice_size_for(spec, model, dd)
     refuse_one_image_slices(spec, model, dd.train_count, slices)
     reset_peak_memory(device)
     return Prepared(spec, device, dd, model, slices, result, started)
+
+
+def input_source(spec: RunSpec, dd: DeviceData, stream: int = 0) -> DeviceBatches | LoaderBatches:
+    """The batches of one training process (`stream`: its hogwild worker or DDP rank) on the run's
+    input path; close() it when the run ends (it may hold loader worker processes)."""
+    return batch_source(dd, spec.batch_size, spec.loader_workers, spec.augment, spec.seed, stream)
 
 
 def smallest_slice(spec: RunSpec, count: int, slice_size: int) -> int:
@@ -232,9 +264,11 @@ def refuse_one_image_slices(spec: RunSpec, model: nn.Module, count: int, slice_s
                          "steps of 1 image; use a batch size and micro-batch of at least 2, or --drop-last")
 
 
-def data_notes(dataset) -> dict:
-    """What the data loader chose or skipped, for the run record (and said to the user)."""
-    return {"data_notes": list(dataset.notes), "skipped_image_examples": list(dataset.skipped[:SKIPPED_EXAMPLES])}
+def data_notes(dataset, input_note: str | None = None) -> dict:
+    """What the data loader (and the input path choice) decided or skipped, for the run record
+    (and said to the user)."""
+    notes = [*dataset.notes, *([input_note] if input_note else [])]
+    return {"data_notes": notes, "skipped_image_examples": list(dataset.skipped[:SKIPPED_EXAMPLES])}
 
 
 def build_model(spec: RunSpec, dd: DeviceData, device: torch.device) -> nn.Module:
@@ -244,7 +278,7 @@ def build_model(spec: RunSpec, dd: DeviceData, device: torch.device) -> nn.Modul
 
 def slice_size_for(spec: RunSpec, model: nn.Module, dd: DeviceData) -> int:
     """Images per micro-batch for this run (microbatch.slice_size, probed with one image)."""
-    return microbatch.slice_size(spec.micro_batch, spec.batch_size, model, dd.normalize(dd.train_images[:1]))
+    return microbatch.slice_size(spec.micro_batch, spec.batch_size, model, dd.normalize(dd.head(1)))
 
 
 def run_epochs(prep: Prepared, train_one_epoch: Callable[[torch.Tensor], EpochWork],
@@ -281,7 +315,7 @@ def run_epochs(prep: Prepared, train_one_epoch: Callable[[torch.Tensor], EpochWo
             val_loss=val_loss if has_val else None, val_accuracy=val_accuracy if has_val else None,
             test_loss=test_loss, test_accuracy=test_accuracy,
             train_seconds=train_region.seconds, eval_seconds=eval_region.seconds,
-            images=work.images, steps=work.steps)
+            images=work.images, steps=work.steps, data_wait_seconds=work.data_wait_seconds)
         result.epochs.append(record)
         cumulative_train += record.train_seconds
         watched = record.val_accuracy if has_val else record.test_accuracy

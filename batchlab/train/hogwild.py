@@ -18,7 +18,7 @@ from ..core.records import EpochRecord, RunResult
 from ..data.device import DeviceData, hogwild_order
 from ..device.timing import Region
 from ..spec.run import RunSpec
-from .engine import EpochWork, StepLoop, keep, make_optimizer, prepare, run_epochs, warm_up
+from .engine import EpochWork, StepLoop, input_source, keep, make_optimizer, prepare, run_epochs, warm_up
 from .team import Team
 
 
@@ -27,8 +27,9 @@ def hogwild_worker(rank: int, spec: RunSpec, dd: DeviceData, model: torch.nn.Mod
     torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed * 1009 + rank + 1)  # each worker its own dropout masks
     optimizer = make_optimizer(spec.optimizer, model.parameters(), spec.lr)
-    warm_up(model, spec, dd, slice_size)
-    loop = StepLoop(model, optimizer, dd, spec.batch_size, spec.precision, slice_size)
+    source = input_source(spec, dd, stream=rank)  # closed with the process (no loader workers here)
+    warm_up(model, spec, dd, slice_size, source=source)
+    loop = StepLoop(model, optimizer, dd, spec.batch_size, spec.precision, slice_size, source)
     model.train()
     results.put(("ready", rank, None))
     while commands.get() is not None:
@@ -37,10 +38,12 @@ def hogwild_worker(rank: int, spec: RunSpec, dd: DeviceData, model: torch.nn.Mod
 
 
 def combine(works: list[EpochWork]) -> EpochWork:
-    """All workers' epoch together; steps = updates applied to the shared model by all of them."""
+    """All workers' epoch together; steps = updates applied to the shared model by all of them;
+    data wait: the workers' mean (each waited for its own batches while the others trained)."""
     bad = [w.bad_step for w in works if w.bad_step is not None]
     return EpochWork(sum(w.loss_sum for w in works), sum(w.correct for w in works), sum(w.images for w in works),
-                     sum(w.steps for w in works), min(bad) if bad else None)
+                     sum(w.steps for w in works), min(bad) if bad else None,
+                     sum(w.data_wait_seconds for w in works) / len(works))
 
 
 def train_hogwild(spec: RunSpec, data_dir: str | None = None,

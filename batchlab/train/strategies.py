@@ -21,7 +21,7 @@ from ..core.records import EpochRecord, RunResult
 from ..data.device import single_order
 from ..device.timing import Region
 from ..spec.run import RunSpec
-from .engine import StepLoop, keep, make_optimizer, prepare, run_epochs, warm_up
+from .engine import StepLoop, input_source, keep, make_optimizer, prepare, run_epochs, warm_up
 
 Strategy = Callable[..., RunResult]
 
@@ -32,12 +32,17 @@ def train_single(spec: RunSpec, data_dir: str | None = None,
     torch.set_num_threads(spec.threads)
     prep = prepare(spec, data_dir)
     optimizer = make_optimizer(spec.optimizer, prep.model.parameters(), spec.lr)
-    with Region(prep.device) as warmup_region:
-        warm_up(prep.model, spec, prep.dd, prep.slice_size)
-    prep.result.warmup_seconds = warmup_region.seconds
-    loop = StepLoop(prep.model, optimizer, prep.dd, spec.batch_size, spec.precision, prep.slice_size)
-    prep.model.train()
-    result = run_epochs(prep, lambda order: loop.train(single_order(order, spec.batch_size, spec.drop_last)), on_epoch)
+    source = input_source(spec, prep.dd)
+    try:
+        with Region(prep.device) as warmup_region:
+            warm_up(prep.model, spec, prep.dd, prep.slice_size, source=source)
+        prep.result.warmup_seconds = warmup_region.seconds
+        loop = StepLoop(prep.model, optimizer, prep.dd, spec.batch_size, spec.precision, prep.slice_size, source)
+        prep.model.train()
+        result = run_epochs(prep, lambda order: loop.train(single_order(order, spec.batch_size, spec.drop_last)),
+                            on_epoch)
+    finally:
+        source.close()
     return keep(result, prep, keep_weights)
 
 

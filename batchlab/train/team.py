@@ -61,8 +61,11 @@ class Team:
         context = mp.get_context("spawn")
         self.commands = [context.SimpleQueue() for _ in range(workers)]
         self.results = context.Queue()
+        # Not daemon processes: those may not start processes of their own, as a DataLoader with
+        # --loader-workers does. No orphans all the same: close() ends every worker (the context
+        # manager calls it on any exit), and a worker whose coordinator dies exits (exit_with_parent).
         self.processes = [context.Process(target=_entry, args=(target, rank, args, self.commands[rank], self.results),
-                                          daemon=True, name=f"batchlab-worker-{rank}")
+                                          name=f"batchlab-worker-{rank}")
                           for rank in range(workers)]
         for process in self.processes:
             process.start()

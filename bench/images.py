@@ -1,0 +1,184 @@
+"""Benchmark of the input paths on a CIFAR-shaped workload (3x32x32, 10 classes, synthetic pixels:
+timing does not depend on what the pixels show): batchlab's device path and loader path against
+plain PyTorch DataLoader loops, same network (seed-cnn sized for 3x32x32), same threads, CPU.
+
+- batchlab device: the uint8 images on the device, batches gathered by index (`--input device`);
+- batchlab loader: a DataLoader over the host images, one call per batch (`--input loader`),
+  in the training process or in `--loader-workers` processes;
+- plain tensors: DataLoader(TensorDataset(normalised float images), shuffle=True), the fastest loop
+  a user writes by hand;
+- plain per-image: a Dataset that converts (and with augmentation crops and flips) one uint8 image
+  per __getitem__, as torchvision's CIFAR10 with ToTensor/Normalize/RandomCrop/RandomHorizontalFlip
+  does; DataLoader(shuffle=True, num_workers=N).
+
+Each figure is training images/s over one pass of IMAGES images after a 2-batch warm-up, and the
+share of that time the loop waited for its batches (time spent in next() on the batches).
+
+    python bench/images.py [--quick] [--repeats 3]
+
+Writes bench/results/<date>-<host>-images.json and prints the tables. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import plain_torch  # noqa: E402
+from run import spread, write_results  # noqa: E402
+
+from batchlab.core.cpus import available_cores  # noqa: E402
+from batchlab.data.dataset import Dataset as BatchlabDataset  # noqa: E402
+from batchlab.data.device import to_device  # noqa: E402
+from batchlab.device.machine import fingerprint  # noqa: E402
+from batchlab.spec.run import RunSpec  # noqa: E402
+from batchlab.train.engine import StepLoop, build_model, input_source, make_optimizer, slice_size_for  # noqa: E402
+
+SHAPE = (3, 32, 32)
+CLASSES = 10
+TRAIN_IMAGES = 50_000  # CIFAR-10's training set
+IMAGES = 8192  # images per timed pass
+BATCH_SIZES = [32, 128, 512]
+
+
+def synthetic_cifar() -> BatchlabDataset:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(TRAIN_IMAGES + 1000, *SHAPE), dtype=np.uint8)
+    labels = rng.integers(0, CLASSES, size=TRAIN_IMAGES + 1000).astype(np.int64)
+    return BatchlabDataset("synthetic-cifar", images[:TRAIN_IMAGES], labels[:TRAIN_IMAGES], images[TRAIN_IMAGES:],
+                           labels[TRAIN_IMAGES:], CLASSES, "", "synthetic", tuple(map(str, range(CLASSES))))
+
+
+def batchlab_pass(dataset, batch: int, input: str, workers: int = 0, augment: bool = False) -> tuple[float, float]:
+    """(images/s, data-wait share) of batchlab's hot loop on `input`, as `batchlab train` runs it."""
+    spec = RunSpec(batch_size=batch, input=input, loader_workers=workers, augment=augment)
+    dd = to_device(dataset, 0.0, 0, torch.device("cpu"), input)
+    torch.manual_seed(0)
+    model = build_model(spec, dd, dd.device).train()
+    slices = slice_size_for(spec, model, dd)
+    optimizer = make_optimizer("momentum", model.parameters(), 0.01)
+    source = input_source(spec, dd)
+    try:
+        loop = StepLoop(model, optimizer, dd, batch, slice_size=slices, source=source)
+        order = torch.randperm(dd.train_count)
+        loop.train(order[:2 * batch])  # warm-up (starts the loader's workers)
+        start = time.perf_counter()
+        work = loop.train(order[:IMAGES])
+        seconds = time.perf_counter() - start
+    finally:
+        source.close()
+    return IMAGES / seconds, work.data_wait_seconds / seconds
+
+
+class PerImage(Dataset):
+    """One uint8 image per call → normalised float, optionally cropped and flipped (torchvision style)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                 augment: bool):
+        self.images, self.labels, self.mean, self.std, self.augment = images, labels, mean, std, augment
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        if self.augment:
+            top, left = torch.randint(0, 9, (2,)).tolist()
+            image = F.pad(image, (4, 4, 4, 4))[:, top:top + 32, left:left + 32]
+            if torch.rand(()) < 0.5:
+                image = image.flip(2)
+        return (image.float() / 255 - self.mean) / self.std, self.labels[index]
+
+
+def plain_pass(loader_dataset, batch: int, workers: int = 0) -> tuple[float, float]:
+    """(images/s, data-wait share) of the loop a user writes around a DataLoader."""
+    torch.manual_seed(0)
+    model = plain_torch.seed_cnn(CLASSES, SHAPE[0], SHAPE[1])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+    sampler = torch.randperm(len(loader_dataset))[:IMAGES].tolist()
+    warm = DataLoader(loader_dataset, batch_size=batch, sampler=sampler[:2 * batch], num_workers=workers)
+    loader = DataLoader(loader_dataset, batch_size=batch, sampler=sampler, num_workers=workers,
+                        persistent_workers=workers > 0)
+
+    def step(x, y):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    for x, y in warm:
+        step(x, y)
+    batches = iter(loader)  # (re)starts workers, as a user's epoch loop does, outside the clock
+    waited, start = 0.0, time.perf_counter()
+    while True:
+        asked = time.perf_counter()
+        pair = next(batches, None)
+        waited += time.perf_counter() - asked
+        if pair is None:
+            break
+        step(*pair)
+    seconds = time.perf_counter() - start
+    return IMAGES / seconds, waited / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one batch size, 1 repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    repeats = 1 if args.quick else args.repeats
+    sizes = [128] if args.quick else BATCH_SIZES
+    torch.set_num_threads(available_cores())
+    dataset = synthetic_cifar()
+    images = torch.from_numpy(dataset.train_images)
+    labels = torch.from_numpy(dataset.train_labels)
+    mean = images[:5000].float().mean(dim=(0, 2, 3)).view(-1, 1, 1)
+    std = images[:5000].float().std(dim=(0, 2, 3)).view(-1, 1, 1)
+    tensors = TensorDataset((images.float() - mean) / std, labels)
+    loops = {
+        "plain tensors": lambda b: plain_pass(tensors, b),
+        "plain per-image": lambda b: plain_pass(PerImage(images, labels, mean / 255, std / 255, False), b),
+        "batchlab device": lambda b: batchlab_pass(dataset, b, "device"),
+        "batchlab loader": lambda b: batchlab_pass(dataset, b, "loader"),
+        "batchlab loader 1 worker": lambda b: batchlab_pass(dataset, b, "loader", workers=1),
+        "plain per-image augment": lambda b: plain_pass(PerImage(images, labels, mean / 255, std / 255, True), b),
+        "plain per-image augment 1 worker":
+            lambda b: plain_pass(PerImage(images, labels, mean / 255, std / 255, True), b, workers=1),
+        "batchlab device augment": lambda b: batchlab_pass(dataset, b, "device", augment=True),
+        "batchlab loader augment": lambda b: batchlab_pass(dataset, b, "loader", augment=True),
+        "batchlab loader augment 1 worker": lambda b: batchlab_pass(dataset, b, "loader", workers=1, augment=True),
+    }
+    results = {"machine": fingerprint(), "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "shape": "x".join(map(str, SHAPE)), "images_per_pass": IMAGES, "threads": torch.get_num_threads(),
+               "repeats": repeats, "train": {}}
+    for batch in sizes:
+        figures = {name: [] for name in loops}
+        for _ in range(repeats):  # every loop once per repeat, so a slow spell hits all of them alike
+            for name, loop in loops.items():
+                figures[name].append(loop(batch))
+        row = {name: {"images_per_second": spread([f[0] for f in values]),
+                      "data_wait_share": spread([f[1] for f in values])} for name, values in figures.items()}
+        results["train"][batch] = row
+        best_plain = max(row[name]["images_per_second"]["median"] for name in ("plain tensors", "plain per-image"))
+        best_plain_augment = max(row[name]["images_per_second"]["median"]
+                                 for name in ("plain per-image augment", "plain per-image augment 1 worker"))
+        for name, figure in row.items():
+            rate = figure["images_per_second"]["median"]
+            against = best_plain_augment if "augment" in name else best_plain
+            print(f"bs={batch:>4} {name:<34} {rate:>8,.0f} img/s  data wait {figure['data_wait_share']['median']:6.1%}"
+                  + (f"  ÷ best plain loop {rate / against:.2f}x" if name.startswith("batchlab") else ""), flush=True)
+    write_results(results, "-images")
+
+
+if __name__ == "__main__":
+    main()
