@@ -121,3 +121,26 @@ def test_report_rows_carry_the_input_path_and_the_data_wait(synthetic_folder, tm
     runs = json.loads(cli("report", "--db", str(db), "--runs", "--format", "json").stdout)
     assert sorted(row["input"] for row in runs) == ["device", "loader"]
     assert all(row["data_wait_seconds"] > 0 for row in runs)
+
+
+def test_warm_up_runs_whole_batches_so_batch_norm_with_drop_last_trains(synthetic_dataset, tmp_path):
+    # 201 images in batches of 200 with --drop-last: every step holds 200 images; a warm-up over the
+    # first 2 x 200 images cut at the data's end would hold 1, which batch norm cannot train on.
+    model_file = tmp_path / "bn.py"
+    model_file.write_text(
+        "from torch import nn\n"
+        "def factory(input_shape, classes):\n"
+        "    c, h, w = input_shape\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, 16), nn.BatchNorm1d(16), nn.ReLU(),\n"
+        "                         nn.Linear(16, classes))\n")
+    for path in ("device", "loader"):
+        result = run(synthetic_dataset, model=f"{model_file}:factory", batch_size=200, limit_train=201,
+                     drop_last=True, epochs=1, input=path)
+        assert result.status == "DONE" and result.epochs[0].steps == 1, path
+
+
+def test_loader_workers_make_auto_take_the_loader(synthetic_dataset):
+    chosen, note = choose_input("auto", 2**20, torch.device("cpu"), loader_workers=2)
+    assert chosen == "loader" and "2 loader worker(s)" in note
+    result = run(synthetic_dataset, epochs=1, loader_workers=1)
+    assert result.input_used == "loader"

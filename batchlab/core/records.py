@@ -30,8 +30,9 @@ class EpochRecord:
     eval_seconds: float
     images: int  # images trained on in this epoch
     steps: int
-    # Of train_seconds, the time the training loop waited for its batches (gather, loader, copy to
-    # the device); a mean over the processes of hogwild/ddp. None: not measured (runs before schema 4).
+    # Of train_seconds, the host time the training loop waited for its batches (gather, loader, copy
+    # to the device); hogwild: the workers' mean; ddp: the longest rank's. None: not measured (runs
+    # before schema 4).
     data_wait_seconds: float | None = None
 
 

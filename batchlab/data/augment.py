@@ -1,9 +1,9 @@
 """`--augment`: the standard small-image augmentation (random crop of a zero-padded copy, random
 left-right flip), on uint8 batches (N, C, H, W), on whatever device the batch is on.
 
-Every batch draws from its own generator, seeded by (run seed, stream, epoch, batch number), so a
-batch is augmented the same whichever process or loader worker prepares it, and the device and
-loader input paths see the same images on the CPU.
+Every batch draws from its own CPU generator, seeded by (run seed, stream, epoch, batch number),
+so a batch is augmented the same whichever process or loader worker prepares it, on whichever
+device: the device and loader input paths train on the same images.
 """
 
 from __future__ import annotations
@@ -27,12 +27,13 @@ def random_crop_flip(images: torch.Tensor, seed: int) -> torch.Tensor:
     and mirrored left-right with probability 1/2; same shape and dtype."""
     count, channels, height, width = images.shape
     pad_y, pad_x = max(1, height // PAD_FRACTION), max(1, width // PAD_FRACTION)
-    generator = torch.Generator(device=images.device)
+    generator = torch.Generator()
     generator.manual_seed(seed)
     device = images.device
-    top = torch.randint(0, 2 * pad_y + 1, (count, 1), generator=generator, device=device)
-    left = torch.randint(0, 2 * pad_x + 1, (count, 1), generator=generator, device=device)
-    flip = torch.randint(0, 2, (count, 1), generator=generator, device=device).bool()
+    # Drawn on the CPU (a few hundred numbers), so a GPU's own generator does not change the crops.
+    top, left, flip = (torch.randint(0, high, (count, 1), generator=generator).to(device)
+                       for high in (2 * pad_y + 1, 2 * pad_x + 1, 2))
+    flip = flip.bool()
     rows = top + torch.arange(height, device=device)
     across = torch.arange(width, device=device)
     cols = left + torch.where(flip, width - 1 - across, across)

@@ -12,6 +12,7 @@ images on the CPU), so the paths differ in where the work happens, not in what i
 
 from __future__ import annotations
 
+import multiprocessing
 from typing import Iterator
 
 import numpy as np
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .augment import batch_seed, random_crop_flip
 from .device import DeviceData
 
+FORK = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
 Batch = tuple[torch.Tensor, torch.Tensor]  # uint8 images (N, C, H, W) and int64 labels, on the device
 NO_AUGMENT = -1  # the batch seed of a batch that is not augmented
 
@@ -32,9 +34,9 @@ class DeviceBatches:
         self.dd, self.batch_size, self.augment_seeds = dd, batch_size, augment_seeds
 
     def epoch(self, indices: torch.Tensor, warm_up: bool = False) -> Iterator[Batch]:
-        """The batches of `indices`, in order (warm_up: unaugmented, the epoch count unchanged)."""
+        """The batches of `indices`, in order (warm_up: the epoch count unchanged)."""
         images, labels, size = self.dd.train_images, self.dd.train_labels, self.batch_size
-        seeds = self.augment_seeds.next_epoch() if self.augment_seeds and not warm_up else None
+        seeds = self.augment_seeds.for_epoch(warm_up) if self.augment_seeds else None
         for number, start in enumerate(range(0, len(indices), size)):
             index = indices[start:start + size]
             batch = images[index]
@@ -50,9 +52,12 @@ class AugmentSeeds:
     def __init__(self, seed: int, stream: int):
         self.seed, self.stream, self.epoch = seed, stream, 0
 
-    def next_epoch(self):
-        self.epoch += 1
-        epoch = self.epoch
+    def for_epoch(self, warm_up: bool = False):
+        """The seeds of the next epoch's batches, by batch number; the warm-up's (epoch 0, augmented
+        too, so first-call costs fall there) leave the count unchanged."""
+        if not warm_up:
+            self.epoch += 1
+        epoch = 0 if warm_up else self.epoch
         return lambda number: batch_seed(self.seed, self.stream, epoch, number)
 
 
@@ -104,21 +109,30 @@ class LoaderBatches:
         # Persistent workers start once per run (in the warm-up), not once per epoch.
         # Its own generator: the seed a DataLoader draws per iteration would otherwise come from the
         # global one and shift the model's dropout masks away from the device path's.
+        # Forked workers where the platform allows: they inherit the images, where spawned ones (the
+        # default inside hogwild workers and DDP ranks, themselves spawned) would import torch and
+        # receive a copy of the training set through shared memory.
         self.loader = DataLoader(HostImages(dd.train_images, dd.train_labels), sampler=self.sampler, batch_size=None,
                                  num_workers=workers, pin_memory=pinned, persistent_workers=workers > 0,
-                                 generator=torch.Generator())
+                                 generator=torch.Generator(),
+                                 multiprocessing_context=FORK if workers else None)
 
     def epoch(self, indices: torch.Tensor, warm_up: bool = False) -> Iterator[Batch]:
-        """The batches of `indices`, in order (warm_up: unaugmented, the epoch count unchanged)."""
-        seeds = self.augment_seeds.next_epoch() if self.augment_seeds and not warm_up else None
+        """The batches of `indices`, in order (warm_up: the epoch count unchanged)."""
+        seeds = self.augment_seeds.for_epoch(warm_up) if self.augment_seeds else None
         self.sampler.set(indices.cpu().numpy(), seeds)
         device = self.device
         for images, labels in self.loader:
             yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
     def close(self) -> None:
-        """Stop the persistent loader workers now (dropping the loader drops its iterator, whose
-        finaliser shuts its workers down), not whenever the run's objects are collected."""
+        """Stop the persistent loader workers now, not whenever the run's objects are collected: a
+        run that failed mid-epoch keeps the suspended epoch (and its iterator) in its traceback.
+        The persistent iterator's _shutdown_workers is what its own finaliser calls (private API;
+        if it is gone, dropping the loader still ends the workers when it is collected)."""
+        iterator = getattr(self.loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
         self.loader = None
 
 

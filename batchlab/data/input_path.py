@@ -2,7 +2,7 @@
 
 `auto` takes the device path unless the dataset would fill more than DEVICE_SHARE of the device's
 memory, which must also hold the model, its gradients and the activations of a batch; then the
-loader path, with a note that says so. On the CPU the device's memory is host memory, where the
+loader path, with a note that says so; so does `--loader-workers N` (N > 0). On the CPU the device's memory is host memory, where the
 loader path would hold the same images too: `auto` keeps the device path there.
 """
 
@@ -34,11 +34,13 @@ def gib(count: int) -> str:
     return f"{count / 2**30:.2f} GiB"
 
 
-def choose_input(requested: str, data_bytes: int, device: torch.device,
+def choose_input(requested: str, data_bytes: int, device: torch.device, loader_workers: int = 0,
                  capacity: int | None = None) -> tuple[str, str | None]:
     """(input path, a note for the user or None). `capacity`: the device's memory (default: asked)."""
     if requested != "auto":
         return requested, None
+    if loader_workers:
+        return "loader", f"input: loader, for the {loader_workers} loader worker(s) asked for"
     capacity = device_memory_bytes(device) if capacity is None else capacity
     if capacity is None or data_bytes <= DEVICE_SHARE * capacity:
         return "device", None

@@ -123,7 +123,8 @@ MIGRATIONS = [
     ALTER TABLE runs ADD COLUMN loader_workers INTEGER;
     ALTER TABLE runs ADD COLUMN augment INTEGER;
     ALTER TABLE runs ADD COLUMN input_used TEXT;
-    UPDATE runs SET input = 'device', loader_workers = 0, augment = 0, input_used = 'device';
+    UPDATE runs SET input = 'device', loader_workers = 0, augment = 0;
+    UPDATE runs SET input_used = 'device' WHERE status <> 'PENDING';
     ALTER TABLE epochs ADD COLUMN data_wait_seconds REAL;
     """,
 ]

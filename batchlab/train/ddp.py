@@ -43,18 +43,19 @@ def launched_externally() -> bool:
 
 
 def all_reduced(work: EpochWork, device: torch.device) -> EpochWork:
-    """Sum the ranks' epoch figures, the data wait as the ranks' mean (one small all-reduce per
-    epoch, a sync point)."""
+    """Sum the ranks' epoch figures; the data wait is the longest rank's, since every rank waits
+    in the all-reduce for the slowest one (a few small all-reduces per epoch, a sync point)."""
     bad = work.bad_step if work.bad_step is not None else NO_BAD_STEP
-    totals = torch.tensor([work.loss_sum, work.correct, work.images, work.data_wait_seconds], dtype=torch.float64,
-                          device=device)
+    totals = torch.tensor([work.loss_sum, work.correct, work.images], dtype=torch.float64, device=device)
     first_bad = torch.tensor([bad], dtype=torch.int64, device=device)
+    longest_wait = torch.tensor([work.data_wait_seconds], dtype=torch.float64, device=device)
     dist.all_reduce(totals)
     dist.all_reduce(first_bad, op=dist.ReduceOp.MIN)
+    dist.all_reduce(longest_wait, op=dist.ReduceOp.MAX)
     bad_step = int(first_bad.item())
     # steps: synchronised updates of the model, the same on every rank.
     return EpochWork(float(totals[0]), int(totals[1]), int(totals[2]), work.steps,
-                     None if bad_step == NO_BAD_STEP else bad_step, float(totals[3]) / dist.get_world_size())
+                     None if bad_step == NO_BAD_STEP else bad_step, float(longest_wait.item()))
 
 
 def run_rank(spec: RunSpec, data_dir: str | None, keep_weights: bool = False,
@@ -72,7 +73,7 @@ def run_rank(spec: RunSpec, data_dir: str | None, keep_weights: bool = False,
     try:
         wrap = (lambda module: DistributedDataParallel(module, device_ids=[local_rank])) if backend == "nccl" \
             else DistributedDataParallel
-        source = input_source(spec, prep.dd, stream=rank)  # closed with the process (no loader workers here)
+        source = input_source(spec, prep.dd, stream=rank)
         with Region(prep.device) as warmup_region:
             warm_up(prep.model, spec, prep.dd, prep.slice_size, wrap, source)
         prep.result.warmup_seconds = warmup_region.seconds
@@ -86,7 +87,10 @@ def run_rank(spec: RunSpec, data_dir: str | None, keep_weights: bool = False,
             indices = ddp_order(order, world, rank, spec.batch_size, spec.drop_last)
             return all_reduced(loop.train(indices), prep.device)
 
-        result = run_epochs(prep, one_epoch, on_epoch, evaluating=rank == 0)
+        try:
+            result = run_epochs(prep, one_epoch, on_epoch, evaluating=rank == 0)
+        finally:
+            source.close()
         # Leave together: a rank that tears down its process group while a peer still talks to
         # it can abort the peer.
         dist.barrier()

@@ -119,8 +119,8 @@ def warm_up(model: nn.Module, spec: RunSpec, dd: DeviceData, slice_size: int | N
     batch = min(spec.batch_size, dd.train_count)
     if source is None:
         batches = [(dd.head(batch), dd.train_labels[:batch].to(dd.device))] * WARMUP_STEPS
-    else:
-        batches = source.epoch(torch.arange(min(WARMUP_STEPS * batch, dd.train_count), device=dd.device), warm_up=True)
+    else:  # WARMUP_STEPS whole batches (a partial one could be 1 image, which batch norm refuses)
+        batches = source.epoch(torch.arange(batch, device=dd.device).repeat(WARMUP_STEPS), warm_up=True)
     for images, labels in batches:
         heartbeat.beat()
         train_step(scratch, optimizer, dd.normalize(images), labels, spec.precision, slice_size)
@@ -151,7 +151,7 @@ class StepLoop:
                  source: DeviceBatches | LoaderBatches | None = None):
         self.model, self.optimizer, self.dd, self.batch_size = model, optimizer, dd, batch_size
         self.precision, self.slice_size = precision, slice_size
-        self.source = source or DeviceBatches(dd, batch_size)
+        self.source = source or batch_source(dd, batch_size, loader_workers=0, augment=False, seed=0)
 
     def train(self, indices: torch.Tensor) -> EpochWork:
         model, optimizer, normalize = self.model, self.optimizer, self.dd.normalize
@@ -207,6 +207,8 @@ def prepare(spec: RunSpec, data_dir: str | None = None, device: str | None = Non
     started = time.perf_counter()
     spec = spec.validated()
     device = resolve_device(device or spec.device)
+    if device.type == "cuda":  # the current device of this process: its pinned-memory thread, DDP's NCCL
+        torch.cuda.set_device(device)
     result = RunResult(spec=spec)
 
     load_start = time.perf_counter()
@@ -214,7 +216,7 @@ def prepare(spec: RunSpec, data_dir: str | None = None, device: str | None = Non
     result.load_seconds = time.perf_counter() - load_start
     result.dataset_checksum, result.dataset_source = dataset.checksum, dataset.source
     result.input_shape, result.skipped_images = shape_text(dataset.input_shape), len(dataset.skipped)
-    result.input_used, input_note = choose_input(spec.input, dataset_bytes(dataset), device)
+    result.input_used, input_note = choose_input(spec.input, dataset_bytes(dataset), device, spec.loader_workers)
     result.environment.update(data_notes(dataset, input_note))
 
     with Region(device) as copy_region:

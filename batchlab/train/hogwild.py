@@ -27,14 +27,17 @@ def hogwild_worker(rank: int, spec: RunSpec, dd: DeviceData, model: torch.nn.Mod
     torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed * 1009 + rank + 1)  # each worker its own dropout masks
     optimizer = make_optimizer(spec.optimizer, model.parameters(), spec.lr)
-    source = input_source(spec, dd, stream=rank)  # closed with the process (no loader workers here)
-    warm_up(model, spec, dd, slice_size, source=source)
-    loop = StepLoop(model, optimizer, dd, spec.batch_size, spec.precision, slice_size, source)
-    model.train()
-    results.put(("ready", rank, None))
-    while commands.get() is not None:
-        indices = hogwild_order(order, spec.workers, rank, spec.batch_size, spec.drop_last)
-        results.put(("epoch", rank, loop.train(indices)))
+    source = input_source(spec, dd, stream=rank)
+    try:
+        warm_up(model, spec, dd, slice_size, source=source)
+        loop = StepLoop(model, optimizer, dd, spec.batch_size, spec.precision, slice_size, source)
+        model.train()
+        results.put(("ready", rank, None))
+        while commands.get() is not None:
+            indices = hogwild_order(order, spec.workers, rank, spec.batch_size, spec.drop_last)
+            results.put(("epoch", rank, loop.train(indices)))
+    finally:
+        source.close()
 
 
 def combine(works: list[EpochWork]) -> EpochWork:

@@ -67,8 +67,12 @@ class Team:
         self.processes = [context.Process(target=_entry, args=(target, rank, args, self.commands[rank], self.results),
                                           name=f"batchlab-worker-{rank}")
                           for rank in range(workers)]
-        for process in self.processes:
-            process.start()
+        try:
+            for process in self.processes:
+                process.start()
+        except BaseException:  # e.g. out of processes: end the ones started, or exit would wait for them
+            self.close(failed=True)
+            raise
 
     def __enter__(self) -> Team:
         return self
