@@ -138,8 +138,10 @@ def test_a_schema_1_store_is_migrated_keeping_its_runs(tmp_path):
     assert (runs.loc[0, "input_shape"], runs.loc[0, "image_size"], runs.loc[0, "skipped_images"]) == ("1x28x28", 0, 0)
     assert (runs.loc[0, "input"], runs.loc[0, "loader_workers"], runs.loc[0, "augment"]) == ("device", 0, False)
     assert runs.loc[0, "images_per_second"] == 500 and pd.isna(runs.loc[0, "data_wait_seconds"])
+    assert (runs.loc[0, "lr_scaling"], runs.loc[0, "base_batch"], runs.loc[0, "warmup_epochs"],
+            runs.loc[0, "schedule"]) == ("none", 256, 0, "constant")
     assert path.read_bytes() == before
     Store(path).close()  # a sweep's store migrates the file
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     assert load_runs(path).loc[0, "micro_batch"] == 256

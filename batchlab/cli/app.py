@@ -329,6 +329,8 @@ def report(
     format: Annotated[str, typer.Option("--format", help="table or json (rows on stdout).")] = "table",
     csv: Annotated[Optional[Path], typer.Option("--csv", help="Also write the rows to this CSV file.")] = None,
     runs: Annotated[bool, typer.Option("--runs", help="One row per run instead of per group of repeats.")] = False,
+    tuned_only: Annotated[bool, typer.Option("--tuned", help="Only each configuration's best learning rate "
+                                                             "(shown after the table when several were tried).")] = False,
     inference: Annotated[bool, typer.Option("--inference", help="The inference measurements instead of training.")] = False,
     html: Annotated[Optional[Path], typer.Option("--html", help="Write one self-contained HTML page with the figures.")] = None,
     png: Annotated[Optional[Path], typer.Option("--png", help="Write every figure as a PNG file into this folder.")] = None,
@@ -340,10 +342,11 @@ def report(
     Example: batchlab report --html report.html
     Example: batchlab report desktop.db hpc.db --png figures/
     """
-    from ..report.columns import INFERENCE, RUNS, TRAINING, machine_rows
+    from ..report.columns import INFERENCE, RUNS, TRAINING, TUNED, machine_rows
     from ..report.inference import comparison_lines, load_inference, with_best
-    from ..report.terminal import inference_table, runs_table, training_table
+    from ..report.terminal import inference_table, runs_table, training_table, tuned_table
     from ..report.training import aggregate, json_rows, load_runs, merged
+    from ..report.tuning import tuned
 
     if format not in ("table", "json"):
         raise typer.BadParameter("--format must be table or json")
@@ -358,6 +361,8 @@ def report(
     if inference:  # raw per-call timings only with --runs
         rows = measured if runs else machine_rows(INFERENCE, with_best(measured.drop(columns=["compute_seconds",
                                                                                             "overhead_seconds"])))
+    elif tuned_only:
+        rows = machine_rows(TUNED, tuned(aggregate(training)))
     else:
         rows = machine_rows(RUNS, training) if runs else machine_rows(TRAINING, aggregate(training))
     if csv:
@@ -368,9 +373,15 @@ def report(
     else:
         if not len(training) and not len(measured):
             err.print(f"no runs stored in {', '.join(map(str, sources))} yet: run `batchlab sweep`, `train` or `infer`")
-        if len(rows) and not inference:  # with --inference, the table below is per measurement already
+        if tuned_only:
+            screen.print(tuned_table(rows, screen.width) if len(rows) else
+                         "no configuration was trained at more than one learning rate: nothing to tune")
+        elif len(rows) and not inference:  # with --inference, the table below is per measurement already
             screen.print(runs_table(rows, screen.width) if runs else training_table(rows, screen.width))
-        if len(measured):
+            best = tuned(rows) if not runs else rows.iloc[0:0]
+            if len(best):
+                screen.print(tuned_table(best, screen.width))
+        if len(measured) and not tuned_only:
             screen.print(inference_table(measured, screen.width))
             for line in comparison_lines(measured):
                 screen.print(line, highlight=False)

@@ -60,6 +60,7 @@ class RunResult:
     input_shape: str | None = None  # "CxHxW" of the images the model was fed (None: not loaded)
     skipped_images: int = 0  # folder images that could not be decoded (listed in environment)
     input_used: str | None = None  # the input path taken, "device" or "loader" (the spec may say auto)
+    effective_lr: float | None = None  # the LR after --lr-scaling, before warm-up and schedule
     error: str | None = None
     environment: dict = field(default_factory=dict)
     # Final weights (CPU state dict) when asked for with keep_weights; never serialised.

@@ -32,7 +32,7 @@ class Column:
     # How people see the value: text, count (1,024), number (digits decimals), spread (median
     # [min–max] from key, key_min, key_max), speedup (1.25x), percent (of a fraction), ms (seconds
     # as milliseconds, 3 significant digits), target (time to target and how many runs reached it),
-    # best (a number, ★ where the row's `best` is true).
+    # best (a number, ★ where the row's `best` is true), significant (`digits` significant digits).
     format: str = "text"
     digits: int = 0
     align: str = "left"  # left | right
@@ -41,7 +41,7 @@ class Column:
     priority: int = 0
     # When the table has the column: always; varies (the value differs between rows); measured (some
     # row has a value); scaling (some row ran with parallelism > 1 and has a speedup); target (some
-    # row had a target accuracy).
+    # row had a target accuracy); scaled (some row scaled its learning rate).
     show_if: str = "always"
     fold: bool = False  # the same in every row: may be said once above the table instead
     setting: bool = False  # a configuration setting that tells rows apart (repeated when a table is split)
@@ -88,6 +88,8 @@ def spread(key: str, label: str, digits: int, priority: int) -> Column:
 # Optional in a narrow terminal (priority 5): the dataset column names the data already.
 INPUT_SHAPE = dataclasses.replace(setting("input_shape", "shape", show_if="always"), priority=5)
 
+# The LR a run trained at after --lr-scaling (before warm-up and schedule): shown when some row scaled.
+EFFECTIVE_LR = Column("effective_lr", "effective lr", "significant", 3, "right", priority=5, show_if="scaled")
 # Of the train seconds, the share spent waiting for batches (data/batches.py): the cost of the input path.
 DATA_WAIT = Column("data_wait_share", "data wait", "percent", 0, "right", priority=6, show_if="measured",
                    extra=("data_wait_seconds",))
@@ -97,6 +99,7 @@ TRAINING = [
     INPUT_SHAPE,
     *(SETTINGS.get(key) or setting(key) for key in
       (*LEAD[1:], *(k for k in GROUP_KEYS if k not in LEAD + TAIL), *TAIL)),
+    EFFECTIVE_LR,
     Column("n", "n", "count", align="right", priority=5, fold=True),
     Column("status", "status", fold=True),
     spread("epoch_train_seconds", "s / epoch", 2, priority=7),
@@ -115,9 +118,23 @@ TRAINING_CAPTION = ("median [min–max] over n DONE repeats; seconds are train s
                     "synchronised), data wait their share spent waiting for batches; accuracy after the last epoch; "
                     "speedup in images/s against parallelism 1 (workers, or threads for single); time to target: train seconds (runs that reached it / n)")
 
+# The tuned view (tuning.py): the TRAINING columns of each configuration's best LR, the LR always
+# shown (it is what was chosen), then the grid it was chosen from and whether it sits at its edge.
+TUNED = [
+    *(dataclasses.replace(column, show_if="always") if column.key == "lr" else column for column in TRAINING),
+    Column("lrs_tried", "LRs tried", priority=4, fold=True),
+    Column("tuned_on", "tuned on", priority=6, fold=True),
+    Column("lr_at_edge", "best at grid edge", priority=2, show_if="measured"),
+]
+TUNED_TITLE = "tuned: the best learning rate of each configuration"
+TUNED_CAPTION = ("per configuration (batch size, model, ...), the LR with the best median validation accuracy among "
+                 "the LRs tried (Shallue et al. 2018); tuned on test: no validation split, an optimistic choice; best "
+                 "at grid edge: the lowest or highest LR tried was best, so a better one may lie beyond: widen the grid")
+
 # `report --runs`: one row per run, the settings as in TRAINING, then the run's own figures.
 RUNS = [
     *(column for column in TRAINING[:TRAINING.index(SETTINGS["epochs"]) + 1]),
+    EFFECTIVE_LR,
     Column("repeat", "repeat", "count", align="right", priority=5),
     Column("status", "status", fold=True),
     Column("epochs_done", "epochs done", "count", align="right", priority=6, fold=True),
@@ -220,6 +237,8 @@ def text(column: Column, row) -> str:
         return number(value * 100, digits) + "%"
     if form == "ms":
         return significant(value * 1000, digits)
+    if form == "significant":
+        return significant(value, digits)
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
@@ -238,6 +257,8 @@ def has(rows: pd.DataFrame, column: Column) -> bool:
         return bool(rows[column.key].notna().any())
     if rule == "scaling":
         return bool("speedup" in rows and rows["speedup"].notna().any() and (rows["parallelism"] > 1).any())
+    if rule == "scaled":
+        return bool("lr_scaling" in rows and (rows["lr_scaling"].fillna("none") != "none").any())
     if rule == "target":
         return bool("target_accuracy" in rows and (rows["target_accuracy"].fillna(0) > 0).any())
     raise ValueError(f"unknown show_if {rule!r} of column {column.key}")

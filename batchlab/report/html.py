@@ -15,8 +15,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..core.version import __version__
-from .columns import INFERENCE, MISSING, TRAINING, Column, constant, shown, text
+from .columns import INFERENCE, MISSING, TRAINING, TUNED, TUNED_CAPTION, Column, constant, shown, text
 from .inference import comparison_lines, with_best
+from .tuning import tuned
 
 DEFINITIONS = [
     ("train seconds", "the optimizer steps of an epoch only (batch gather, forward, loss, backward, update), device "
@@ -179,6 +180,10 @@ def page(figures: dict[str, Figure], rows: pd.DataFrame, measured: pd.DataFrame,
                         "</figcaption></figure>")
     if len(rows):
         sections.append("<h2>Training</h2>" + training_table(rows))
+        best = tuned(rows)
+        if len(best):
+            sections.append("<h2>Tuned learning rate</h2>" + f"<p>{html.escape(TUNED_CAPTION)}.</p>"
+                            + tables_html(TUNED, best))
     if len(measured):
         lines = "".join(f"<li>{html.escape(line)}</li>" for line in comparison_lines(measured))
         sections.append("<h2>Inference</h2>" + inference_table(measured) + (f"<ul>{lines}</ul>" if lines else ""))

@@ -30,6 +30,9 @@ from .columns import (
     TRAINING,
     TRAINING_CAPTION,
     TRAINING_TITLE,
+    TUNED,
+    TUNED_CAPTION,
+    TUNED_TITLE,
     Column,
     cells,
     constant,
@@ -190,6 +193,11 @@ def render(columns: list[Column], rows: pd.DataFrame, width: int, title: str, ca
 def training_table(rows: pd.DataFrame, width: int = PIPE_WIDTH) -> Group:
     """Training runs grouped over repeats (training.aggregate), fitted to `width`."""
     return render(TRAINING, rows, width, TRAINING_TITLE, TRAINING_CAPTION)
+
+
+def tuned_table(rows: pd.DataFrame, width: int = PIPE_WIDTH) -> Group:
+    """Each configuration's best LR (tuning.tuned), fitted to `width`."""
+    return render(TUNED, rows, width, TUNED_TITLE, TUNED_CAPTION)
 
 
 def inference_table(measured: pd.DataFrame, width: int = PIPE_WIDTH) -> Group:

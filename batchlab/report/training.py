@@ -25,7 +25,7 @@ GROUP_KEYS = group_keys(RunSpec) + ["machine"]
 # Figures summarised over repeats: median, min and max of the per-run values.
 SPREAD_FIGURES = ["epoch_train_seconds", "images_per_second", "test_accuracy"]
 MEDIAN_FIGURES = ["test_loss", "val_accuracy", "time_to_target_seconds", "wall_seconds", "warmup_seconds",
-                  "load_seconds", "peak_memory_bytes", "data_wait_seconds", "data_wait_share"]
+                  "load_seconds", "peak_memory_bytes", "data_wait_seconds", "data_wait_share", "effective_lr"]
 
 
 def slicing(micro_batch: int, batch_size: int) -> str:

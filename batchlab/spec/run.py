@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,8 @@ OPTIMIZERS = ("sgd", "momentum", "adam")
 STRATEGIES = ("single", "hogwild", "ddp")
 PRECISIONS = ("fp32", "bf16", "fp16")
 INPUTS = ("auto", "device", "loader")  # data/batches.py, data/input_path.py
+LR_SCALINGS = ("none", "linear", "sqrt")  # train/schedule.py
+SCHEDULES = ("constant", "cosine", "step")
 
 
 def need(ok: bool, message: str) -> None:
@@ -81,7 +84,15 @@ class RunSpec(Keyed):
     epochs: int = setting(1, "Passes over the training set.")
     # SGD with momentum 0.9 at lr 0.01: a standard choice that learns seed-cnn within an epoch.
     optimizer: str = setting("momentum", "sgd, momentum (0.9) or adam.")
-    lr: float = setting(0.01, "Learning rate.")
+    lr: float = setting(0.01, "Learning rate (with --lr-scaling: the learning rate at --base-batch).")
+    # The LR given is the LR at base_batch; each run's is scaled to its own batch (Goyal et al. 2017:
+    # linear; Krizhevsky 2014, Hoffer et al. 2017: square root). Reported as effective_lr.
+    lr_scaling: str = setting("none", "none, linear (lr x B / base batch) or sqrt (lr x sqrt(B / base batch)); "
+                                      "B is the global batch for ddp, the worker's batch for hogwild.")
+    base_batch: int = setting(64, "The batch size the given --lr is meant for, with --lr-scaling.")
+    warmup_epochs: float = setting(0.0, "Raise the LR linearly over this many epochs (step k of W at lr x k/W).")
+    schedule: str = setting("constant", "After the warm-up: constant, cosine (down to 0 at the last step) or step "
+                                        "(x0.1 at 50% and at 75% of the steps).")
     device: str = setting("cpu", "cpu, cuda, cuda:N or mps (in a sweep, missing devices are skipped).")
     strategy: str = setting("single", "single, hogwild (async, shared memory) or ddp (sync all-reduce).")
     workers: int = setting(1, "Worker processes for hogwild/ddp (batch size is per worker).")
@@ -116,6 +127,14 @@ class RunSpec(Keyed):
         return (f"{self.model} {self.dataset} bs={self.batch_size} {self.device}{precision}{loader}"
                 f"{' augment' if self.augment else ''} {self.strategy}x{self.workers} t={self.threads} r={self.repeat}")
 
+    @property
+    def effective_lr(self) -> float:
+        """The LR the run trains at (before warm-up and schedule): lr scaled from base_batch to the
+        batch one update averages over (ddp: all ranks' together)."""
+        batch = self.batch_size * (self.workers if self.strategy == "ddp" else 1)
+        factor = {"none": 1.0, "linear": batch / self.base_batch, "sqrt": math.sqrt(batch / self.base_batch)}
+        return self.lr * factor[self.lr_scaling]
+
     def validated(self) -> RunSpec:
         """Check every field; return a copy with defaults resolved (threads=0 → core count)."""
         check_common(self)
@@ -135,6 +154,13 @@ class RunSpec(Keyed):
         need(0.0 <= self.target_accuracy <= 1.0,
              f"target accuracy is a fraction in [0, 1], got {self.target_accuracy}")
         need(self.repeat >= 0, f"repeat must be at least 0, got {self.repeat}")
+        need(self.lr_scaling in LR_SCALINGS,
+             f"unknown lr scaling {self.lr_scaling!r}; choose one of {', '.join(LR_SCALINGS)}")
+        need(self.base_batch >= 1, f"base batch must be at least 1, got {self.base_batch}")
+        need(self.warmup_epochs >= 0, f"warm-up epochs must be at least 0, got {self.warmup_epochs}")
+        need(self.warmup_epochs < self.epochs,
+             f"a warm-up of {self.warmup_epochs:g} epochs does not end within the run's {self.epochs} epoch(s)")
+        need(self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         need(self.input in INPUTS, f"unknown input {self.input!r}; choose one of {', '.join(INPUTS)}")
         need(self.loader_workers >= 0, f"loader workers must be at least 0, got {self.loader_workers}")
         need(self.loader_workers == 0 or self.input != "device",

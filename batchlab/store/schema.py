@@ -32,7 +32,9 @@ RESULT_COLUMNS_1 = {  # as schema 1 created them
 }
 # 3: images of any shape. input_shape is "CxHxW"; skipped_images counts undecodable folder images.
 # 4: input paths. input_used is the path a run took ("device" or "loader"; its spec may say auto).
-RESULT_COLUMNS = RESULT_COLUMNS_1 | {"input_shape": "TEXT", "skipped_images": "INTEGER", "input_used": "TEXT"}
+# 5: learning-rate scaling. effective_lr is the LR after scaling (before warm-up and schedule).
+RESULT_COLUMNS = RESULT_COLUMNS_1 | {"input_shape": "TEXT", "skipped_images": "INTEGER", "input_used": "TEXT",
+                                     "effective_lr": "REAL"}
 EPOCH_COLUMNS_1 = {  # as schema 1 created them
     "epoch": "INTEGER", "train_loss": "REAL", "train_accuracy": "REAL", "val_loss": "REAL",
     "val_accuracy": "REAL", "test_loss": "REAL", "test_accuracy": "REAL", "train_seconds": "REAL",
@@ -126,6 +128,17 @@ MIGRATIONS = [
     UPDATE runs SET input = 'device', loader_workers = 0, augment = 0;
     UPDATE runs SET input_used = 'device' WHERE status <> 'PENDING';
     ALTER TABLE epochs ADD COLUMN data_wait_seconds REAL;
+    """,
+    # 5: learning-rate scaling, warm-up and schedules. Every run stored before trained at its lr
+    # throughout: no scaling (its own batch as the base), no warm-up, a constant schedule.
+    """
+    ALTER TABLE runs ADD COLUMN lr_scaling TEXT;
+    ALTER TABLE runs ADD COLUMN base_batch INTEGER;
+    ALTER TABLE runs ADD COLUMN warmup_epochs REAL;
+    ALTER TABLE runs ADD COLUMN schedule TEXT;
+    ALTER TABLE runs ADD COLUMN effective_lr REAL;
+    UPDATE runs SET lr_scaling = 'none', base_batch = batch_size, warmup_epochs = 0, schedule = 'constant';
+    UPDATE runs SET effective_lr = lr WHERE status <> 'PENDING';
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

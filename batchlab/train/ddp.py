@@ -30,7 +30,17 @@ from ..core.records import EpochRecord, RunResult
 from ..data.device import ddp_order
 from ..device.timing import Region
 from ..spec.run import RunSpec
-from .engine import EpochWork, StepLoop, input_source, keep, make_optimizer, prepare, run_epochs, warm_up
+from .engine import (
+    EpochWork,
+    StepLoop,
+    input_source,
+    keep,
+    make_optimizer,
+    make_scheduler,
+    prepare,
+    run_epochs,
+    warm_up,
+)
 from .team import Team
 
 NO_BAD_STEP = 2**62  # stands for "every loss finite" in the MIN all-reduce of first bad steps
@@ -78,9 +88,10 @@ def run_rank(spec: RunSpec, data_dir: str | None, keep_weights: bool = False,
             warm_up(prep.model, spec, prep.dd, prep.slice_size, wrap, source)
         prep.result.warmup_seconds = warmup_region.seconds
         model = wrap(prep.model)  # broadcasts rank 0's initial weights (identical anyway: same seed)
-        optimizer = make_optimizer(spec.optimizer, model.parameters(), spec.lr)
+        optimizer = make_optimizer(spec.optimizer, model.parameters(), spec.effective_lr)
         torch.manual_seed(spec.seed * 1009 + rank + 1)  # each rank its own dropout masks
-        loop = StepLoop(model, optimizer, prep.dd, spec.batch_size, spec.precision, prep.slice_size, source)
+        loop = StepLoop(model, optimizer, prep.dd, spec.batch_size, spec.precision, prep.slice_size, source,
+                        make_scheduler(spec, optimizer, prep.dd.train_count, rank))
         model.train()
 
         def one_epoch(order: torch.Tensor) -> EpochWork:

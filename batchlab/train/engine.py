@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from ..core import heartbeat
 from ..core.cpus import available_cores
@@ -42,6 +44,7 @@ from ..nn import microbatch, models
 from ..nn.placement import autocast, place
 from ..nn.texts import shape_text
 from ..spec.run import RunSpec
+from .schedule import lr_scheduler
 
 WARMUP_STEPS = 2
 SKIPPED_EXAMPLES = 5  # undecodable images listed by name in the run record (all are counted)
@@ -115,7 +118,7 @@ def warm_up(model: nn.Module, spec: RunSpec, dd: DeviceData, slice_size: int | N
     wraps the model; the batches come from `source` (the run's input path) if given."""
     heartbeat.beat()
     scratch = wrap(copy.deepcopy(model))
-    optimizer = make_optimizer(spec.optimizer, scratch.parameters(), spec.lr)
+    optimizer = make_optimizer(spec.optimizer, scratch.parameters(), spec.effective_lr)
     batch = min(spec.batch_size, dd.train_count)
     if source is None:
         batches = [(dd.head(batch), dd.train_labels[:batch].to(dd.device))] * WARMUP_STEPS
@@ -144,18 +147,19 @@ class StepLoop:
     Each step's loss and correct count stay on the device, kept in plain lists (appending costs no
     device op, where writing into a buffer cost 2 ops per step, 3% at batch 1) and read once per call.
     Each step reports progress (heartbeat.beat: a clock read, at most one message a second), and the
-    wait for its batch is timed by two host clock reads (~0.1 µs)."""
+    wait for its batch is timed by two host clock reads (~0.1 µs). `scheduler`, if any, steps the
+    LR after every update."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, dd: DeviceData, batch_size: int,
                  precision: str = "fp32", slice_size: int | None = None,
-                 source: DeviceBatches | LoaderBatches | None = None):
+                 source: DeviceBatches | LoaderBatches | None = None, scheduler: LRScheduler | None = None):
         self.model, self.optimizer, self.dd, self.batch_size = model, optimizer, dd, batch_size
-        self.precision, self.slice_size = precision, slice_size
+        self.precision, self.slice_size, self.scheduler = precision, slice_size, scheduler
         self.source = source or batch_source(dd, batch_size, loader_workers=0, augment=False, seed=0)
 
     def train(self, indices: torch.Tensor) -> EpochWork:
         model, optimizer, normalize = self.model, self.optimizer, self.dd.normalize
-        precision, slice_size = self.precision, self.slice_size
+        precision, slice_size, scheduler = self.precision, self.slice_size, self.scheduler
         step_losses, step_correct = [], []
         beat, clock = heartbeat.beat, time.perf_counter
         batches = self.source.epoch(indices)
@@ -168,6 +172,8 @@ class StepLoop:
             if batch is None:
                 break
             loss, correct = train_step(model, optimizer, normalize(batch[0]), batch[1], precision, slice_size)
+            if scheduler is not None:
+                scheduler.step()
             step_losses.append(loss)
             step_correct.append(correct)
         work = self.totals(step_losses, step_correct, len(indices))
@@ -216,6 +222,7 @@ def prepare(spec: RunSpec, data_dir: str | None = None, device: str | None = Non
     result.load_seconds = time.perf_counter() - load_start
     result.dataset_checksum, result.dataset_source = dataset.checksum, dataset.source
     result.input_shape, result.skipped_images = shape_text(dataset.input_shape), len(dataset.skipped)
+    result.effective_lr = spec.effective_lr
     result.input_used, input_note = choose_input(spec.input, dataset_bytes(dataset), device, spec.loader_workers)
     result.environment.update(data_notes(dataset, input_note))
 
@@ -242,15 +249,25 @@ def input_source(spec: RunSpec, dd: DeviceData, stream: int = 0) -> DeviceBatche
     return batch_source(dd, spec.batch_size, spec.loader_workers, spec.augment, spec.seed, stream)
 
 
+def process_shares(spec: RunSpec, count: int) -> list[torch.Tensor]:
+    """Each process's sequence of images in an epoch of `count` training images (by position)."""
+    order = torch.arange(count)
+    if spec.strategy == "single":
+        return [single_order(order, spec.batch_size, spec.drop_last)]
+    split = ddp_order if spec.strategy == "ddp" else hogwild_order
+    return [split(order, spec.workers, rank, spec.batch_size, spec.drop_last) for rank in range(spec.workers)]
+
+
+def make_scheduler(spec: RunSpec, optimizer: torch.optim.Optimizer, count: int, rank: int = 0) -> LRScheduler | None:
+    """The LR schedule of process `rank` (schedule.py), timed in its own optimizer steps."""
+    share = process_shares(spec, count)[rank]
+    return lr_scheduler(optimizer, spec, math.ceil(len(share) / spec.batch_size))
+
+
 def smallest_slice(spec: RunSpec, count: int, slice_size: int) -> int:
     """The fewest images any step of any process runs through the network at once: the last,
     partial batch of a process's share of the epoch, cut into micro-batch slices."""
-    order = torch.arange(count)
-    if spec.strategy == "single":
-        shares = [single_order(order, spec.batch_size, spec.drop_last)]
-    else:
-        split = ddp_order if spec.strategy == "ddp" else hogwild_order
-        shares = [split(order, spec.workers, rank, spec.batch_size, spec.drop_last) for rank in range(spec.workers)]
+    shares = process_shares(spec, count)
     batches = {size for share in shares if len(share)
                for size in (min(spec.batch_size, len(share)), len(share) % spec.batch_size) if size}
     return min((stop - start for batch in batches for start, stop in microbatch.bounds(batch, slice_size)),

@@ -18,7 +18,17 @@ from ..core.records import EpochRecord, RunResult
 from ..data.device import DeviceData, hogwild_order
 from ..device.timing import Region
 from ..spec.run import RunSpec
-from .engine import EpochWork, StepLoop, input_source, keep, make_optimizer, prepare, run_epochs, warm_up
+from .engine import (
+    EpochWork,
+    StepLoop,
+    input_source,
+    keep,
+    make_optimizer,
+    make_scheduler,
+    prepare,
+    run_epochs,
+    warm_up,
+)
 from .team import Team
 
 
@@ -26,11 +36,12 @@ def hogwild_worker(rank: int, spec: RunSpec, dd: DeviceData, model: torch.nn.Mod
                    order: torch.Tensor, commands, results) -> None:
     torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed * 1009 + rank + 1)  # each worker its own dropout masks
-    optimizer = make_optimizer(spec.optimizer, model.parameters(), spec.lr)
+    optimizer = make_optimizer(spec.optimizer, model.parameters(), spec.effective_lr)
     source = input_source(spec, dd, stream=rank)
     try:
         warm_up(model, spec, dd, slice_size, source=source)
-        loop = StepLoop(model, optimizer, dd, spec.batch_size, spec.precision, slice_size, source)
+        loop = StepLoop(model, optimizer, dd, spec.batch_size, spec.precision, slice_size, source,
+                        make_scheduler(spec, optimizer, dd.train_count, rank))
         model.train()
         results.put(("ready", rank, None))
         while commands.get() is not None:

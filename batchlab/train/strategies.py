@@ -21,7 +21,7 @@ from ..core.records import EpochRecord, RunResult
 from ..data.device import single_order
 from ..device.timing import Region
 from ..spec.run import RunSpec
-from .engine import StepLoop, input_source, keep, make_optimizer, prepare, run_epochs, warm_up
+from .engine import StepLoop, input_source, keep, make_optimizer, make_scheduler, prepare, run_epochs, warm_up
 
 Strategy = Callable[..., RunResult]
 
@@ -31,13 +31,14 @@ def train_single(spec: RunSpec, data_dir: str | None = None,
     spec = spec.validated()
     torch.set_num_threads(spec.threads)
     prep = prepare(spec, data_dir)
-    optimizer = make_optimizer(spec.optimizer, prep.model.parameters(), spec.lr)
+    optimizer = make_optimizer(spec.optimizer, prep.model.parameters(), spec.effective_lr)
     source = input_source(spec, prep.dd)
     try:
         with Region(prep.device) as warmup_region:
             warm_up(prep.model, spec, prep.dd, prep.slice_size, source=source)
         prep.result.warmup_seconds = warmup_region.seconds
-        loop = StepLoop(prep.model, optimizer, prep.dd, spec.batch_size, spec.precision, prep.slice_size, source)
+        loop = StepLoop(prep.model, optimizer, prep.dd, spec.batch_size, spec.precision, prep.slice_size, source,
+                        make_scheduler(spec, optimizer, prep.dd.train_count))
         prep.model.train()
         result = run_epochs(prep, lambda order: loop.train(single_order(order, spec.batch_size, spec.drop_last)),
                             on_epoch)
