@@ -89,10 +89,11 @@ def test_schema_has_a_column_for_every_field():
     """Adding a spec or result field needs a migration: this fails until the column exists."""
     import dataclasses
 
-    from batchlab.core.records import InferResult
+    from batchlab.core.records import EvalRecord, InferResult
     from batchlab.spec.run import InferSpec
     from batchlab.store.schema import (
         EPOCH_COLUMNS,
+        EVALUATION_COLUMNS,
         INFER_RESULT_COLUMNS,
         INFER_SPEC_COLUMNS,
         RESULT_COLUMNS,
@@ -103,8 +104,10 @@ def test_schema_has_a_column_for_every_field():
     assert names(RunSpec) == set(RUN_SPEC_COLUMNS)
     assert names(InferSpec) == set(INFER_SPEC_COLUMNS)
     assert names(EpochRecord) == set(EPOCH_COLUMNS)
+    assert names(EvalRecord) == set(EVALUATION_COLUMNS)
     assert set(RESULT_COLUMNS) <= names(RunResult)
-    assert names(RunResult) - set(RESULT_COLUMNS) == {"spec", "status", "epochs", "error", "environment", "weights"}
+    assert names(RunResult) - set(RESULT_COLUMNS) == {"spec", "status", "epochs", "evaluations", "error", "environment",
+                                                      "weights"}
     assert names(InferResult) - set(INFER_RESULT_COLUMNS) == {"spec", "status", "error", "environment"}
 
 
@@ -143,5 +146,5 @@ def test_a_schema_1_store_is_migrated_keeping_its_runs(tmp_path):
     assert path.read_bytes() == before
     Store(path).close()  # a sweep's store migrates the file
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
     assert load_runs(path).loc[0, "micro_batch"] == 256

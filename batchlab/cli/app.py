@@ -343,6 +343,7 @@ def report(
     Example: batchlab report desktop.db hpc.db --png figures/
     """
     from ..report.columns import INFERENCE, RUNS, TRAINING, TUNED, machine_rows
+    from ..report.critical_batch import fit_lines
     from ..report.inference import comparison_lines, load_inference, with_best
     from ..report.terminal import inference_table, runs_table, training_table, tuned_table
     from ..report.training import aggregate, json_rows, load_runs, merged
@@ -378,6 +379,8 @@ def report(
                          "no configuration was trained at more than one learning rate: nothing to tune")
         elif len(rows) and not inference:  # with --inference, the table below is per measurement already
             screen.print(runs_table(rows, screen.width) if runs else training_table(rows, screen.width))
+            for line in ([] if runs else fit_lines(rows)):
+                screen.print(line, highlight=False)
             best = tuned(rows) if not runs else rows.iloc[0:0]
             if len(best):
                 screen.print(tuned_table(best, screen.width))

@@ -37,6 +37,20 @@ class EpochRecord:
 
 
 @dataclass
+class EvalRecord:
+    """One evaluation of the watched split (validation if held out, else test) during training:
+    after every epoch, and every --eval-every steps. Figures are cumulative from the run's start."""
+
+    step: int  # optimizer steps taken (synchronised updates for ddp)
+    epoch: int  # the epoch it fell in (1-based)
+    images: int  # images trained on (all processes)
+    train_seconds: float  # train seconds so far, evaluation excluded
+    accuracy: float
+    loss: float
+    eval_seconds: float  # what this evaluation took (outside train seconds)
+
+
+@dataclass
 class RunResult:
     spec: RunSpec
     status: str = "DONE"  # DONE or DIVERGED (failures are raised, not returned)
@@ -56,6 +70,8 @@ class RunResult:
     peak_memory_bytes: int = 0
     cores: int = 0  # cores available to the run: workers x threads above this oversubscribes
     time_to_target_seconds: float | None = None
+    steps_to_target: int | None = None  # optimizer steps until the watched accuracy first reached the target
+    images_to_target: int | None = None
     diverged_step: int | None = None
     input_shape: str | None = None  # "CxHxW" of the images the model was fed (None: not loaded)
     skipped_images: int = 0  # folder images that could not be decoded (listed in environment)
@@ -63,6 +79,7 @@ class RunResult:
     effective_lr: float | None = None  # the LR after --lr-scaling, before warm-up and schedule
     error: str | None = None
     environment: dict = field(default_factory=dict)
+    evaluations: list[EvalRecord] = field(default_factory=list)
     # Final weights (CPU state dict) when asked for with keep_weights; never serialised.
     weights: dict | None = field(default=None, repr=False)
 

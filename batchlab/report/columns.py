@@ -112,11 +112,17 @@ TRAINING = [
     Column("test_loss", "test loss", "number", 4, "right", priority=9),
     Column("time_to_target_seconds", "time to target s", "target", 1, "right", priority=4, show_if="target",
            extra=("target_reached",)),
+    Column("steps_to_target", "steps to target", "count", 0, "right", priority=5, show_if="measured",
+           extra=("images_to_target",)),
+    # critical_batch.py: this batch size against the configuration's fitted critical batch size
+    Column("regime", "regime", priority=4, show_if="measured", extra=("b_noise", "s_min", "fitted_steps")),
 ]
 TRAINING_TITLE = "batchlab results"
 TRAINING_CAPTION = ("median [min–max] over n DONE repeats; seconds are train seconds (steps only, device "
                     "synchronised), data wait their share spent waiting for batches; accuracy after the last epoch; "
-                    "speedup in images/s against parallelism 1 (workers, or threads for single); time to target: train seconds (runs that reached it / n)")
+                    "speedup in images/s against parallelism 1 (workers, or threads for single); time to target: "
+                    "train seconds (runs that reached it / n); regime: the batch size against the critical batch size "
+                    "fitted to the steps to target (lines below)")
 
 # The tuned view (tuning.py): the TRAINING columns of each configuration's best LR, the LR always
 # shown (it is what was chosen), then the grid it was chosen from and whether it sits at its edge.
@@ -145,6 +151,8 @@ RUNS = [
     Column("test_accuracy", "test acc", "number", 4, "right", priority=0),
     Column("test_loss", "test loss", "number", 4, "right", priority=9),
     Column("time_to_target_seconds", "time to target s", "number", 1, "right", priority=4, show_if="target"),
+    Column("steps_to_target", "steps to target", "count", 0, "right", priority=5, show_if="measured",
+           extra=("images_to_target",)),
     Column("run_id", "run", priority=10),
     Column("error", "error", priority=1, show_if="measured"),  # why a run failed: the last optional column to go
 ]

@@ -8,6 +8,7 @@ error bars are the min–max spread over repeats.
 4. scaling              speedup and efficiency vs parallelism per strategy, with the ideal
 5. inference            inference images/s vs batch size, compute only and with overheads, crossovers
 6. device_speedup       one configuration against another (device, threads, precision, machine)
+7. steps_to_target      steps to target vs batch size (best LR each) with the fit S(B) and B_noise
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
+from .critical_batch import CONFIGURATION, best_per_batch  # noqa: E402
 from .inference import comparisons, config_name  # noqa: E402
 from .training import GROUP_KEYS  # noqa: E402
 
@@ -260,6 +262,30 @@ def device_speedup(rows: pd.DataFrame, measured: pd.DataFrame) -> Figure | None:
     return titled(figure, "Device vs device (or machine vs machine), per batch size")
 
 
+def steps_to_target(rows: pd.DataFrame) -> Figure | None:
+    """Measured steps to target (each batch size at its best LR) and the fitted S(B), log-log."""
+    if "b_noise" not in rows or rows["b_noise"].isna().all():
+        return None
+    fitted = rows[rows["b_noise"].notna()]
+    labels = series_labels(fitted, CONFIGURATION)
+    figure, (axis,) = panels(1, sorted(labels.unique()))
+    for index, (label, group) in enumerate(fitted.groupby(labels, sort=True)):
+        best, look = best_per_batch(group), style(index)
+        s_min, b_noise = group["s_min"].iloc[0], group["b_noise"].iloc[0]
+        axis.plot(best["batch_size"], best["steps_to_target"], linestyle="none", marker=look["marker"],
+                  color=look["color"], label=f"{label}: measured")
+        low, high = best["batch_size"].min() / 2, best["batch_size"].max() * 2
+        sizes = [low * (high / low) ** (k / 60) for k in range(61)]
+        axis.plot(sizes, [s_min * (1 + b_noise / b) for b in sizes], color=look["color"], linestyle=look["linestyle"],
+                  label=f"{label}: S_min {s_min:,.0f}, B_noise {b_noise:,.0f}")
+        axis.axvline(b_noise, color=look["color"], alpha=0.4, linestyle=":")
+    axis.set_yscale("log")
+    axis.set_ylabel("optimizer steps to target accuracy")
+    log2_batch_axis(axis)
+    return titled(figure, "Steps to target vs batch size: perfect scaling, diminishing returns, maximal data "
+                          "parallelism (dotted: the critical batch size)")
+
+
 def all_figures(rows: pd.DataFrame, epochs: pd.DataFrame, measured: pd.DataFrame) -> dict[str, Figure]:
     """Every figure the results support, by file-friendly name, in reading order."""
     has_rows = len(rows) > 0
@@ -270,5 +296,6 @@ def all_figures(rows: pd.DataFrame, epochs: pd.DataFrame, measured: pd.DataFrame
         "scaling": scaling(rows) if has_rows else None,
         "inference": inference(measured) if len(measured) else None,
         "device_speedup": device_speedup(rows, measured),
+        "steps_to_target": steps_to_target(rows) if has_rows else None,
     }
     return {name: figure for name, figure in candidates.items() if figure is not None}

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 
 from ..core.version import __version__
 from .columns import INFERENCE, MISSING, TRAINING, TUNED, TUNED_CAPTION, Column, constant, shown, text
+from .critical_batch import fit_lines
 from .inference import comparison_lines, with_best
 from .tuning import tuned
 
@@ -42,6 +43,8 @@ CAPTIONS = {
     "scaling": "Speedup and parallel efficiency against workers/threads, per strategy; dashed: ideal.",
     "inference": "Inference images/s against batch size; solid: compute only, dashed: with overheads.",
     "device_speedup": "Throughput ratio of one device configuration (or machine) to another, per batch size.",
+    "steps_to_target": "Optimizer steps to the target accuracy against batch size, each at its best LR; lines: the "
+                       "fit S(B) = S_min (1 + B_noise / B), its critical batch size B_noise marked.",
 }
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
@@ -179,7 +182,8 @@ def page(figures: dict[str, Figure], rows: pd.DataFrame, measured: pd.DataFrame,
         sections.append(f'<figure id="{name}">{svg(figure)}<figcaption>{html.escape(CAPTIONS[name])}'
                         "</figcaption></figure>")
     if len(rows):
-        sections.append("<h2>Training</h2>" + training_table(rows))
+        fits = "".join(f"<li>{html.escape(line)}</li>" for line in fit_lines(rows))
+        sections.append("<h2>Training</h2>" + training_table(rows) + (f"<ul>{fits}</ul>" if fits else ""))
         best = tuned(rows)
         if len(best):
             sections.append("<h2>Tuned learning rate</h2>" + f"<p>{html.escape(TUNED_CAPTION)}.</p>"

@@ -18,6 +18,7 @@ import pandas as pd
 from ..spec.fields import group_keys
 from ..spec.run import RunSpec
 from ..store.store import Store, with_parallelism
+from .critical_batch import with_critical_batch
 
 # Runs that differ only in seed and repeat form one group: the spec fields marked as group keys
 # (spec/fields.py; micro_batch as the derived `slicing`), per machine.
@@ -25,7 +26,8 @@ GROUP_KEYS = group_keys(RunSpec) + ["machine"]
 # Figures summarised over repeats: median, min and max of the per-run values.
 SPREAD_FIGURES = ["epoch_train_seconds", "images_per_second", "test_accuracy"]
 MEDIAN_FIGURES = ["test_loss", "val_accuracy", "time_to_target_seconds", "wall_seconds", "warmup_seconds",
-                  "load_seconds", "peak_memory_bytes", "data_wait_seconds", "data_wait_share", "effective_lr"]
+                  "load_seconds", "peak_memory_bytes", "data_wait_seconds", "data_wait_share", "effective_lr",
+                  "steps_to_target", "images_to_target"]
 
 
 def slicing(micro_batch: int, batch_size: int) -> str:
@@ -111,13 +113,14 @@ def summarize_group(group: pd.DataFrame) -> dict:
 
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per group of repeats, sorted by the group keys, with speedup against 1 worker."""
+    """One row per group of repeats, sorted by the group keys, with speedup against 1 worker and,
+    where steps to target allow, the critical batch size and regime (critical_batch.py)."""
     if runs.empty:
         return pd.DataFrame(columns=GROUP_KEYS + ["n", "status"])
     rows = []
     for keys, group in runs.groupby(GROUP_KEYS, dropna=False, sort=True):
         rows.append({**dict(zip(GROUP_KEYS, keys)), **summarize_group(group)})
-    return with_speedup(pd.DataFrame(rows))
+    return with_critical_batch(with_speedup(pd.DataFrame(rows)))
 
 
 # A row's baseline is the row at parallelism 1 that differs only in these keys.

@@ -4,7 +4,8 @@ the LR with the best validation result for each configuration (every group key b
 size, model, device, ...), as their protocol does, and marks a best LR at the lowest or highest LR
 tried: the best may lie beyond it, so the grid should be widened.
 
-Best: the highest median validation accuracy over the group's DONE repeats. Where the runs held no
+Best: the highest median validation accuracy over the group's DONE repeats (ties: the fewer steps
+to target, then the lower test loss). Where the runs held no
 validation set out, the test accuracy stands in, and the row says so (`tuned_on`): choosing on the
 test set flatters the result. Groups without a DONE run (all diverged, say) count as tried, never
 as best.
@@ -36,10 +37,14 @@ def tuned(rows: pd.DataFrame) -> pd.DataFrame:
         if len(lrs) < 2:
             continue
         on_validation = group["val_accuracy"].notna().any()
-        score = group["val_accuracy" if on_validation else "test_accuracy"]
-        if score.notna().sum() == 0:
+        score = "val_accuracy" if on_validation else "test_accuracy"
+        if group[score].notna().sum() == 0:
             continue  # nothing finished: no best to name
-        best = group.loc[score.idxmax()].copy()
+        # Ties (equal accuracy) go to the fewer steps to target, then the lower test loss.
+        order = [score] + [key for key in ("steps_to_target", "test_loss") if key in group]
+        ranked = group[group[score].notna()].sort_values(order, ascending=[False] + [True] * (len(order) - 1),
+                                                         na_position="last", kind="stable")
+        best = ranked.iloc[0].copy()
         best["lrs_tried"] = ", ".join(lr_text(lr) for lr in lrs)
         best["tuned_on"] = "validation" if on_validation else "test"
         best["lr_at_edge"] = ("lowest" if best["lr"] == lrs[0] else "highest" if best["lr"] == lrs[-1] else None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..core.records import EpochRecord, InferResult, RunResult
+from ..core.records import EpochRecord, EvalRecord, InferResult, RunResult
 from .run import InferSpec, RunSpec
 
 
@@ -28,6 +28,7 @@ class RunKind:
         values = {**values, "spec": self.spec_class(**values["spec"])}
         if self.has_epochs:
             values["epochs"] = [EpochRecord(**epoch) for epoch in values["epochs"]]
+            values["evaluations"] = [EvalRecord(**evaluation) for evaluation in values.get("evaluations", [])]
         return self.result_class(**values)
 
     def spec_from_dict(self, values: dict[str, Any]):

@@ -105,6 +105,9 @@ class RunSpec(Keyed):
     drop_last: bool = setting(False, "Skip the last, smaller batch of each epoch.", grid=False)
     target_accuracy: float = setting(
         0.0, "Report the train seconds until this accuracy (validation if held out, else test); 0 = none.")
+    # Steps to target are only as fine as the evaluations: every epoch by default.
+    eval_every: int = setting(0, "Also evaluate every N optimizer steps (outside train seconds); 0 = after each "
+                                 "epoch only.")
     # Each batch runs through the network in slices of this size whose gradients add up to the
     # batch's single update (microbatch.py). Reported as `slicing` (auto, whole or the size).
     micro_batch: int = setting(0, MICRO_BATCH_HELP, group="slicing")
@@ -154,6 +157,9 @@ class RunSpec(Keyed):
         need(0.0 <= self.target_accuracy <= 1.0,
              f"target accuracy is a fraction in [0, 1], got {self.target_accuracy}")
         need(self.repeat >= 0, f"repeat must be at least 0, got {self.repeat}")
+        need(self.eval_every >= 0, f"eval-every must be at least 0 (0: after each epoch only), got {self.eval_every}")
+        need(self.eval_every == 0 or self.strategy != "hogwild",
+             "--eval-every: hogwild workers train without pausing; evaluate per epoch (--eval-every 0)")
         need(self.lr_scaling in LR_SCALINGS,
              f"unknown lr scaling {self.lr_scaling!r}; choose one of {', '.join(LR_SCALINGS)}")
         need(self.base_batch >= 1, f"base batch must be at least 1, got {self.base_batch}")

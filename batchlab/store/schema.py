@@ -33,14 +33,19 @@ RESULT_COLUMNS_1 = {  # as schema 1 created them
 # 3: images of any shape. input_shape is "CxHxW"; skipped_images counts undecodable folder images.
 # 4: input paths. input_used is the path a run took ("device" or "loader"; its spec may say auto).
 # 5: learning-rate scaling. effective_lr is the LR after scaling (before warm-up and schedule).
+# 6: evaluations during training; steps and images until the target accuracy.
 RESULT_COLUMNS = RESULT_COLUMNS_1 | {"input_shape": "TEXT", "skipped_images": "INTEGER", "input_used": "TEXT",
-                                     "effective_lr": "REAL"}
+                                     "effective_lr": "REAL", "steps_to_target": "INTEGER", "images_to_target": "INTEGER"}
 EPOCH_COLUMNS_1 = {  # as schema 1 created them
     "epoch": "INTEGER", "train_loss": "REAL", "train_accuracy": "REAL", "val_loss": "REAL",
     "val_accuracy": "REAL", "test_loss": "REAL", "test_accuracy": "REAL", "train_seconds": "REAL",
     "eval_seconds": "REAL", "images": "INTEGER", "steps": "INTEGER",
 }
 EPOCH_COLUMNS = EPOCH_COLUMNS_1 | {"data_wait_seconds": "REAL"}
+EVALUATION_COLUMNS = {
+    "step": "INTEGER", "epoch": "INTEGER", "images": "INTEGER", "train_seconds": "REAL", "accuracy": "REAL",
+    "loss": "REAL", "eval_seconds": "REAL",
+}
 INFER_SPEC_COLUMNS_1 = {
     "dataset": "TEXT", "model": "TEXT", "batch_size": "INTEGER", "device": "TEXT", "threads": "INTEGER",
     "precision": "TEXT", "weights": "TEXT", "seed": "INTEGER",
@@ -139,6 +144,19 @@ MIGRATIONS = [
     ALTER TABLE runs ADD COLUMN effective_lr REAL;
     UPDATE runs SET lr_scaling = 'none', base_batch = batch_size, warmup_epochs = 0, schedule = 'constant';
     UPDATE runs SET effective_lr = lr WHERE status <> 'PENDING';
+    """,
+    # 6: evaluation every N steps. Runs stored before evaluated after each epoch only; their
+    # evaluations were not stored apart (their epochs hold them), nor steps to target.
+    f"""
+    ALTER TABLE runs ADD COLUMN eval_every INTEGER;
+    ALTER TABLE runs ADD COLUMN steps_to_target INTEGER;
+    ALTER TABLE runs ADD COLUMN images_to_target INTEGER;
+    UPDATE runs SET eval_every = 0;
+    CREATE TABLE evaluations (
+        run_id INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+        {_columns(EVALUATION_COLUMNS)},
+        PRIMARY KEY (run_id, step)
+    );
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -28,6 +28,7 @@ from ..spec.kinds import RunKind, kind_of
 from ..spec.run import InferSpec, RunSpec
 from .schema import (
     EPOCH_COLUMNS,
+    EVALUATION_COLUMNS,
     INFER_RESULT_COLUMNS,
     JSON_COLUMNS,
     MIGRATIONS,
@@ -229,6 +230,7 @@ class Store:
                                              f"(run {row['run_id']}); a finished run is never run again")
                 if kind.has_epochs:  # an earlier, unfinished attempt's
                     self.db.execute("DELETE FROM epochs WHERE run_id = ?", (row["run_id"],))
+                    self.db.execute("DELETE FROM evaluations WHERE run_id = ?", (row["run_id"],))
                 if kind.saves_weights:
                     self.db.execute("DELETE FROM weights WHERE run_id = ?", (row["run_id"],))
                 self.db.execute(f"UPDATE {table} SET status = 'RUNNING', error = NULL, {blank}, environment = NULL, "
@@ -256,6 +258,11 @@ class Store:
                     self.db.executemany(
                         f"INSERT INTO epochs (run_id, {', '.join(names)}) VALUES (?, {', '.join('?' * len(names))})",
                         [(row.run_id, *(getattr(e, n) for n in names)) for e in result.epochs])
+                    names = list(EVALUATION_COLUMNS)
+                    self.db.executemany(
+                        f"INSERT INTO evaluations (run_id, {', '.join(names)}) "
+                        f"VALUES (?, {', '.join('?' * len(names))})",
+                        [(row.run_id, *(getattr(e, n) for n in names)) for e in result.evaluations])
                 if weights is not None:
                     self.db.execute("INSERT INTO weights VALUES (?, ?)", (row.run_id, weights))
         except sqlite3.Error as error:
@@ -332,6 +339,9 @@ class Store:
 
     def epochs_frame(self) -> pd.DataFrame:
         return pd.read_sql_query("SELECT * FROM epochs ORDER BY run_id, epoch", self.db)
+
+    def evaluations_frame(self) -> pd.DataFrame:
+        return pd.read_sql_query("SELECT * FROM evaluations ORDER BY run_id, step", self.db)
 
     def inference_frame(self) -> pd.DataFrame:
         """One row per inference measurement, with images/s and latency percentiles (seconds)

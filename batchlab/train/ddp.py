@@ -99,7 +99,7 @@ def run_rank(spec: RunSpec, data_dir: str | None, keep_weights: bool = False,
             return all_reduced(loop.train(indices), prep.device)
 
         try:
-            result = run_epochs(prep, one_epoch, on_epoch, evaluating=rank == 0)
+            result = run_epochs(prep, one_epoch, on_epoch, evaluating=rank == 0, loop=loop, image_scale=world)
         finally:
             source.close()
         # Leave together: a rank that tears down its process group while a peer still talks to

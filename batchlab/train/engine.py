@@ -44,11 +44,11 @@ from ..nn import microbatch, models
 from ..nn.placement import autocast, place
 from ..nn.texts import shape_text
 from ..spec.run import RunSpec
+from .evaluation import Evaluations, evaluate
 from .schedule import lr_scheduler
 
 WARMUP_STEPS = 2
 SKIPPED_EXAMPLES = 5  # undecodable images listed by name in the run record (all are counted)
-EVAL_BATCH_SIZE = 128  # fixed, so eval seconds are comparable across training batch sizes
 
 
 def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
@@ -84,29 +84,6 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
         correct = hits if correct is None else correct + hits
     optimizer.step()
     return loss_sum, correct
-
-
-def evaluate(model: nn.Module, dd: DeviceData, images: torch.Tensor, labels: torch.Tensor,
-             precision: str = "fp32") -> tuple[float, float]:
-    """(mean loss, accuracy) over a whole split, in fixed-size batches (copied to the device
-    batch by batch when the split is in host memory: the loader path)."""
-    if len(labels) == 0:
-        return float("nan"), float("nan")
-    model.eval()
-    device = dd.device
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    with torch.inference_mode():
-        for start in range(0, len(labels), EVAL_BATCH_SIZE):
-            heartbeat.beat()
-            batch = images[start:start + EVAL_BATCH_SIZE].to(device, non_blocking=True)
-            with autocast(device, precision):
-                logits = model(dd.normalize(batch)).float()
-            target = labels[start:start + EVAL_BATCH_SIZE].to(device, non_blocking=True)
-            loss_sum += F.cross_entropy(logits, target, reduction="sum")
-            correct += (logits.argmax(1) == target).sum()
-    model.train()
-    return loss_sum.item() / len(labels), correct.item() / len(labels)
 
 
 def warm_up(model: nn.Module, spec: RunSpec, dd: DeviceData, slice_size: int | None = None,
@@ -148,7 +125,9 @@ class StepLoop:
     device op, where writing into a buffer cost 2 ops per step, 3% at batch 1) and read once per call.
     Each step reports progress (heartbeat.beat: a clock read, at most one message a second), and the
     wait for its batch is timed by two host clock reads (~0.1 µs). `scheduler`, if any, steps the
-    LR after every update."""
+    LR after every update. With `every` > 0, `checkpoint(steps, images)` is called after every
+    `every`-th step of the run (counted across epochs) but an epoch's last, with this epoch's steps
+    and images so far (the epoch loop evaluates there)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, dd: DeviceData, batch_size: int,
                  precision: str = "fp32", slice_size: int | None = None,
@@ -156,6 +135,7 @@ class StepLoop:
         self.model, self.optimizer, self.dd, self.batch_size = model, optimizer, dd, batch_size
         self.precision, self.slice_size, self.scheduler = precision, slice_size, scheduler
         self.source = source or batch_source(dd, batch_size, loader_workers=0, augment=False, seed=0)
+        self.every, self.checkpoint, self.steps_done = 0, None, 0
 
     def train(self, indices: torch.Tensor) -> EpochWork:
         model, optimizer, normalize = self.model, self.optimizer, self.dd.normalize
@@ -164,6 +144,7 @@ class StepLoop:
         beat, clock = heartbeat.beat, time.perf_counter
         batches = self.source.epoch(indices)
         waited = 0.0
+        every, steps, images, total = self.every, 0, 0, len(indices)
         while True:
             beat()
             asked = clock()
@@ -176,6 +157,12 @@ class StepLoop:
                 scheduler.step()
             step_losses.append(loss)
             step_correct.append(correct)
+            if every:
+                steps += 1
+                images += len(batch[1])
+                if (self.steps_done + steps) % every == 0 and images < total:
+                    self.checkpoint(steps, images)
+        self.steps_done += len(step_losses)
         work = self.totals(step_losses, step_correct, len(indices))
         work.data_wait_seconds = waited
         return work
@@ -301,20 +288,29 @@ def slice_size_for(spec: RunSpec, model: nn.Module, dd: DeviceData) -> int:
 
 
 def run_epochs(prep: Prepared, train_one_epoch: Callable[[torch.Tensor], EpochWork],
-               on_epoch: Callable[[EpochRecord], None] | None = None, evaluating: bool = True) -> RunResult:
+               on_epoch: Callable[[EpochRecord], None] | None = None, evaluating: bool = True,
+               loop: StepLoop | None = None, image_scale: int = 1) -> RunResult:
     """The epoch loop shared by every strategy: draw the epoch's seeded permutation, let the
     strategy train on it (timed), stop on divergence, evaluate (timed), record. A process that
-    is not `evaluating` (a DDP rank other than 0) records NaN for validation and test."""
+    is not `evaluating` (a DDP rank other than 0) records NaN for validation and test. With
+    --eval-every, this process's `loop` pauses every N steps for an evaluation (evaluation.py;
+    `image_scale`: images of all processes per image of this one)."""
     spec, dd, result = prep.spec, prep.dd, prep.result
     generator = torch.Generator(device=prep.device)
     generator.manual_seed(spec.seed)
     has_val = len(dd.val_labels) > 0
-    cumulative_train = 0.0
+    evaluations = Evaluations(prep.model, dd, result, spec.precision, spec.target_accuracy, prep.device, image_scale)
+    if spec.eval_every and loop is not None:
+        loop.every = spec.eval_every
+        # Every rank pauses at the same steps (DDP: the others wait in the next all-reduce).
+        loop.checkpoint = evaluations.mid_epoch if evaluating else (lambda steps, images: None)
     steps_before = 0
     for epoch in range(1, spec.epochs + 1):
         order = torch.randperm(dd.train_count, generator=generator, device=prep.device)
         with Region(prep.device) as train_region:
+            evaluations.start_epoch(epoch)
             work = train_one_epoch(order)
+        train_seconds = train_region.seconds - evaluations.inside
         if work.images == 0:
             raise SpecError(f"batch size {spec.batch_size} leaves nothing to train on in {dd.train_count} "
                             "training images (with --drop-last, or fewer images than workers)")
@@ -333,13 +329,12 @@ def run_epochs(prep: Prepared, train_one_epoch: Callable[[torch.Tensor], EpochWo
             epoch=epoch, train_loss=work.loss_sum / work.images, train_accuracy=work.correct / work.images,
             val_loss=val_loss if has_val else None, val_accuracy=val_accuracy if has_val else None,
             test_loss=test_loss, test_accuracy=test_accuracy,
-            train_seconds=train_region.seconds, eval_seconds=eval_region.seconds,
+            train_seconds=train_seconds, eval_seconds=eval_region.seconds + evaluations.inside,
             images=work.images, steps=work.steps, data_wait_seconds=work.data_wait_seconds)
         result.epochs.append(record)
-        cumulative_train += record.train_seconds
-        watched = record.val_accuracy if has_val else record.test_accuracy
-        if spec.target_accuracy and result.time_to_target_seconds is None and watched >= spec.target_accuracy:
-            result.time_to_target_seconds = cumulative_train
+        if evaluating:
+            evaluations.end_epoch(train_seconds, work.steps, work.images, val_accuracy if has_val else test_accuracy,
+                                  val_loss if has_val else test_loss, eval_region.seconds)
         if on_epoch:
             on_epoch(record)
     return finish(prep)

@@ -41,7 +41,7 @@ def train_single(spec: RunSpec, data_dir: str | None = None,
                         make_scheduler(spec, optimizer, prep.dd.train_count))
         prep.model.train()
         result = run_epochs(prep, lambda order: loop.train(single_order(order, spec.batch_size, spec.drop_last)),
-                            on_epoch)
+                            on_epoch, loop=loop)
     finally:
         source.close()
     return keep(result, prep, keep_weights)
