@@ -39,11 +39,21 @@ from batchlab.core.stats import images_per_second  # noqa: E402
 from batchlab.device.machine import fingerprint  # noqa: E402
 from batchlab.infer.measure import measure  # noqa: E402
 from batchlab.spec.run import InferSpec, RunSpec  # noqa: E402
-from batchlab.train.engine import StepLoop, build_model, make_optimizer, prepare, slice_size_for, train_step  # noqa: E402
+from batchlab.train.engine import (  # noqa: E402
+    StepLoop,
+    build_model,
+    gns_slices,
+    make_optimizer,
+    prepare,
+    slice_size_for,
+    train_step,
+)
+from batchlab.train.gns import NoiseScale  # noqa: E402
 
 TRAIN_FLOP_PER_IMAGE = 20.3e6  # seed-cnn forward + backward
 INFER_FLOP_PER_IMAGE = 7.0e6  # seed-cnn forward
 TRAIN_SIZES = [1, 4, 16, 64, 256, 1024, 4096]
+GNS_BATCH = 256  # the batch size the --gns overhead goal is stated at
 INFER_SIZES = [1, 4, 16, 64, 256, 1024, 4096, 10000, 40000]
 HERE = Path(__file__).parent
 TF_PYTHON = HERE / ".venv-tf" / "bin" / "python"
@@ -86,18 +96,21 @@ def write_results(results: dict, suffix: str = "") -> None:
     print(f"written {out}")
 
 
-def batchlab_train(prep, batch: int, repeats: int, record: bool = True) -> list[float]:
+def batchlab_train(prep, batch: int, repeats: int, record: bool = True, gns: bool = False) -> list[float]:
     """images/s of the engine's hot loop (StepLoop.train, as `batchlab train` runs it); with
-    record=False the same steps without keeping each step's results (the measurement's cost)."""
-    spec = RunSpec(batch_size=batch)
+    record=False the same steps without keeping each step's results (the measurement's cost);
+    with gns=True measuring the gradient noise scale as `--gns` does."""
+    spec = RunSpec(batch_size=batch, gns=gns)
     rates = []
     for _ in range(repeats):
         torch.manual_seed(0)
         # As engine.prepare sets a run up: the model in the device's layout, automatic micro-batches.
         model = build_model(spec, prep.dd, prep.device).train()
         slices = slice_size_for(spec, model, prep.dd)
+        slices = gns_slices(spec, model, slices) if gns else slices
         optimizer = make_optimizer("momentum", model.parameters(), 0.01)
         loop = StepLoop(model, optimizer, prep.dd, batch, slice_size=slices)
+        loop.noise = NoiseScale(model) if gns else None
         indices = torch.randperm(prep.dd.train_count)[:images_for(batch)]
         loop.train(indices[:2 * batch])  # warm-up
         start = time.perf_counter()
@@ -244,6 +257,16 @@ def main() -> None:
         results.setdefault("measurement_cost", {})[batch] = {"cost": cost, "noise": noise}
         print(f"measurement cost at bs={batch}: {cost:+.1%} (median over {len(costs)} recorded runs, each against the "
               f"bare runs before and after it; those two differ by {noise:.1%})")
+    # --gns: the same loop measuring the gradient noise scale, alternating with the plain loop.
+    plain_rates, gns_rates = [], []
+    for _ in range(max(repeats, 3)):
+        plain_rates.append(batchlab_train(prep, GNS_BATCH, 1)[0])
+        gns_rates.append(batchlab_train(prep, GNS_BATCH, 1, gns=True)[0])
+    overhead = 1 - statistics.median(gns_rates) / statistics.median(plain_rates)
+    results["gns_overhead"] = {"batch": GNS_BATCH, "overhead": overhead, "plain": spread(plain_rates),
+                               "gns": spread(gns_rates)}
+    print(f"--gns at bs={GNS_BATCH}: {statistics.median(gns_rates):,.0f} vs {statistics.median(plain_rates):,.0f} img/s "
+          f"without: {overhead:+.1%} overhead (median of {len(gns_rates)} alternating runs each)")
     if not args.quick:
         results["accuracy_after_2_epochs_bs64"] = accuracy_check(prep, args.data_dir)
         print("test accuracy after 2 epochs at batch 64:", results["accuracy_after_2_epochs_bs64"])

@@ -28,7 +28,9 @@ RUN_VALUES = {
     "strategy": "ddp", "workers": 2, "threads": 1, "precision": "bf16", "val_split": 0.2, "limit_train": 30,
     "drop_last": True, "target_accuracy": 0.5, "micro_batch": 4, "image_size": 20, "strict_images": True,
     "input": "loader", "loader_workers": 1, "augment": True,
-    "lr_scaling": "sqrt", "base_batch": 16, "warmup_epochs": 0.5, "schedule": "cosine", "eval_every": 2, "seed": 3,
+    "lr_scaling": "sqrt", "base_batch": 16, "warmup_epochs": 0.5, "schedule": "cosine", "eval_every": 2,
+    "gns": False,  # the default, as --no-gns: --gns needs --strategy single, and workers 2 another strategy
+    "seed": 3,
 }
 
 

@@ -393,10 +393,10 @@ def report(
 def write_figures(sources: list[Path], training, measured, html: Optional[Path], png: Optional[Path]) -> None:
     from ..report.figures import all_figures
     from ..report.html import page
-    from ..report.training import aggregate, load_epochs, load_machines, merged
+    from ..report.training import aggregate, load_epochs, load_evaluations, load_machines, merged
 
     rows = aggregate(training) if len(training) else training
-    figures = all_figures(rows, merged(sources, load_epochs), measured)
+    figures = all_figures(rows, merged(sources, load_epochs), measured, merged(sources, load_evaluations))
     if png:
         for name, figure in figures.items():
             figure.savefig(png / f"{name}.png", dpi=110)

@@ -48,6 +48,7 @@ class EvalRecord:
     accuracy: float
     loss: float
     eval_seconds: float  # what this evaluation took (outside train seconds)
+    gradient_noise_scale: float | None = None  # B_simple so far (--gns; train/gns.py)
 
 
 @dataclass
@@ -72,6 +73,7 @@ class RunResult:
     time_to_target_seconds: float | None = None
     steps_to_target: int | None = None  # optimizer steps until the watched accuracy first reached the target
     images_to_target: int | None = None
+    gradient_noise_scale: float | None = None  # B_simple at the last evaluation (--gns)
     diverged_step: int | None = None
     input_shape: str | None = None  # "CxHxW" of the images the model was fed (None: not loaded)
     skipped_images: int = 0  # folder images that could not be decoded (listed in environment)

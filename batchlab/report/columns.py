@@ -114,6 +114,8 @@ TRAINING = [
            extra=("target_reached",)),
     Column("steps_to_target", "steps to target", "count", 0, "right", priority=5, show_if="measured",
            extra=("images_to_target",)),
+    # train/gns.py: the gradient noise scale B_simple at the run's last evaluation (--gns)
+    Column("gradient_noise_scale", "B_simple", "significant", 3, "right", priority=5, show_if="measured"),
     # critical_batch.py: this batch size against the configuration's fitted critical batch size
     Column("regime", "regime", priority=4, show_if="measured", extra=("b_noise", "s_min", "fitted_steps")),
 ]
@@ -153,6 +155,7 @@ RUNS = [
     Column("time_to_target_seconds", "time to target s", "number", 1, "right", priority=4, show_if="target"),
     Column("steps_to_target", "steps to target", "count", 0, "right", priority=5, show_if="measured",
            extra=("images_to_target",)),
+    Column("gradient_noise_scale", "B_simple", "significant", 3, "right", priority=5, show_if="measured"),
     Column("run_id", "run", priority=10),
     Column("error", "error", priority=1, show_if="measured"),  # why a run failed: the last optional column to go
 ]

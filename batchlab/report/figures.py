@@ -9,6 +9,7 @@ error bars are the min–max spread over repeats.
 5. inference            inference images/s vs batch size, compute only and with overheads, crossovers
 6. device_speedup       one configuration against another (device, threads, precision, machine)
 7. steps_to_target      steps to target vs batch size (best LR each) with the fit S(B) and B_noise
+8. noise_scale          the gradient noise scale B_simple over training, one line per batch size (--gns)
 """
 
 from __future__ import annotations
@@ -286,7 +287,26 @@ def steps_to_target(rows: pd.DataFrame) -> Figure | None:
                           "parallelism (dotted: the critical batch size)")
 
 
-def all_figures(rows: pd.DataFrame, epochs: pd.DataFrame, measured: pd.DataFrame) -> dict[str, Figure]:
+def noise_scale(evaluations: pd.DataFrame) -> Figure | None:
+    """B_simple at each evaluation against the optimizer steps so far, one line per run."""
+    if evaluations is None or "gradient_noise_scale" not in evaluations:
+        return None
+    measured = evaluations[evaluations["gradient_noise_scale"].notna()]
+    if measured.empty:
+        return None
+    labels = series_labels(measured, GROUP_KEYS) + measured["run_id"].map(lambda run: f" (run {run})")
+    figure, (axis,) = panels(1, sorted(labels.unique()))
+    for index, (label, part) in enumerate(measured.groupby(labels, sort=True)):
+        axis.plot(part["step"], part["gradient_noise_scale"], label=label, **style(index))
+    axis.set_xlabel("optimizer steps")
+    axis.set_ylabel("gradient noise scale B_simple")
+    axis.set_yscale("log")
+    axis.grid(True, alpha=0.3)
+    return titled(figure, "Gradient noise scale over training (the critical batch size it predicts)")
+
+
+def all_figures(rows: pd.DataFrame, epochs: pd.DataFrame, measured: pd.DataFrame,
+                evaluations: pd.DataFrame | None = None) -> dict[str, Figure]:
     """Every figure the results support, by file-friendly name, in reading order."""
     has_rows = len(rows) > 0
     candidates = {
@@ -297,5 +317,6 @@ def all_figures(rows: pd.DataFrame, epochs: pd.DataFrame, measured: pd.DataFrame
         "inference": inference(measured) if len(measured) else None,
         "device_speedup": device_speedup(rows, measured),
         "steps_to_target": steps_to_target(rows) if has_rows else None,
+        "noise_scale": noise_scale(evaluations),
     }
     return {name: figure for name, figure in candidates.items() if figure is not None}

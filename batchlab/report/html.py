@@ -43,6 +43,8 @@ CAPTIONS = {
     "scaling": "Speedup and parallel efficiency against workers/threads, per strategy; dashed: ideal.",
     "inference": "Inference images/s against batch size; solid: compute only, dashed: with overheads.",
     "device_speedup": "Throughput ratio of one device configuration (or machine) to another, per batch size.",
+    "noise_scale": "The gradient noise scale B_simple (--gns) at each evaluation, against the optimizer steps; "
+                   "McCandlish et al. predict the critical batch size from it.",
     "steps_to_target": "Optimizer steps to the target accuracy against batch size, each at its best LR; lines: the "
                        "fit S(B) = S_min (1 + B_noise / B), its critical batch size B_noise marked.",
 }

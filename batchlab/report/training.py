@@ -27,7 +27,7 @@ GROUP_KEYS = group_keys(RunSpec) + ["machine"]
 SPREAD_FIGURES = ["epoch_train_seconds", "images_per_second", "test_accuracy"]
 MEDIAN_FIGURES = ["test_loss", "val_accuracy", "time_to_target_seconds", "wall_seconds", "warmup_seconds",
                   "load_seconds", "peak_memory_bytes", "data_wait_seconds", "data_wait_share", "effective_lr",
-                  "steps_to_target", "images_to_target"]
+                  "steps_to_target", "images_to_target", "gradient_noise_scale"]
 
 
 def slicing(micro_batch: int, batch_size: int) -> str:
@@ -63,14 +63,25 @@ def load_runs(db: str | Path) -> pd.DataFrame:
     return read_store(db, Store.runs_frame)
 
 
-def load_epochs(db: str | Path) -> pd.DataFrame:
-    """Per-epoch records of the DONE training runs, each with its run's group keys."""
+def per_run_records(db: str | Path, records: Callable[[Store], pd.DataFrame]) -> pd.DataFrame:
+    """Records of the DONE training runs (`records(store)`: epochs, evaluations), each with its
+    run's group keys."""
     def read(store: Store) -> pd.DataFrame:
         runs = with_slicing(store.runs_frame())
         keys = runs[runs["status"] == "DONE"][["run_id", "machine_id"] + [k for k in GROUP_KEYS if k != "machine"]]
-        return store.epochs_frame().merge(keys, on="run_id")
+        return records(store).merge(keys, on="run_id")
 
     return read_store(db, read)
+
+
+def load_epochs(db: str | Path) -> pd.DataFrame:
+    """Per-epoch records of the DONE training runs, each with its run's group keys."""
+    return per_run_records(db, Store.epochs_frame)
+
+
+def load_evaluations(db: str | Path) -> pd.DataFrame:
+    """Every evaluation of the DONE training runs (evaluation.py), each with its run's group keys."""
+    return per_run_records(db, Store.evaluations_frame)
 
 
 def load_machines(db: str | Path) -> dict[str, dict]:

@@ -35,17 +35,20 @@ RESULT_COLUMNS_1 = {  # as schema 1 created them
 # 5: learning-rate scaling. effective_lr is the LR after scaling (before warm-up and schedule).
 # 6: evaluations during training; steps and images until the target accuracy.
 RESULT_COLUMNS = RESULT_COLUMNS_1 | {"input_shape": "TEXT", "skipped_images": "INTEGER", "input_used": "TEXT",
-                                     "effective_lr": "REAL", "steps_to_target": "INTEGER", "images_to_target": "INTEGER"}
+                                     "effective_lr": "REAL", "steps_to_target": "INTEGER", "images_to_target": "INTEGER",
+                                     "gradient_noise_scale": "REAL"}
 EPOCH_COLUMNS_1 = {  # as schema 1 created them
     "epoch": "INTEGER", "train_loss": "REAL", "train_accuracy": "REAL", "val_loss": "REAL",
     "val_accuracy": "REAL", "test_loss": "REAL", "test_accuracy": "REAL", "train_seconds": "REAL",
     "eval_seconds": "REAL", "images": "INTEGER", "steps": "INTEGER",
 }
 EPOCH_COLUMNS = EPOCH_COLUMNS_1 | {"data_wait_seconds": "REAL"}
-EVALUATION_COLUMNS = {
+EVALUATION_COLUMNS_6 = {  # as schema 6 created them
     "step": "INTEGER", "epoch": "INTEGER", "images": "INTEGER", "train_seconds": "REAL", "accuracy": "REAL",
     "loss": "REAL", "eval_seconds": "REAL",
 }
+# 7: the gradient noise scale at each evaluation.
+EVALUATION_COLUMNS = EVALUATION_COLUMNS_6 | {"gradient_noise_scale": "REAL"}
 INFER_SPEC_COLUMNS_1 = {
     "dataset": "TEXT", "model": "TEXT", "batch_size": "INTEGER", "device": "TEXT", "threads": "INTEGER",
     "precision": "TEXT", "weights": "TEXT", "seed": "INTEGER",
@@ -154,9 +157,16 @@ MIGRATIONS = [
     UPDATE runs SET eval_every = 0;
     CREATE TABLE evaluations (
         run_id INTEGER NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
-        {_columns(EVALUATION_COLUMNS)},
+        {_columns(EVALUATION_COLUMNS_6)},
         PRIMARY KEY (run_id, step)
     );
+    """,
+    # 7: the gradient noise scale (--gns). No run stored before measured it.
+    """
+    ALTER TABLE runs ADD COLUMN gns INTEGER;
+    ALTER TABLE runs ADD COLUMN gradient_noise_scale REAL;
+    UPDATE runs SET gns = 0;
+    ALTER TABLE evaluations ADD COLUMN gradient_noise_scale REAL;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -45,6 +45,7 @@ from ..nn.placement import autocast, place
 from ..nn.texts import shape_text
 from ..spec.run import RunSpec
 from .evaluation import Evaluations, evaluate
+from .gns import NoiseScale
 from .schedule import lr_scheduler
 
 WARMUP_STEPS = 2
@@ -62,11 +63,12 @@ def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               labels: torch.Tensor, precision: str = "fp32",
-               slice_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               labels: torch.Tensor, precision: str = "fp32", slice_size: int | None = None,
+               on_slice: Callable[[int, int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on the batch, run through the network in slices of `slice_size` images
     (default: whole) whose gradients accumulate (see microbatch.py); returns (mean loss, number
-    correct) as device tensors (no host sync)."""
+    correct) as device tensors (no host sync). `on_slice(start, stop, count)` runs after each
+    slice's backward (--gns reads the gradients there)."""
     count = len(labels)
     optimizer.zero_grad(set_to_none=True)
     loss_sum = correct = None  # set by the first slice: a whole batch costs no accumulator ops
@@ -79,6 +81,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
                 logits = model(images[start:stop])
             loss = F.cross_entropy(logits.float(), labels[start:stop], reduction="sum") / count
             loss.backward()
+        if on_slice is not None:
+            on_slice(start, stop, count)
         hits = (logits.argmax(1) == labels[start:stop]).sum()
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
         correct = hits if correct is None else correct + hits
@@ -136,10 +140,12 @@ class StepLoop:
         self.precision, self.slice_size, self.scheduler = precision, slice_size, scheduler
         self.source = source or batch_source(dd, batch_size, loader_workers=0, augment=False, seed=0)
         self.every, self.checkpoint, self.steps_done = 0, None, 0
+        self.noise: NoiseScale | None = None  # --gns: fed every slice's gradient
 
     def train(self, indices: torch.Tensor) -> EpochWork:
         model, optimizer, normalize = self.model, self.optimizer, self.dd.normalize
         precision, slice_size, scheduler = self.precision, self.slice_size, self.scheduler
+        on_slice = self.noise.after_slice if self.noise is not None else None
         step_losses, step_correct = [], []
         beat, clock = heartbeat.beat, time.perf_counter
         batches = self.source.epoch(indices)
@@ -152,7 +158,7 @@ class StepLoop:
             waited += clock() - asked
             if batch is None:
                 break
-            loss, correct = train_step(model, optimizer, normalize(batch[0]), batch[1], precision, slice_size)
+            loss, correct = train_step(model, optimizer, normalize(batch[0]), batch[1], precision, slice_size, on_slice)
             if scheduler is not None:
                 scheduler.step()
             step_losses.append(loss)
@@ -225,6 +231,9 @@ def prepare(spec: RunSpec, data_dir: str | None = None, device: str | None = Non
     result.parameters = models.parameter_count(model)
     models.check_output(model, dd.normalize(dd.head(2)), dd.classes, spec.model, spec.dataset)
     slices = slice_size_for(spec, model, dd)
+    if spec.gns:
+        slices = gns_slices(spec, model, slices)
+        result.environment["gns_slice"] = slices
     refuse_one_image_slices(spec, model, dd.train_count, slices)
     reset_peak_memory(device)
     return Prepared(spec, device, dd, model, slices, result, started)
@@ -270,6 +279,16 @@ def refuse_one_image_slices(spec: RunSpec, model: nn.Module, count: int, slice_s
                          "steps of 1 image; use a batch size and micro-batch of at least 2, or --drop-last")
 
 
+def gns_slices(spec: RunSpec, model: nn.Module, slices: int) -> int:
+    """--gns needs each batch in slices smaller than the batch: the micro-batch size if it is
+    (as the automatic size is on CPUs for batches above it), else half the batch."""
+    if microbatch.has_batch_statistics(model):
+        raise ModelError(f"--gns: model {spec.model} uses batch normalisation, whose statistics are taken per "
+                         "slice, so a slice's gradient is not the mean of its images' own gradients that the "
+                         "noise-scale estimate needs; run without --gns")
+    return slices if slices < spec.batch_size else spec.batch_size // 2
+
+
 def data_notes(dataset, input_note: str | None = None) -> dict:
     """What the data loader (and the input path choice) decided or skipped, for the run record
     (and said to the user)."""
@@ -299,7 +318,8 @@ def run_epochs(prep: Prepared, train_one_epoch: Callable[[torch.Tensor], EpochWo
     generator = torch.Generator(device=prep.device)
     generator.manual_seed(spec.seed)
     has_val = len(dd.val_labels) > 0
-    evaluations = Evaluations(prep.model, dd, result, spec.precision, spec.target_accuracy, prep.device, image_scale)
+    evaluations = Evaluations(prep.model, dd, result, spec.precision, spec.target_accuracy, prep.device, image_scale,
+                              noise=loop.noise if loop is not None else None)
     if spec.eval_every and loop is not None:
         loop.every = spec.eval_every
         # Every rank pauses at the same steps (DDP: the others wait in the next all-reduce).

@@ -21,6 +21,7 @@ from ..core.records import EvalRecord, RunResult
 from ..data.device import DeviceData
 from ..device.timing import synchronize
 from ..nn.placement import autocast
+from .gns import NoiseScale
 
 EVAL_BATCH_SIZE = 128  # fixed, so eval seconds are comparable across training batch sizes
 
@@ -53,9 +54,9 @@ class Evaluations:
     this one (DDP ranks: the world size; each rank trains an equal part of every global batch)."""
 
     def __init__(self, model: nn.Module, dd: DeviceData, result: RunResult, precision: str, target: float,
-                 device: torch.device, image_scale: int = 1):
+                 device: torch.device, image_scale: int = 1, noise: NoiseScale | None = None):
         self.model, self.dd, self.result, self.precision, self.target = model, dd, result, precision, target
-        self.device, self.image_scale = device, image_scale
+        self.device, self.image_scale, self.noise = device, image_scale, noise
         self.on_validation = len(dd.val_labels) > 0
         result.environment["evaluated_on"] = "validation" if self.on_validation else "test"
         self.train_seconds = 0.0  # before the current epoch
@@ -94,6 +95,8 @@ class Evaluations:
 
     def record(self, evaluation: EvalRecord) -> None:
         result = self.result
+        if self.noise is not None:
+            evaluation.gradient_noise_scale = result.gradient_noise_scale = self.noise.value()
         result.evaluations.append(evaluation)
         if self.target and result.time_to_target_seconds is None and evaluation.accuracy >= self.target:
             result.time_to_target_seconds = evaluation.train_seconds

@@ -22,6 +22,7 @@ from ..data.device import single_order
 from ..device.timing import Region
 from ..spec.run import RunSpec
 from .engine import StepLoop, input_source, keep, make_optimizer, make_scheduler, prepare, run_epochs, warm_up
+from .gns import NoiseScale
 
 Strategy = Callable[..., RunResult]
 
@@ -39,6 +40,7 @@ def train_single(spec: RunSpec, data_dir: str | None = None,
         prep.result.warmup_seconds = warmup_region.seconds
         loop = StepLoop(prep.model, optimizer, prep.dd, spec.batch_size, spec.precision, prep.slice_size, source,
                         make_scheduler(spec, optimizer, prep.dd.train_count))
+        loop.noise = NoiseScale(prep.model) if spec.gns else None
         prep.model.train()
         result = run_epochs(prep, lambda order: loop.train(single_order(order, spec.batch_size, spec.drop_last)),
                             on_epoch, loop=loop)
