@@ -259,14 +259,15 @@ def main() -> None:
               f"bare runs before and after it; those two differ by {noise:.1%})")
     # --gns: the same loop measuring the gradient noise scale, alternating with the plain loop.
     plain_rates, gns_rates = [], []
-    for _ in range(max(repeats, 3)):
+    for _ in range(max(repeats, 5)):
         plain_rates.append(batchlab_train(prep, GNS_BATCH, 1)[0])
         gns_rates.append(batchlab_train(prep, GNS_BATCH, 1, gns=True)[0])
     overhead = 1 - statistics.median(gns_rates) / statistics.median(plain_rates)
     results["gns_overhead"] = {"batch": GNS_BATCH, "overhead": overhead, "plain": spread(plain_rates),
                                "gns": spread(gns_rates)}
-    print(f"--gns at bs={GNS_BATCH}: {statistics.median(gns_rates):,.0f} vs {statistics.median(plain_rates):,.0f} img/s "
-          f"without: {overhead:+.1%} overhead (median of {len(gns_rates)} alternating runs each)")
+    print(f"--gns at bs={GNS_BATCH}: {statistics.median(gns_rates):,.0f} img/s with, {statistics.median(plain_rates):,.0f} "
+          f"without: overhead {overhead:+.1%} (medians of {len(gns_rates)} alternating runs each; plain runs spread "
+          f"{min(plain_rates):,.0f}–{max(plain_rates):,.0f})")
     if not args.quick:
         results["accuracy_after_2_epochs_bs64"] = accuracy_check(prep, args.data_dir)
         print("test accuracy after 2 epochs at batch 64:", results["accuracy_after_2_epochs_bs64"])

@@ -248,6 +248,57 @@ def train(
 
 @app.command()
 @user_errors
+@with_spec_options(RunSpec)
+def maxbatch(
+    margin: Annotated[float, typer.Option("--margin", help="Safety margin taken off the largest batch that fits.")] = 0.10,
+    memory_limit: MemoryOpt = None,
+    format: Annotated[str, typer.Option("--format", help="table or json (the result on stdout).")] = "table",
+    db: DbOpt = Path("batchlab.db"),
+    data_dir: DataDirOpt = None,
+    **fields,
+) -> None:
+    """Find the largest batch size whose real training step (data, model, optimizer state) fits
+    in memory, by probe runs in their own processes; print it, and it less a safety margin; store it.
+
+    Example: batchlab maxbatch --dataset cifar10 --model torchvision:resnet18 --device cuda
+    """
+    import dataclasses
+
+    from ..data import registry
+    from ..device.machine import fingerprint, machine_id, resolve_device
+    from ..runner.maxbatch import default_memory_limit, find_max_batch
+    from ..store.store import Store
+
+    if format not in ("table", "json"):
+        raise typer.BadParameter("--format must be table or json")
+    spec = RunSpec(**spec_values(RunSpec, fields)).validated()
+    resolve_device(spec.device)
+    limit = memory_limit_bytes(memory_limit) or default_memory_limit(spec)
+    dataset = registry.load(spec.dataset, str(data_dir) if data_dir else None, spec.image_size, spec.strict_images)
+    images = len(dataset.train_labels) - round(len(dataset.train_labels) * spec.val_split)
+    images = min(images, spec.limit_train) if spec.limit_train else images
+
+    def said(probe) -> None:
+        err.print(f"batch {probe.batch_size:>7,}: {'fits' if probe.fits else 'does not fit'} ({probe.status})",
+                  highlight=False)
+
+    found = find_max_batch(spec, images, str(data_dir) if data_dir else None, limit, margin, said)
+    values = {**dataclasses.asdict(found), "probes": [dataclasses.asdict(p) for p in found.probes]}
+    info = fingerprint()
+    with Store(db) as store:
+        store.record_machine(machine_id(info), info)
+        store.record_max_batch(machine_id(info), dataclasses.asdict(spec), values)
+    if format == "json":
+        sys.stdout.write(json.dumps(values, indent=1) + "\n")
+        return
+    why = (f"the next batch tried, {found.smallest_failing:,}, ran out of memory" if found.limited_by == "memory"
+           else f"every batch up to the training set ({images:,} images) fits")
+    out.print(f"largest batch that fits: {found.max_batch:,} ({why}); use {found.usable_batch:,} "
+              f"(a {found.margin:.0%} safety margin); {len(found.probes)} probes, stored in {db}", highlight=False)
+
+
+@app.command()
+@user_errors
 @with_spec_options(RunSpec, lists=True)
 def sweep(
     experiment: Annotated[Optional[Path], typer.Argument(help="TOML experiment file (flags override its values).")] = None,

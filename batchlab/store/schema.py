@@ -168,6 +168,22 @@ MIGRATIONS = [
     UPDATE runs SET gns = 0;
     ALTER TABLE evaluations ADD COLUMN gradient_noise_scale REAL;
     """,
+    # 8: the largest batch that fits (`batchlab maxbatch`), one row per search.
+    """
+    CREATE TABLE max_batch (
+        search_id INTEGER PRIMARY KEY,
+        machine_id TEXT NOT NULL REFERENCES machines(machine_id),
+        spec TEXT NOT NULL,
+        max_batch INTEGER NOT NULL,
+        usable_batch INTEGER NOT NULL,
+        margin REAL NOT NULL,
+        limited_by TEXT NOT NULL,
+        memory_limit INTEGER,
+        smallest_failing INTEGER,
+        probes TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

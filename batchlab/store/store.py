@@ -287,6 +287,19 @@ class Store:
         except sqlite3.Error as error:
             raise self._error(error, "write failed") from None
 
+    def record_max_batch(self, machine_id: str, spec: dict, found: dict) -> int:
+        """Store one max-batch search (runner/maxbatch.py): the probed configuration and what it found."""
+        values = {"machine_id": machine_id, "spec": json.dumps(spec, sort_keys=True), "created_at": now(),
+                  **{key: found[key] for key in ("max_batch", "usable_batch", "margin", "limited_by", "memory_limit",
+                                                 "smallest_failing")},
+                  "probes": json.dumps(found["probes"])}
+        names = ", ".join(values)
+        cursor = self._write(f"INSERT INTO max_batch ({names}) VALUES ({', '.join(':' + n for n in values)})", values)
+        return cursor.lastrowid
+
+    def max_batch_frame(self) -> pd.DataFrame:
+        return pd.read_sql_query("SELECT * FROM max_batch ORDER BY search_id", self.db)
+
     def weights(self, key: str, model: str | None = None, dataset: str | None = None) -> tuple[str, bytes]:
         """(run key, saved weights) of the DONE training run `key` (a unique prefix is enough), or
         with key 'latest' of the newest one for this model and dataset."""

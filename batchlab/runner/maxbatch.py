@@ -1,0 +1,105 @@
+"""The largest batch that fits (`batchlab maxbatch`), found on the real training step.
+
+Each probe is a real training run at one batch size, in its own process, as a sweep runs it: the
+dataset loaded and on the device, the model, the optimizer with its state, the warm-up and one
+measured step (limit-train = the batch), under the memory the user allows (--memory-limit, an
+address-space cap on the CPU, else the available RAM) — so what fits here fits in a sweep. A
+probe that runs out of memory (a CUDA out-of-memory error on a GPU, an allocation error under the
+cap on a CPU) means "does not fit"; any other failure stops the search with its error.
+
+The search doubles the batch from 1 until a probe fails or the training set is reached (no batch
+is larger than the training set), then bisects between the largest batch that fitted and the
+smallest that did not, to within RESOLUTION. The result is that largest batch and, for use, that
+batch less a safety margin (default 10%): a batch at the very edge leaves no room for the
+allocator's fragmentation or a longer run's growth, a complaint users of OOM-probing batch
+finders make. With automatic micro-batches (the CPU default), memory hardly grows with the batch:
+the training set is then usually the limit, and the result says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import psutil
+
+from ..core.errors import SpecError
+from ..spec.run import RunSpec
+from .sweep import run_in_worker
+
+MARGIN = 0.10
+RESOLUTION = 0.02  # bisect until the bounds are within 2% (or adjacent)
+
+
+@dataclass
+class Probe:
+    batch_size: int
+    fits: bool
+    status: str  # the probe run's: DONE or OOM
+    seconds: float | None = None  # wall seconds of the probe run
+
+
+@dataclass
+class MaxBatch:
+    max_batch: int  # the largest batch size that fitted
+    usable_batch: int  # max_batch less the margin
+    margin: float
+    limited_by: str  # "memory" or "training set"
+    memory_limit: int | None  # bytes of address space per probe process (None: a GPU's own memory)
+    probes: list[Probe] = field(default_factory=list)
+    smallest_failing: int | None = None  # the smallest batch size that did not fit
+
+
+def default_memory_limit(spec: RunSpec) -> int | None:
+    """On the CPU: the RAM available now (a probe beyond it would swap, not fail). On a GPU the
+    device's own memory is the limit, and its out-of-memory error says so."""
+    return psutil.virtual_memory().available if spec.device == "cpu" else None
+
+
+def probe_spec(spec: RunSpec, batch: int) -> RunSpec:
+    """A run whose warm-up and single measured step are the training step at `batch`."""
+    return dataclasses.replace(spec, batch_size=batch, epochs=1, limit_train=batch, val_split=0.0,
+                               target_accuracy=0.0, eval_every=0, warmup_epochs=0.0, repeat=0)
+
+
+def find_max_batch(spec: RunSpec, training_images: int, data_dir: str | None = None, memory_limit: int | None = None,
+                   margin: float = MARGIN, on_probe: Callable[[Probe], None] = lambda probe: None) -> MaxBatch:
+    """Search as described above; `training_images`: the training set's size (the upper bound)."""
+    if not 0 <= margin < 1:
+        raise SpecError(f"--margin is a fraction in [0, 1), got {margin}")
+    probes: list[Probe] = []
+
+    def fits(batch: int) -> bool:
+        outcome = run_in_worker(probe_spec(spec, batch), data_dir, lambda record: None, memory_limit=memory_limit)
+        if outcome.status not in ("DONE", "OOM"):
+            raise SpecError(f"maxbatch: the probe at batch {batch} {outcome.status}: {outcome.error}")
+        probe = Probe(batch, outcome.status == "DONE", outcome.status,
+                      outcome.result.wall_seconds if outcome.result is not None else None)
+        probes.append(probe)
+        on_probe(probe)
+        return probe.fits
+
+    largest, smallest_failing, batch = 0, None, 1
+    while True:
+        batch = min(batch, training_images)
+        if not fits(batch):
+            smallest_failing = batch
+            break
+        largest = batch
+        if batch == training_images:
+            break
+        batch *= 2
+    if largest == 0:
+        limit = f"{memory_limit / 2**30:.2f} GiB" if memory_limit else "the device's memory"
+        raise SpecError(f"maxbatch: not even batch 1 of {spec.model} on {spec.dataset} fits within {limit}")
+    while smallest_failing is not None and smallest_failing - largest > max(1, largest * RESOLUTION):
+        middle = (largest + smallest_failing) // 2
+        if fits(middle):
+            largest = middle
+        else:
+            smallest_failing = middle
+    return MaxBatch(largest, max(1, math.floor(largest * (1 - margin))), margin,
+                    "memory" if smallest_failing is not None else "training set", memory_limit, probes,
+                    smallest_failing)
