@@ -68,3 +68,9 @@ def test_report_shows_the_critical_batch_and_draws_the_fit(tmp_path):
     assert CliRunner().invoke(app, ["report", "--db", str(db), "--html", str(page)]).exit_code == 0
     text = page.read_text()
     assert '<figure id="steps_to_target">' in text and "B_noise ≈ 256" in text
+
+
+def test_ddp_is_fitted_on_the_global_batch():
+    rows = pd.DataFrame([{"model": "mlp", "dataset": "d", "device": "cpu", "strategy": "ddp", "workers": 2,
+                          "batch_size": b // 2, "lr": 0.1, "steps_to_target": model_steps(b)} for b in (32, 128, 512)])
+    assert with_critical_batch(rows)["b_noise"].tolist() == pytest.approx([B_NOISE] * 3)

@@ -139,3 +139,12 @@ def test_the_tuned_view_picks_each_batch_sizes_best_lr_and_flags_the_grid_edge(s
     CliRunner().invoke(app, ["sweep", "--dataset", f"folder:{synthetic_folder}", "--model", "mlp", "--batch-size", "64",
                              "--epochs", "1", "--limit-train", "128", "--db", str(single)])
     assert "nothing to tune" in CliRunner().invoke(app, ["report", "--db", str(single), "--tuned"]).stdout
+
+
+def test_a_rounded_warm_up_ends_before_the_run_and_coinciding_decays_both_apply():
+    # 4 steps, warm-up 0.9 epoch → 3.6 rounds to 4, clamped to 3: the schedule keeps a step.
+    assert learning_rates(RunSpec(lr=1.0, epochs=1, warmup_epochs=0.9, schedule="cosine"), 4)[:3] == pytest.approx(
+        [1 / 3, 2 / 3, 1.0])
+    # 20 steps, warm-up 16: both decays (50%, 75%) fall on the first step after it, and both apply.
+    step = learning_rates(RunSpec(lr=1.0, epochs=2, warmup_epochs=1.6, schedule="step"), 10)
+    assert step[15:] == pytest.approx([1.0, 1.0, 0.01, 0.01, 0.01])

@@ -35,7 +35,7 @@ def maxbatch(*args) -> dict:
 def test_with_automatic_micro_batches_the_training_set_is_the_limit(synthetic_folder, tmp_path):
     found = maxbatch("--dataset", f"folder:{synthetic_folder}", "--model", "mlp", "--limit-train", "64",
                      "--db", tmp_path / "m.db")
-    assert [p["batch_size"] for p in found["probes"]] == [1, 2, 4, 8, 16, 32, 64]
+    assert [p["batch_size"] for p in found["probes"]] == [2, 4, 8, 16, 32, 64]  # from 2: batch norm refuses 1
     assert (found["max_batch"], found["usable_batch"], found["limited_by"]) == (64, 57, "training set")
     with sqlite3.connect(tmp_path / "m.db") as db:
         assert db.execute("SELECT max_batch, usable_batch FROM max_batch").fetchall() == [(64, 57)]
@@ -58,3 +58,17 @@ def test_bad_margin_and_a_batch_of_one_that_cannot_fit_are_one_line_errors(synth
     bad = CliRunner().invoke(app, ["maxbatch", "--dataset", f"folder:{synthetic_folder}", "--model", "mlp",
                                    "--margin", "1.5", "--db", str(tmp_path / "m.db")])
     assert bad.exit_code != 0 and "--margin is a fraction in [0, 1), got 1.5" in bad.output
+
+
+def test_probes_give_every_worker_a_whole_batch_and_the_bound_is_a_workers_share():
+    from batchlab.core.errors import SpecError
+    from batchlab.runner.maxbatch import find_max_batch, probe_spec
+    from batchlab.spec.run import RunSpec
+    from batchlab.train.engine import process_shares
+
+    spec = RunSpec(strategy="ddp", workers=4)
+    probe = probe_spec(spec, 256).validated()
+    assert probe.limit_train == 1024 and not probe.eval_every
+    assert [len(share) for share in process_shares(probe, probe.limit_train)] == [256] * 4
+    with pytest.raises(SpecError, match="3 training images leave no batch for 4 worker"):
+        find_max_batch(spec, 3)

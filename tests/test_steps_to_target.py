@@ -61,3 +61,12 @@ def test_eval_every_is_refused_for_hogwild_and_below_zero():
         RunSpec(strategy="hogwild", workers=2, eval_every=10).validated()
     with pytest.raises(SpecError, match="eval-every must be at least 0"):
         RunSpec(eval_every=-1).validated()
+
+
+def test_a_diverged_run_keeps_no_evaluation_from_after_its_bad_step(synthetic_dataset):
+    result = batchlab.run(RunSpec(dataset=synthetic_dataset.name, model="mlp", optimizer="sgd", lr=1e8, batch_size=50,
+                                  epochs=1, limit_train=1000, eval_every=1, target_accuracy=0.05),
+                          data_dir=str(synthetic_dataset.directory))
+    assert result.status == "DIVERGED"
+    assert all(e.step < result.diverged_step for e in result.evaluations)
+    assert result.steps_to_target is None or result.steps_to_target < result.diverged_step

@@ -142,7 +142,7 @@ def test_a_schema_1_store_is_migrated_keeping_its_runs(tmp_path):
     assert (runs.loc[0, "input"], runs.loc[0, "loader_workers"], runs.loc[0, "augment"]) == ("device", 0, False)
     assert runs.loc[0, "images_per_second"] == 500 and pd.isna(runs.loc[0, "data_wait_seconds"])
     assert (runs.loc[0, "lr_scaling"], runs.loc[0, "base_batch"], runs.loc[0, "warmup_epochs"],
-            runs.loc[0, "schedule"]) == ("none", 256, 0, "constant")
+            runs.loc[0, "schedule"]) == ("none", 64, 0, "constant")
     assert path.read_bytes() == before
     Store(path).close()  # a sweep's store migrates the file
     with sqlite3.connect(path) as db:

@@ -271,12 +271,16 @@ def maxbatch(
 
     if format not in ("table", "json"):
         raise typer.BadParameter("--format must be table or json")
+    from ..data.input_path import dataset_bytes
+
     spec = RunSpec(**spec_values(RunSpec, fields)).validated()
     resolve_device(spec.device)
-    limit = memory_limit_bytes(memory_limit) or default_memory_limit(spec)
     dataset = registry.load(spec.dataset, str(data_dir) if data_dir else None, spec.image_size, spec.strict_images)
     images = len(dataset.train_labels) - round(len(dataset.train_labels) * spec.val_split)
     images = min(images, spec.limit_train) if spec.limit_train else images
+    data_size = dataset_bytes(dataset)
+    del dataset  # not held while the probes run: the RAM they may use is measured after it
+    limit = memory_limit_bytes(memory_limit) or default_memory_limit(spec)
 
     def said(probe) -> None:
         err.print(f"batch {probe.batch_size:>7,}: {'fits' if probe.fits else 'does not fit'} ({probe.status})",
@@ -294,7 +298,9 @@ def maxbatch(
     why = (f"the next batch tried, {found.smallest_failing:,}, ran out of memory" if found.limited_by == "memory"
            else f"every batch up to the training set ({images:,} images) fits")
     out.print(f"largest batch that fits: {found.max_batch:,} ({why}); use {found.usable_batch:,} "
-              f"(a {found.margin:.0%} safety margin); {len(found.probes)} probes, stored in {db}", highlight=False)
+              f"(a {found.margin:.0%} safety margin); {len(found.probes)} probes, stored in {db}. The probes held "
+              f"only their batch's images: a run on the device path also holds the dataset, "
+              f"{data_size / 2**20:,.0f} MiB", highlight=False)
 
 
 @app.command()

@@ -56,6 +56,14 @@ def regime(batch_size: float, b_noise: float) -> str:
     return "maximal data parallelism" if ratio > MAXIMAL_ABOVE else "diminishing returns"
 
 
+def update_batch(rows: pd.DataFrame) -> pd.Series:
+    """The batch one update averages over, as S(B) means it: ddp's global batch (workers x batch),
+    else the batch size."""
+    if "strategy" not in rows or "workers" not in rows:
+        return rows["batch_size"]
+    return rows["batch_size"].where(rows["strategy"] != "ddp", rows["batch_size"] * rows["workers"])
+
+
 def best_per_batch(group: pd.DataFrame) -> pd.DataFrame:
     """Each batch size's row with the fewest steps to target (its best LR), among those that reached it."""
     reached = group[group["steps_to_target"].notna()]
@@ -74,14 +82,15 @@ def with_critical_batch(rows: pd.DataFrame) -> pd.DataFrame:
         return rows
     for _, group in rows.groupby(present(rows), dropna=False, sort=False):
         best = best_per_batch(group)
-        found = fit(list(best["batch_size"]), list(best["steps_to_target"]))
+        found = fit(list(update_batch(best)), list(best["steps_to_target"]))
         if found is None:
             continue
         s_min, b_noise = found
+        batches = update_batch(group)
         rows.loc[group.index, "s_min"] = s_min
         rows.loc[group.index, "b_noise"] = b_noise
-        rows.loc[group.index, "fitted_steps"] = s_min * (1 + b_noise / group["batch_size"])
-        rows.loc[group.index, "regime"] = [regime(batch, b_noise) for batch in group["batch_size"]]
+        rows.loc[group.index, "fitted_steps"] = s_min * (1 + b_noise / batches)
+        rows.loc[group.index, "regime"] = [regime(batch, b_noise) for batch in batches]
     return rows
 
 

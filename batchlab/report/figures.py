@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
-from .critical_batch import CONFIGURATION, best_per_batch  # noqa: E402
+from .critical_batch import CONFIGURATION, best_per_batch, update_batch  # noqa: E402
 from .inference import comparisons, config_name  # noqa: E402
 from .training import GROUP_KEYS  # noqa: E402
 
@@ -273,9 +273,9 @@ def steps_to_target(rows: pd.DataFrame) -> Figure | None:
     for index, (label, group) in enumerate(fitted.groupby(labels, sort=True)):
         best, look = best_per_batch(group), style(index)
         s_min, b_noise = group["s_min"].iloc[0], group["b_noise"].iloc[0]
-        axis.plot(best["batch_size"], best["steps_to_target"], linestyle="none", marker=look["marker"],
+        axis.plot(update_batch(best), best["steps_to_target"], linestyle="none", marker=look["marker"],
                   color=look["color"], label=f"{label}: measured")
-        low, high = best["batch_size"].min() / 2, best["batch_size"].max() * 2
+        low, high = update_batch(best).min() / 2, update_batch(best).max() * 2
         sizes = [low * (high / low) ** (k / 60) for k in range(61)]
         axis.plot(sizes, [s_min * (1 + b_noise / b) for b in sizes], color=look["color"], linestyle=look["linestyle"],
                   label=f"{label}: S_min {s_min:,.0f}, B_noise {b_noise:,.0f}")

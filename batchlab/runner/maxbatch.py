@@ -1,13 +1,16 @@
 """The largest batch that fits (`batchlab maxbatch`), found on the real training step.
 
 Each probe is a real training run at one batch size, in its own process, as a sweep runs it: the
-dataset loaded and on the device, the model, the optimizer with its state, the warm-up and one
-measured step (limit-train = the batch), under the memory the user allows (--memory-limit, an
-address-space cap on the CPU, else the available RAM) — so what fits here fits in a sweep. A
-probe that runs out of memory (a CUDA out-of-memory error on a GPU, an allocation error under the
-cap on a CPU) means "does not fit"; any other failure stops the search with its error.
+model, the optimizer with its state, the warm-up and one measured step on the batch's own images
+(limit-train = one batch per worker), under the memory the user allows (--memory-limit, an
+address-space cap on the CPU, else the RAM available) — so the step measured is the step a sweep
+runs. A probe holds only those images of the dataset, where a run holds its whole training and
+validation sets: on the device path add the dataset's size, which the command prints. A probe
+that runs out of memory (a CUDA out-of-memory error on a GPU, an allocation error under the cap on
+a CPU, or killed from outside, as the kernel's OOM killer does) means "does not fit"; any other
+failure stops the search with its error.
 
-The search doubles the batch from 1 until a probe fails or the training set is reached (no batch
+The search doubles the batch from 2 (batch norm and --gns cannot train on 1) until a probe fails or the training set is reached (no batch
 is larger than the training set), then bisects between the largest batch that fitted and the
 smallest that did not, to within RESOLUTION. The result is that largest batch and, for use, that
 batch less a safety margin (default 10%): a batch at the very edge leaves no room for the
@@ -59,21 +62,25 @@ def default_memory_limit(spec: RunSpec) -> int | None:
 
 
 def probe_spec(spec: RunSpec, batch: int) -> RunSpec:
-    """A run whose warm-up and single measured step are the training step at `batch`."""
-    return dataclasses.replace(spec, batch_size=batch, epochs=1, limit_train=batch, val_split=0.0,
+    """A run whose warm-up and single measured step are the training step at `batch` (per worker)."""
+    return dataclasses.replace(spec, batch_size=batch, epochs=1, limit_train=batch * spec.workers, val_split=0.0,
                                target_accuracy=0.0, eval_every=0, warmup_epochs=0.0, repeat=0)
 
 
 def find_max_batch(spec: RunSpec, training_images: int, data_dir: str | None = None, memory_limit: int | None = None,
                    margin: float = MARGIN, on_probe: Callable[[Probe], None] = lambda probe: None) -> MaxBatch:
-    """Search as described above; `training_images`: the training set's size (the upper bound)."""
+    """Search as described above; `training_images`: the training set's size (a worker's share of it
+    bounds the batch)."""
     if not 0 <= margin < 1:
         raise SpecError(f"--margin is a fraction in [0, 1), got {margin}")
+    bound = training_images // spec.workers
+    if bound < 1:
+        raise SpecError(f"maxbatch: {training_images} training images leave no batch for {spec.workers} worker(s)")
     probes: list[Probe] = []
 
     def fits(batch: int) -> bool:
         outcome = run_in_worker(probe_spec(spec, batch), data_dir, lambda record: None, memory_limit=memory_limit)
-        if outcome.status not in ("DONE", "OOM"):
+        if outcome.status not in ("DONE", "OOM", "KILLED"):
             raise SpecError(f"maxbatch: the probe at batch {batch} {outcome.status}: {outcome.error}")
         probe = Probe(batch, outcome.status == "DONE", outcome.status,
                       outcome.result.wall_seconds if outcome.result is not None else None)
@@ -81,19 +88,19 @@ def find_max_batch(spec: RunSpec, training_images: int, data_dir: str | None = N
         on_probe(probe)
         return probe.fits
 
-    largest, smallest_failing, batch = 0, None, 1
+    largest, smallest_failing, batch = 0, None, min(2, bound)
     while True:
-        batch = min(batch, training_images)
+        batch = min(batch, bound)
         if not fits(batch):
             smallest_failing = batch
             break
         largest = batch
-        if batch == training_images:
+        if batch == bound:
             break
         batch *= 2
     if largest == 0:
         limit = f"{memory_limit / 2**30:.2f} GiB" if memory_limit else "the device's memory"
-        raise SpecError(f"maxbatch: not even batch 1 of {spec.model} on {spec.dataset} fits within {limit}")
+        raise SpecError(f"maxbatch: not even batch {batch} of {spec.model} on {spec.dataset} fits within {limit}")
     while smallest_failing is not None and smallest_failing - largest > max(1, largest * RESOLUTION):
         middle = (largest + smallest_failing) // 2
         if fits(middle):

@@ -138,14 +138,15 @@ MIGRATIONS = [
     ALTER TABLE epochs ADD COLUMN data_wait_seconds REAL;
     """,
     # 5: learning-rate scaling, warm-up and schedules. Every run stored before trained at its lr
-    # throughout: no scaling (its own batch as the base), no warm-up, a constant schedule.
+    # throughout: no scaling (the default base batch, which then means nothing), no warm-up, a
+    # constant schedule.
     """
     ALTER TABLE runs ADD COLUMN lr_scaling TEXT;
     ALTER TABLE runs ADD COLUMN base_batch INTEGER;
     ALTER TABLE runs ADD COLUMN warmup_epochs REAL;
     ALTER TABLE runs ADD COLUMN schedule TEXT;
     ALTER TABLE runs ADD COLUMN effective_lr REAL;
-    UPDATE runs SET lr_scaling = 'none', base_batch = batch_size, warmup_epochs = 0, schedule = 'constant';
+    UPDATE runs SET lr_scaling = 'none', base_batch = 64, warmup_epochs = 0, schedule = 'constant';
     UPDATE runs SET effective_lr = lr WHERE status <> 'PENDING';
     """,
     # 6: evaluation every N steps. Runs stored before evaluated after each epoch only; their

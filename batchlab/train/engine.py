@@ -338,6 +338,7 @@ def run_epochs(prep: Prepared, train_one_epoch: Callable[[torch.Tensor], EpochWo
             result.status = "DIVERGED"
             result.diverged_step = steps_before + work.bad_step
             result.error = f"loss became non-finite at step {result.diverged_step} (epoch {epoch})"
+            evaluations.forget_from(result.diverged_step)
             break
         steps_before += work.steps
         val_loss = val_accuracy = test_loss = test_accuracy = float("nan")

@@ -88,6 +88,16 @@ class Evaluations:
         self.images += images
         self.record(EvalRecord(self.steps, self.epoch, self.images, self.train_seconds, accuracy, loss, eval_seconds))
 
+    def forget_from(self, step: int) -> None:
+        """A divergence found at `step` (at the epoch's end) makes the evaluations at or after it
+        evaluations of broken weights: drop them, and a target they reached."""
+        result = self.result
+        result.evaluations = [e for e in result.evaluations if e.step < step]
+        if result.steps_to_target is not None and result.steps_to_target >= step:
+            result.time_to_target_seconds = result.steps_to_target = result.images_to_target = None
+        if self.noise is not None:
+            result.gradient_noise_scale = result.evaluations[-1].gradient_noise_scale if result.evaluations else None
+
     def watched(self) -> tuple[float, float]:
         dd = self.dd
         images, labels = (dd.val_images, dd.val_labels) if self.on_validation else (dd.test_images, dd.test_labels)

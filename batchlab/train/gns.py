@@ -13,7 +13,8 @@ ratio of the averages (the ratio of each step's noisy estimates would be biased;
 bias is the same factor in both, so it cancels).
 
 The per-step norms stay on the device; they are read and averaged at each evaluation (a sync the
-evaluation makes anyway). Slices smaller than the first (a batch's remainder) are left out of |G_b|².
+evaluation makes anyway). Slices of another size than the first (microbatch.bounds puts a batch's remainder first, so
+those are larger) are left out of |G_b|².
 Cost: per slice, one difference and one norm over the parameters (measured in bench/run.py).
 """
 
@@ -47,7 +48,7 @@ class NoiseScale:
             own = grads
         else:
             own = [g - before for g, before in zip(grads, self.previous)]
-        if size == self.slice_size:
+        if size == self.slice_size:  # slices of another size do not estimate |G_b|² for this b
             # The slice's loss was its images' summed loss / count: its mean gradient is own × count / size.
             self.slice_squares.append(torch.nn.utils.get_total_norm(own).square() * (count / size) ** 2)
         if stop == count:

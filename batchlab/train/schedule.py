@@ -26,18 +26,22 @@ STEP_POINTS = (0.5, 0.75)  # fractions of the run's steps where the step schedul
 
 
 def warmup_steps(spec: RunSpec, steps_per_epoch: int) -> int:
-    return round(spec.warmup_epochs * steps_per_epoch) if spec.warmup_epochs else 0
+    """The warm-up in steps, rounded, and always ending before the run does (a rounded-up warm-up
+    of a short run would otherwise leave the schedule no step)."""
+    total = spec.epochs * steps_per_epoch
+    return min(round(spec.warmup_epochs * steps_per_epoch), total - 1) if spec.warmup_epochs else 0
 
 
 def lr_scheduler(optimizer: torch.optim.Optimizer, spec: RunSpec, steps_per_epoch: int) -> LRScheduler | None:
     """The run's scheduler, or None when the LR is constant throughout (no per-step cost)."""
     total = spec.epochs * steps_per_epoch
     warm = warmup_steps(spec, steps_per_epoch)
-    after = total - warm  # steps after the warm-up (≥ 1: validation keeps the warm-up inside the run)
+    after = total - warm  # steps after the warm-up (≥ 1, see warmup_steps)
     if spec.schedule == "cosine":
         main = CosineAnnealingLR(optimizer, T_max=max(after, 1))
     elif spec.schedule == "step":
-        milestones = sorted({max(1, math.ceil(point * total) - warm) for point in STEP_POINTS})
+        # A list, not a set: two decays that fall on one step (a warm-up past 75%) both apply there.
+        milestones = [max(1, math.ceil(point * total) - warm) for point in STEP_POINTS]
         main = MultiStepLR(optimizer, milestones=milestones, gamma=STEP_DECAY)
     else:
         main = None
