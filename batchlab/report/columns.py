@@ -112,8 +112,9 @@ TRAINING = [
     Column("test_loss", "test loss", "number", 4, "right", priority=9),
     Column("time_to_target_seconds", "time to target s", "target", 1, "right", priority=4, show_if="target",
            extra=("target_reached",)),
-    Column("steps_to_target", "steps to target", "count", 0, "right", priority=5, show_if="measured",
-           extra=("images_to_target",)),
+    # median over the repeats that reached the target, with how many did (as time to target)
+    Column("steps_to_target", "steps to target", "target", 0, "right", priority=5, show_if="measured",
+           extra=("images_to_target", "target_reached")),
     # train/gns.py: the gradient noise scale B_simple at the run's last evaluation (--gns)
     Column("gradient_noise_scale", "B_simple", "significant", 3, "right", priority=5, show_if="measured"),
     # critical_batch.py: this batch size against the configuration's fitted critical batch size
