@@ -85,7 +85,7 @@ def run_rank(spec: RunSpec, data_dir: str | None, keep_weights: bool = False,
             else DistributedDataParallel
         source = input_source(spec, prep.dd, stream=rank)
         with Region(prep.device) as warmup_region:
-            warm_up(prep.model, spec, prep.dd, prep.slice_size, wrap, source)
+            warm_up(prep.model, spec, prep.dd, source, prep.slice_size, wrap)
         prep.result.warmup_seconds = warmup_region.seconds
         model = wrap(prep.model)  # broadcasts rank 0's initial weights (identical anyway: same seed)
         optimizer = make_optimizer(spec.optimizer, model.parameters(), spec.effective_lr)

@@ -90,21 +90,18 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
     return loss_sum, correct
 
 
-def warm_up(model: nn.Module, spec: RunSpec, dd: DeviceData, slice_size: int | None = None,
-            wrap: Callable[[nn.Module], nn.Module] = lambda module: module,
-            source: DeviceBatches | LoaderBatches | None = None) -> None:
+def warm_up(model: nn.Module, spec: RunSpec, dd: DeviceData, source: DeviceBatches | LoaderBatches,
+            slice_size: int | None = None, wrap: Callable[[nn.Module], nn.Module] = lambda module: module) -> None:
     """A few steps on a copy of the model, so first-call costs (allocator, kernel selection,
     for DDP the first all-reduces, the loader's worker processes) fall outside the measured epochs
     while the real model keeps its seeded initial weights. `wrap` wraps the copy as the strategy
-    wraps the model; the batches come from `source` (the run's input path) if given."""
+    wraps the model; the batches come from `source`, the run's input path."""
     heartbeat.beat()
     scratch = wrap(copy.deepcopy(model))
     optimizer = make_optimizer(spec.optimizer, scratch.parameters(), spec.effective_lr)
     batch = min(spec.batch_size, dd.train_count)
-    if source is None:
-        batches = [(dd.head(batch), dd.train_labels[:batch].to(dd.device))] * WARMUP_STEPS
-    else:  # WARMUP_STEPS whole batches (a partial one could be 1 image, which batch norm refuses)
-        batches = source.epoch(torch.arange(batch, device=dd.device).repeat(WARMUP_STEPS), warm_up=True)
+    # WARMUP_STEPS whole batches (a partial one could be 1 image, which batch norm refuses)
+    batches = source.epoch(torch.arange(batch, device=dd.device).repeat(WARMUP_STEPS), warm_up=True)
     for images, labels in batches:
         heartbeat.beat()
         train_step(scratch, optimizer, dd.normalize(images), labels, spec.precision, slice_size)

@@ -39,7 +39,7 @@ def hogwild_worker(rank: int, spec: RunSpec, dd: DeviceData, model: torch.nn.Mod
     optimizer = make_optimizer(spec.optimizer, model.parameters(), spec.effective_lr)
     source = input_source(spec, dd, stream=rank)
     try:
-        warm_up(model, spec, dd, slice_size, source=source)
+        warm_up(model, spec, dd, source, slice_size)
         loop = StepLoop(model, optimizer, dd, spec.batch_size, spec.precision, slice_size, source,
                         make_scheduler(spec, optimizer, dd.train_count, rank))
         model.train()

@@ -36,7 +36,7 @@ def train_single(spec: RunSpec, data_dir: str | None = None,
     source = input_source(spec, prep.dd)
     try:
         with Region(prep.device) as warmup_region:
-            warm_up(prep.model, spec, prep.dd, prep.slice_size, source=source)
+            warm_up(prep.model, spec, prep.dd, source, prep.slice_size)
         prep.result.warmup_seconds = warmup_region.seconds
         loop = StepLoop(prep.model, optimizer, prep.dd, spec.batch_size, spec.precision, prep.slice_size, source,
                         make_scheduler(spec, optimizer, prep.dd.train_count))
