@@ -70,3 +70,22 @@ def test_a_diverged_run_keeps_no_evaluation_from_after_its_bad_step(synthetic_da
     assert result.status == "DIVERGED"
     assert all(e.step < result.diverged_step for e in result.evaluations)
     assert result.steps_to_target is None or result.steps_to_target < result.diverged_step
+
+
+def test_stop_at_target_ends_the_run_after_the_epoch_that_reached_it(synthetic_dataset):
+    base = dict(dataset=synthetic_dataset.name, model="mlp", batch_size=50, epochs=4, limit_train=1000, threads=1,
+                val_split=0.1, target_accuracy=0.3, eval_every=4)
+    full = batchlab.run(RunSpec(**base), data_dir=str(synthetic_dataset.directory))
+    stopped = batchlab.run(RunSpec(**base, stop_at_target=True), data_dir=str(synthetic_dataset.directory))
+    reached_in = next(e.epoch for e in full.evaluations if e.accuracy >= 0.3)
+    assert reached_in < 4, "the test needs a target reached before the last epoch"
+    assert [e.epoch for e in stopped.epochs] == list(range(1, reached_in + 1))
+    assert stopped.steps_to_target == full.steps_to_target  # the same training up to there
+    assert len(full.epochs) == 4
+
+
+def test_stop_at_target_needs_a_target_and_one_process():
+    with pytest.raises(SpecError, match="needs a --target-accuracy"):
+        RunSpec(stop_at_target=True).validated()
+    with pytest.raises(SpecError, match="use --strategy single"):
+        RunSpec(stop_at_target=True, target_accuracy=0.5, strategy="ddp", workers=2).validated()

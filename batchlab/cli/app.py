@@ -87,21 +87,25 @@ def output_folder(path: Path, flag: str) -> Path:
     return path
 
 
-def progress_events(progress: Progress):
-    """SweepEvents drawing one progress bar over runs, its text the current run and epoch."""
+def progress_events(progress: Progress, may_start=None, left=None):
+    """SweepEvents drawing one progress bar over runs, its text the current run and epoch (and,
+    given `left`, the time left it says). `may_start`: SweepEvents.may_start (advise's budget)."""
     from ..report.training import outcome_line
     from ..runner.sweep import SweepEvents
 
     task = progress.add_task("starting", total=None)
     noted: set[str] = set()  # each data note once per sweep, not once per run
 
+    def tail() -> str:
+        return f" ({left()})" if left else ""
+
     def started(spec, index, total):
         epochs = f" epoch 0/{spec.epochs}" if kind_of(spec).has_epochs else ""
-        progress.update(task, total=total, completed=index, description=spec.label() + epochs)
+        progress.update(task, total=total, completed=index, description=spec.label() + epochs + tail())
 
     def epoch_done(spec, record):
         progress.update(task, description=f"{spec.label()} epoch {record.epoch}/{spec.epochs} "
-                                          f"acc {record.test_accuracy:.3f}")
+                                          f"acc {record.test_accuracy:.3f}{tail()}")
 
     def ended(spec, outcome):
         progress.advance(task)
@@ -112,21 +116,22 @@ def progress_events(progress: Progress):
         progress.console.print(outcome_line(spec, outcome.status, outcome.result, outcome.error),
                                markup=False, highlight=False, soft_wrap=True)
 
-    return SweepEvents(started, epoch_done, ended)
+    return SweepEvents(started, epoch_done, ended, may_start or (lambda spec: True))
 
 
 def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str], save_weights: bool = False,
-            memory_limit: Optional[float] = None, oversubscribe: bool = False):
+            memory_limit: Optional[float] = None, oversubscribe: bool = False, may_start=None, left=None):
     """Run the specs with a progress bar; print what was skipped and how the runs ended. Exits 1
-    when a run failed (FAILED, or ended by a signal; DIVERGED and OOM are results, not failures)."""
+    when a run failed (FAILED, or ended by a signal; DIVERGED and OOM are results, not failures).
+    `may_start`, `left`: see progress_events."""
     from ..runner.sweep import SweepInterrupted, run_sweep
 
     limit = preflight(specs, data_dir, memory_limit, oversubscribe)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=err, transient=True) as progress:
-            summary = run_sweep(specs, db, str(data_dir) if data_dir else None, experiment, progress_events(progress),
-                                save_weights, limit)
+            summary = run_sweep(specs, db, str(data_dir) if data_dir else None, experiment,
+                                progress_events(progress, may_start, left), save_weights, limit)
     except SweepInterrupted as stopped:
         done = stopped.summary.count("DONE")
         err.print(f"interrupted: {stopped.spec.label()} stored as KILLED; {done} run(s) finished and stored "
@@ -139,6 +144,9 @@ def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str]
         err.print(f"[yellow]skipped runs on {device}:[/yellow] {reason}", highlight=False)
     if summary.skipped_finished:
         err.print(f"{summary.skipped_finished} run(s) already finished in {db}: skipped (resume).")
+    if summary.not_started:
+        err.print(f"{len(summary.not_started)} run(s) not started: the budget left was shorter than their worst case.",
+                  highlight=False)
     failed = [(spec, outcome) for spec, outcome in summary.outcomes if outcome.status in FAILURES]
     not_done = len(summary.outcomes) - summary.count("DONE")
     line = f"{summary.count('DONE')} run(s) done, {not_done} not done"
@@ -459,8 +467,11 @@ def write_figures(sources: list[Path], training, measured, html: Optional[Path],
             figure.savefig(png / f"{name}.png", dpi=110)
         err.print(f"{len(figures)} figure(s) written to {png}/")
     if html:
+        from ..report.advice import stored_advice
+
         machines = {k: v for source in sources for k, v in load_machines(source).items()}
-        html.write_text(page(figures, rows, measured, machines, [str(s) for s in sources]))
+        studies = [study for source in sources for study in stored_advice(source)]
+        html.write_text(page(figures, rows, measured, machines, [str(s) for s in sources], studies))
         err.print(f"report written to {html}")
 
 
@@ -560,3 +571,4 @@ def data_verify(name: Annotated[str, typer.Argument(help=REGISTERED_HELP)], data
 
     for path, status in verify(name, data_dir):
         out.print(f"{status:<10} {path}", highlight=False)
+

@@ -140,6 +140,29 @@ TUNED_CAPTION = ("per configuration (batch size, model, ...), the LR with the be
                  "the LRs tried (Shallue et al. 2018); tuned on test: no validation split, an optimistic choice; best "
                  "at grid edge: the lowest or highest LR tried was best, so a better one may lie beyond: widen the grid")
 
+# `batchlab advise` (advice.py): one row per (batch size, LR) of its study.
+ADVICE = [
+    SETTINGS["batch_size"],
+    dataclasses.replace(SETTINGS["lr"], show_if="always"),
+    EFFECTIVE_LR,
+    Column("n", "n", "count", align="right", priority=5, fold=True),
+    Column("status", "status", fold=True),
+    Column("time_to_target_seconds", "time to target s", "target", 1, "right", show_if="target",
+           extra=("target_reached", "time_to_target_seconds_min", "time_to_target_seconds_max")),
+    Column("wall_to_target_seconds", "with evaluation s", "number", 1, "right", priority=3, show_if="measured"),
+    Column("steps_to_target", "steps to target", "count", 0, "right", priority=4, show_if="measured",
+           extra=("images_to_target",)),
+    Column("best_accuracy", "best acc", "number", 4, "right", priority=2, show_if="measured"),
+    Column("images_per_second", "images / s", "number", 0, "right", priority=5),
+    Column("gradient_noise_scale", "B_simple", "significant", 3, "right", priority=5, show_if="measured"),
+    Column("regime", "regime", priority=3, show_if="measured", extra=("b_noise",)),
+    Column("pick", "pick", show_if="measured"),
+]
+ADVICE_CAPTION = ("one row per (batch size, LR) the study ran, median over n repeats; time to target: train seconds "
+                  "until the watched (validation) accuracy first reached the target (pairs that reached it / n); with "
+                  "evaluation: plus the evaluations until then; best acc: the highest accuracy any evaluation saw; "
+                  "regime: against the critical batch size fitted to the steps to target")
+
 # `report --runs`: one row per run, the settings as in TRAINING, then the run's own figures.
 RUNS = [
     *(column for column in TRAINING[:TRAINING.index(SETTINGS["epochs"]) + 1]),

@@ -28,7 +28,9 @@ from ..spec.fields import group_keys
 from ..spec.run import RunSpec
 
 # The report's group keys (training.GROUP_KEYS) but batch size and LR: what one curve S(B) is for.
-CONFIGURATION = [key for key in group_keys(RunSpec) + ["machine"] if key not in ("batch_size", "lr")]
+# Nor how often the runs were evaluated: evaluation does not change training, and advise evaluates
+# each batch size at its own interval (the same share of an epoch).
+CONFIGURATION = [key for key in group_keys(RunSpec) + ["machine"] if key not in ("batch_size", "lr", "eval_every")]
 FIT_POINTS = 3
 PERFECT_BELOW, MAXIMAL_ABOVE = 1 / 3, 3.0
 

@@ -15,7 +15,19 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from ..core.version import __version__
-from .columns import INFERENCE, MISSING, TRAINING, TUNED, TUNED_CAPTION, Column, constant, shown, text
+from .columns import (
+    ADVICE,
+    ADVICE_CAPTION,
+    INFERENCE,
+    MISSING,
+    TRAINING,
+    TUNED,
+    TUNED_CAPTION,
+    Column,
+    constant,
+    shown,
+    text,
+)
 from .critical_batch import fit_lines
 from .inference import comparison_lines, with_best
 from .tuning import tuned
@@ -174,12 +186,26 @@ def machines_html(machines: dict[str, dict]) -> str:
     return "\n".join(parts)
 
 
+def advice_html(plan: dict, rows: pd.DataFrame, found: dict) -> str:
+    """One advise study: its table and its reasons (report/advice.py)."""
+    spec = plan["runs"][0] if plan["runs"] else {}
+    head = (f"<h3>{html.escape(str(spec.get('model')))} on {html.escape(str(spec.get('dataset')))}, "
+            f"{html.escape(str(spec.get('device')))}: target {plan['target_accuracy']:g}, budget "
+            f"{plan['budget_minutes']:g} min</h3>")
+    why = "".join(f"<li>{html.escape(line)}</li>" for line in found["why"])
+    table = tables_html(ADVICE, rows) if len(rows) else ""
+    return head + f"<ul>{why}</ul>" + table + f"<p>{html.escape(ADVICE_CAPTION)}.</p>"
+
+
 def page(figures: dict[str, Figure], rows: pd.DataFrame, measured: pd.DataFrame, machines: dict[str, dict],
-         sources: list[str]) -> str:
-    """The whole report as one HTML string."""
+         sources: list[str], advice: list[tuple[dict, pd.DataFrame, dict]] = ()) -> str:
+    """The whole report as one HTML string (`advice`: advise's studies, report/advice.stored_advice)."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sections = [f"<h1>batchlab report</h1><p>From {html.escape(', '.join(sources))}; written {stamp} by "
                 f"batchlab {__version__}.</p>"]
+    if advice:
+        sections.append("<h2>Advice: the batch size and LR fastest to the target</h2>"
+                        + "".join(advice_html(*study) for study in advice))
     for name, figure in figures.items():
         sections.append(f'<figure id="{name}">{svg(figure)}<figcaption>{html.escape(CAPTIONS[name])}'
                         "</figcaption></figure>")

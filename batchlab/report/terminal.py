@@ -21,6 +21,8 @@ from rich.table import Table
 from rich.text import Text
 
 from .columns import (
+    ADVICE,
+    ADVICE_CAPTION,
     INFERENCE,
     INFERENCE_CAPTION,
     INFERENCE_TITLE,
@@ -193,6 +195,16 @@ def render(columns: list[Column], rows: pd.DataFrame, width: int, title: str, ca
 def training_table(rows: pd.DataFrame, width: int = PIPE_WIDTH) -> Group:
     """Training runs grouped over repeats (training.aggregate), fitted to `width`."""
     return render(TRAINING, rows, width, TRAINING_TITLE, TRAINING_CAPTION)
+
+
+def advice_title(plan: dict) -> str:
+    return (f"advice: target {plan['target_accuracy']:g}, budget {plan['budget_minutes']:g} min, at most "
+            f"{plan['epochs']} epoch(s) a run")
+
+
+def advice_table(rows: pd.DataFrame, plan: dict, width: int = PIPE_WIDTH) -> Group:
+    """advise's (batch size, LR) pairs (advice.advice_rows), fitted to `width`."""
+    return render(ADVICE, rows, width, advice_title(plan), ADVICE_CAPTION)
 
 
 def tuned_table(rows: pd.DataFrame, width: int = PIPE_WIDTH) -> Group:

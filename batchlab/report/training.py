@@ -24,8 +24,9 @@ from .critical_batch import with_critical_batch
 # (spec/fields.py; micro_batch as the derived `slicing`), per machine.
 GROUP_KEYS = group_keys(RunSpec) + ["machine"]
 # Figures summarised over repeats: median, min and max of the per-run values.
-SPREAD_FIGURES = ["epoch_train_seconds", "images_per_second", "test_accuracy"]
-MEDIAN_FIGURES = ["test_loss", "val_accuracy", "time_to_target_seconds", "wall_seconds", "warmup_seconds",
+SPREAD_FIGURES = ["epoch_train_seconds", "images_per_second", "test_accuracy", "time_to_target_seconds"]
+# best_accuracy and wall_to_target_seconds: only where computed (advice.py).
+MEDIAN_FIGURES = ["best_accuracy", "wall_to_target_seconds", "test_loss", "val_accuracy", "wall_seconds", "warmup_seconds",
                   "load_seconds", "peak_memory_bytes", "data_wait_seconds", "data_wait_share", "effective_lr",
                   "steps_to_target", "images_to_target", "gradient_noise_scale"]
 
@@ -111,8 +112,8 @@ def summarize_group(group: pd.DataFrame) -> dict:
         row[figure] = values.median() if len(values) else math.nan
         row[figure + "_min"] = values.min() if len(values) else math.nan
         row[figure + "_max"] = values.max() if len(values) else math.nan
-    for figure in MEDIAN_FIGURES:
-        values = done[figure].dropna() if figure in done else pd.Series(dtype=float)
+    for figure in (figure for figure in MEDIAN_FIGURES if figure in group):
+        values = done[figure].dropna()
         row[figure] = values.median() if len(values) else math.nan
     row["target_reached"] = int(done["time_to_target_seconds"].notna().sum())
     # Decided by the dataset and image size (group keys): the same in every run that loaded its data.

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -42,6 +43,11 @@ class Probe:
     fits: bool
     status: str  # the probe run's: DONE or OOM
     seconds: float | None = None  # wall seconds of the probe run
+    # What advise plans with (runner/advise.py): the one measured step, the evaluation of the test
+    # set after it, and the probe's whole cost seen from here (process start to result).
+    step_seconds: float | None = None
+    eval_seconds: float | None = None
+    elapsed_seconds: float | None = None
 
 
 @dataclass
@@ -68,9 +74,10 @@ def probe_spec(spec: RunSpec, batch: int) -> RunSpec:
 
 
 def find_max_batch(spec: RunSpec, training_images: int, data_dir: str | None = None, memory_limit: int | None = None,
-                   margin: float = MARGIN, on_probe: Callable[[Probe], None] = lambda probe: None) -> MaxBatch:
+                   margin: float = MARGIN, on_probe: Callable[[Probe], None] = lambda probe: None,
+                   start: int = 2) -> MaxBatch:
     """Search as described above; `training_images`: the training set's size (a worker's share of it
-    bounds the batch)."""
+    bounds the batch); `start`: the first batch probed (advise starts at its smallest batch)."""
     if not 0 <= margin < 1:
         raise SpecError(f"--margin is a fraction in [0, 1), got {margin}")
     bound = training_images // spec.workers
@@ -79,16 +86,19 @@ def find_max_batch(spec: RunSpec, training_images: int, data_dir: str | None = N
     probes: list[Probe] = []
 
     def fits(batch: int) -> bool:
+        began = time.perf_counter()
         outcome = run_in_worker(probe_spec(spec, batch), data_dir, lambda record: None, memory_limit=memory_limit)
         if outcome.status not in ("DONE", "OOM", "KILLED"):
             raise SpecError(f"maxbatch: the probe at batch {batch} {outcome.status}: {outcome.error}")
-        probe = Probe(batch, outcome.status == "DONE", outcome.status,
-                      outcome.result.wall_seconds if outcome.result is not None else None)
+        result = outcome.result
+        probe = Probe(batch, outcome.status == "DONE", outcome.status, result.wall_seconds if result else None,
+                      result.train_seconds if result else None,
+                      sum(e.eval_seconds for e in result.epochs) if result else None, time.perf_counter() - began)
         probes.append(probe)
         on_probe(probe)
         return probe.fits
 
-    largest, smallest_failing, batch = 0, None, min(2, bound)
+    largest, smallest_failing, batch = 0, None, min(start, bound)
     while True:
         batch = min(batch, bound)
         if not fits(batch):

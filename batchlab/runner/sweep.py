@@ -52,6 +52,8 @@ class SweepEvents:
     run_started: Callable[[RunSpec, int, int], None] = lambda spec, index, total: None
     epoch_done: Callable[[RunSpec, EpochRecord], None] = lambda spec, record: None
     run_ended: Callable[[RunSpec, Outcome], None] = lambda spec, outcome: None
+    # Asked before each run; False leaves it unstarted (advise: the budget left is too short for it).
+    may_start: Callable[[RunSpec], bool] = lambda spec: True
 
 
 @dataclass
@@ -60,6 +62,7 @@ class SweepSummary:
     skipped_finished: int = 0
     skipped_device: dict[str, str] = field(default_factory=dict)  # device → reason
     outcomes: list[tuple[RunSpec, Outcome]] = field(default_factory=list)
+    not_started: list[RunSpec] = field(default_factory=list)  # left by SweepEvents.may_start
 
     def count(self, status: str) -> int:
         return sum(1 for _, outcome in self.outcomes if outcome.status == status)
@@ -260,6 +263,9 @@ def run_sweep(specs: list[RunSpec | InferSpec], db: str | Path, data_dir: str | 
             for spec in todo:
                 store.plan(spec, machine, experiment)
             for index, spec in enumerate(todo):
+                if not events.may_start(spec):
+                    summary.not_started.append(spec)
+                    continue
                 weights = store.weights(spec.weights)[1] if kind_of(spec).loads_weights and spec.weights else None
                 row = None
                 try:  # an interrupt anywhere in here ends this run as KILLED, never half-stored

@@ -105,6 +105,9 @@ class RunSpec(Keyed):
     drop_last: bool = setting(False, "Skip the last, smaller batch of each epoch.", grid=False)
     target_accuracy: float = setting(
         0.0, "Report the train seconds until this accuracy (validation if held out, else test); 0 = none.")
+    # A run that stops once it reached the target spends no time it would not report (advise's runs).
+    stop_at_target: bool = setting(False, "End the run after the epoch in which the target accuracy was reached.",
+                                   grid=False)
     # Steps to target are only as fine as the evaluations: every epoch by default.
     eval_every: int = setting(0, "Also evaluate every N optimizer steps (outside train seconds); 0 = after each "
                                  "epoch only.")
@@ -158,6 +161,10 @@ class RunSpec(Keyed):
         need(self.limit_train >= 0, f"limit-train must be at least 0, got {self.limit_train}")
         need(0.0 <= self.target_accuracy <= 1.0,
              f"target accuracy is a fraction in [0, 1], got {self.target_accuracy}")
+        need(not self.stop_at_target or self.target_accuracy > 0,
+             "--stop-at-target needs a --target-accuracy to stop at")
+        need(not self.stop_at_target or self.strategy == "single",
+             "--stop-at-target is decided by the one evaluating process: use --strategy single")
         need(self.repeat >= 0, f"repeat must be at least 0, got {self.repeat}")
         need(self.eval_every >= 0, f"eval-every must be at least 0 (0: after each epoch only), got {self.eval_every}")
         need(self.eval_every == 0 or self.strategy != "hogwild",

@@ -185,6 +185,18 @@ MIGRATIONS = [
         created_at TEXT NOT NULL
     );
     """,
+    # 9: runs that stop at their target (advise's), and advise's stored plans: a plan is made once
+    # (its probes measured) and found again by its key, so that advise resumes where it stopped.
+    """
+    ALTER TABLE runs ADD COLUMN stop_at_target INTEGER;
+    UPDATE runs SET stop_at_target = 0;
+    CREATE TABLE advice_plans (
+        plan_key TEXT PRIMARY KEY,
+        machine_id TEXT NOT NULL REFERENCES machines(machine_id),
+        plan TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -300,6 +300,19 @@ class Store:
     def max_batch_frame(self) -> pd.DataFrame:
         return pd.read_sql_query("SELECT * FROM max_batch ORDER BY search_id", self.db)
 
+    def record_advice_plan(self, plan_key: str, machine_id: str, plan: dict) -> None:
+        """Store advise's plan (runner/advise.py) under its key; a plan already stored stays."""
+        self._write("INSERT OR IGNORE INTO advice_plans (plan_key, machine_id, plan, created_at) VALUES (?, ?, ?, ?)",
+                    (plan_key, machine_id, json.dumps(plan, sort_keys=True), now()))
+
+    def advice_plan(self, plan_key: str) -> dict | None:
+        row = self.db.execute("SELECT plan FROM advice_plans WHERE plan_key = ?", (plan_key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def advice_plans(self) -> list[dict]:
+        """Every stored advise plan, oldest first."""
+        return [json.loads(row[0]) for row in self.db.execute("SELECT plan FROM advice_plans ORDER BY created_at")]
+
     def weights(self, key: str, model: str | None = None, dataset: str | None = None) -> tuple[str, bytes]:
         """(run key, saved weights) of the DONE training run `key` (a unique prefix is enough), or
         with key 'latest' of the newest one for this model and dataset."""
@@ -325,7 +338,7 @@ class Store:
         data_wait_share, final train/val/test loss and accuracy. `input` is the path the run took
         (its spec's `input` may say auto; runs that never started keep the spec's value)."""
         runs = pd.read_sql_query("SELECT * FROM runs ORDER BY run_id", self.db)
-        for flag in ("drop_last", "augment", "strict_images"):  # SQLite stores booleans as 0/1
+        for flag in ("drop_last", "augment", "strict_images", "gns", "stop_at_target"):  # SQLite stores booleans as 0/1
             runs[flag] = runs[flag].astype(bool)
         runs["input"] = runs["input_used"].fillna(runs["input"])
         epochs = self.epochs_frame()

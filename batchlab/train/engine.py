@@ -355,6 +355,8 @@ def run_epochs(prep: Prepared, train_one_epoch: Callable[[torch.Tensor], EpochWo
                                   val_loss if has_val else test_loss, eval_region.seconds)
         if on_epoch:
             on_epoch(record)
+        if spec.stop_at_target and result.time_to_target_seconds is not None:
+            break  # the epochs left would measure nothing the run reports
     return finish(prep)
 
 

@@ -1,0 +1,186 @@
+"""`batchlab advise`: parses its flags, plans (or finds the stored plan), runs, prints the advice.
+The planning is runner/advise.py's, the recommendation report/advice.py's."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from ..core.errors import SpecError
+from ..report.screen import console
+from ..spec.run import RunSpec
+from .app import DataDirOpt, DbOpt, MemoryOpt, OversubscribeOpt, app, err, execute, preflight, user_errors
+from .options import flag_grid, with_spec_options
+
+# What advise sets unless the user does: a validation split to choose on (not the test set), the
+# LR scaled by the square root of the batch (a grid of 3 covers linear too), the noise scale on.
+ADVISE_DEFAULTS = {"val_split": 0.1, "lr_scaling": "sqrt", "gns": True}
+# Fields the study sets itself for each run.
+PLANNED = ("epochs", "warmup_epochs", "eval_every", "stop_at_target", "repeat")
+
+
+def base_spec(fields: dict) -> tuple[RunSpec, list[int] | None, list[float] | None]:
+    """The study's common settings from the flags, and the batch sizes and LRs the user listed (if
+    any). Every other field takes one value."""
+    grid = flag_grid(RunSpec, fields)
+    batches, lrs = grid.pop("batch_size", None), grid.pop("lr", None)
+    for name in PLANNED:
+        if name in grid:
+            raise SpecError(f"advise plans --{name.replace('_', '-')} itself; leave it out")
+    several = [name for name, values in grid.items() if len(values) > 1]
+    if several:
+        raise SpecError(f"advise takes one value of --{several[0].replace('_', '-')} (a list: use `batchlab sweep`)")
+    values = {**ADVISE_DEFAULTS, **{name: values[0] for name, values in grid.items()}}
+    target = values.get("target_accuracy")
+    if not target or not 0 < target <= 1:
+        raise SpecError("advise needs --target-accuracy, a fraction in (0, 1], e.g. 0.85")
+    if values.get("strategy", "single") != "single":
+        raise SpecError("advise plans runs of one process (--strategy single); hogwild and ddp: not yet")
+    if batches and min(batches) < 2:
+        raise SpecError(f"advise's batch sizes must be at least 2 (--gns and batch norm need two images), got "
+                        f"{min(batches)}")
+    start = min(batches) if batches else 16
+    spec = RunSpec(**{**values, "batch_size": start, "lr": lrs[0] if lrs else values.get("lr", RunSpec.lr),
+                      "epochs": 2}).validated()
+    return spec, sorted(set(batches)) if batches else None, sorted(set(lrs)) if lrs else None
+
+
+@app.command()
+@user_errors
+@with_spec_options(RunSpec, lists=True)
+def advise(
+    budget_minutes: Annotated[Optional[float], typer.Option("--budget-minutes", help="Wall minutes the study may take, "
+                                                            "probes included (a resumed study: its new runs).")] = None,
+    repeats: Annotated[int, typer.Option(help="Runs per (batch size, LR): the spread of time to target.")] = 1,
+    max_epochs: Annotated[Optional[int], typer.Option("--max-epochs", help="At most this many epochs per run "
+                                                      "(default: as many as the budget allows).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when no run reached the target.")] = False,
+    format: Annotated[str, typer.Option("--format", help="table or json (the advice on stdout).")] = "table",
+    memory_limit: MemoryOpt = None,
+    oversubscribe: OversubscribeOpt = False,
+    db: DbOpt = Path("batchlab.db"),
+    data_dir: DataDirOpt = None,
+    **fields,
+) -> None:
+    """Which batch size and LR reach your target accuracy fastest here: probe the largest batch that
+    fits, train powers-of-two batch sizes at 3 LRs each (scaled, with warm-up, runs stopping at the
+    target) within the budget, fit the critical batch size, and recommend. Every run is stored; the
+    same command again resumes the study.
+
+    Example: batchlab advise --dataset fashion-mnist --model seed-cnn --target-accuracy 0.85 --budget-minutes 15
+    """
+    from ..device.machine import fingerprint, machine_id, resolve_device
+    from ..runner.advise import Plan, plan_key
+    from ..store.store import Store
+
+    started = time.monotonic()
+    if format not in ("table", "json"):
+        raise typer.BadParameter("--format must be table or json")
+    if budget_minutes is None or budget_minutes <= 0:
+        raise SpecError("advise needs --budget-minutes, the wall minutes the study may take, e.g. 15")
+    if repeats < 1 or (max_epochs is not None and max_epochs < 1):
+        raise SpecError("--repeats and --max-epochs must be at least 1")
+    base, batches, lrs = base_spec(fields)
+    resolve_device(base.device)
+    limit = preflight([base], data_dir, memory_limit, oversubscribe)
+    machine = machine_id(fingerprint())
+    key = plan_key(base, budget_minutes, batches, lrs, repeats, max_epochs, machine)
+    with Store(db) as store:
+        stored = store.advice_plan(key)
+    budget = budget_minutes * 60
+    if stored:
+        plan = Plan.from_dict(stored)
+        err.print(f"resuming the study planned in {db} ({len(plan.runs)} runs: batch sizes "
+                  f"{', '.join(map(str, plan.batches))} x LRs {', '.join(f'{lr:g}' for lr in plan.lrs)}, "
+                  f"{plan.epochs} epoch(s) at most)", highlight=False)
+    else:
+        plan = new_plan(base, key, machine, budget, batches, lrs, max_epochs, repeats, data_dir, limit, started, db)
+    left = lambda: budget - (time.monotonic() - started)  # noqa: E731
+
+    def may_start(spec: RunSpec) -> bool:
+        return plan.worst_case_seconds(spec) <= left()
+
+    def time_left() -> str:
+        return f"budget left {max(0.0, left()) / 60:.1f} min"
+
+    failed = None
+    try:
+        execute(plan.specs(), db, data_dir, f"advise-{key[:8]}", memory_limit=memory_limit,
+                oversubscribe=oversubscribe, may_start=may_start, left=time_left)
+    except typer.Exit as stopped:
+        if stopped.exit_code != 1:  # interrupted: said, stored; nothing to advise on yet
+            raise
+        failed = stopped
+    found = show_advice(plan, db, format)
+    if failed is not None:
+        raise failed
+    if strict and not found["reached_target"]:
+        err.print(f"[red]--strict:[/red] no run reached the target {plan.target_accuracy:g}", highlight=False)
+        raise typer.Exit(1)
+
+
+def new_plan(base: RunSpec, key: str, machine: str, budget: float, batches, lrs, max_epochs, repeats: int,
+             data_dir: Optional[Path], limit, started: float, db: Path):
+    """Probe and plan, say what was planned, and store the plan."""
+    import dataclasses
+
+    from ..device.machine import fingerprint
+    from ..runner.advise import make_plan, study_inputs
+    from ..store.store import Store
+
+    notes: list[str] = []
+    sizes, gns_possible = study_inputs(base, str(data_dir) if data_dir else None)
+    if base.gns and not gns_possible:
+        base = dataclasses.replace(base, gns=False)
+        notes.append(f"--gns off: {base.model} uses batch normalisation, whose per-slice statistics break the "
+                     "noise-scale estimate; the critical batch size comes from the steps to target alone")
+    for note in notes:
+        err.print(f"note: {note}", highlight=False)
+    err.print(f"probing batch sizes from {min(batches) if batches else 16} for the largest that fits and what a "
+              "step costs here", highlight=False)
+
+    def said(probe) -> None:
+        err.print(f"  batch {probe.batch_size:>7,}: {'fits' if probe.fits else 'does not fit'}"
+                  + (f", {probe.step_seconds * 1000:,.1f} ms a step" if probe.step_seconds else ""), highlight=False)
+
+    plan = make_plan(base, key, machine, budget, sizes, str(data_dir) if data_dir else None, limit, batches, lrs,
+                     max_epochs, repeats, lambda: time.monotonic() - started, said, notes)
+    for note in plan.notes[len(notes):]:
+        err.print(f"note: {note}", highlight=False)
+    err.print(f"plan: batch sizes {', '.join(f'{b:,}' for b in plan.batches)} x LRs "
+              f"{', '.join(f'{lr:g}' for lr in plan.lrs)} (at batch {base.base_batch}, {base.lr_scaling}-scaled) x "
+              f"{repeats} repeat(s), each at most {plan.epochs} epoch(s), stopping at the target "
+              f"{base.target_accuracy:g}; {(time.monotonic() - started) / 60:.1f} of {budget / 60:.1f} min spent",
+              highlight=False)
+    info = fingerprint()
+    with Store(db) as store:
+        store.record_machine(machine, info)
+        store.record_advice_plan(key, machine, dataclasses.asdict(plan))
+    return plan
+
+
+def show_advice(plan, db: Path, format: str) -> dict:
+    """Print the advice from the stored runs; return it."""
+    from ..report.advice import advice, advice_rows, not_started
+    from ..report.terminal import advice_table
+    from ..report.training import load_evaluations, load_runs
+
+    runs, evaluations = load_runs(db), load_evaluations(db)
+    plan_values = {**plan.__dict__}
+    rows = advice_rows(plan_values, runs, evaluations)
+    found = advice(plan_values, rows, not_started(plan_values, runs))
+    if format == "json":
+        sys.stdout.write(json.dumps(found, indent=1) + "\n")
+        return found
+    screen = console()
+    if len(rows):
+        screen.print(advice_table(rows, plan_values, screen.width))
+    for line in found["why"]:
+        screen.print(escape(line), highlight=False)
+    return found

@@ -1,0 +1,227 @@
+"""`batchlab advise`: plan and run a short batch-size study within a time budget.
+
+The plan (made once, stored under a key of the user's inputs, so that the same command resumes it):
+1. Probes (maxbatch.find_max_batch) from the smallest batch up: the largest batch that fits and,
+   from each probe, what a run costs here — one training step at that batch, the evaluation of the
+   test set, and the rest of a run (process start, data load, model build, warm-up).
+2. Batch sizes: powers of two from the smallest (16) up to the usable max batch, and no larger than
+   a sixteenth of the training set (fewer steps per epoch than that leave a run nothing to learn
+   from); or the user's --batch-size list.
+3. Learning rates: the given --lr (meant at --base-batch) and a third and three times it (or the
+   user's --lr list), each scaled to its batch size (--lr-scaling, square root unless given) with a
+   warm-up of a fifth of the run, at most half an epoch (Goyal et al. 2017).
+4. Epochs: the most that let every run of the plan train all of them, none stopping early, within
+   the budget left after the probes (times a safety factor). Runs stop at the end of the epoch in
+   which they reach the target (--stop-at-target), so most take far less. A budget that cannot fit
+   one epoch of the smallest study (2 batch sizes x 2 LRs) is refused, saying what a run costs here.
+5. Evaluations: EVALUATIONS_PER_EPOCH per epoch at every batch size, so time and steps to target are
+   resolved to the same share of an epoch whatever the batch; --gns on unless the model has batch
+   normalisation (its per-slice statistics break the estimator: engine.gns_slices).
+
+Runs go middle LR first at every batch size (largest batch first: the cheapest), then the other
+LRs, so that a budget cut short still leaves one LR at every batch size. Before each run, the budget
+left must cover the run's worst case (all epochs); else it is left unstarted and said so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..core.errors import SpecError
+from ..spec.run import RunSpec
+from .maxbatch import MaxBatch, Probe, find_max_batch
+
+SMALLEST_BATCH = 16
+MIN_STEPS_PER_EPOCH = 16
+LR_FACTORS = (1 / 3, 1.0, 3.0)  # around the given LR, the middle one first
+EVALUATIONS_PER_EPOCH = 5
+SAFETY = 1.25  # estimated costs are scaled up by this: one probe step is a noisy measurement
+SMALLEST_STUDY = (2, 2)  # batch sizes, learning rates: less is no comparison
+
+
+@dataclass
+class Costs:
+    """What a run costs on this machine, from the probes: seconds per step by batch size, seconds
+    per evaluated image, and a run's fixed part (process, data, model, warm-up)."""
+
+    step_seconds: dict[int, float]
+    eval_seconds_per_image: float
+    run_overhead_seconds: float
+
+    def step(self, batch: int) -> float:
+        """Seconds per step at `batch`: probed, or the nearest probed batch's per image (a batch given
+        between the powers of two probed)."""
+        if batch in self.step_seconds:
+            return self.step_seconds[batch]
+        nearest = min(self.step_seconds, key=lambda probed: abs(math.log(probed / batch)))
+        return self.step_seconds[nearest] * batch / nearest
+
+    def epoch_seconds(self, batch: int, train_images: int, val_images: int, test_images: int) -> float:
+        """One epoch at `batch`: its steps, the evaluations inside it (the watched split) and after it
+        (validation and test)."""
+        steps = math.ceil(train_images / batch)
+        watched = val_images or test_images
+        evaluated = (EVALUATIONS_PER_EPOCH - 1) * watched + val_images + test_images
+        return steps * self.step(batch) + evaluated * self.eval_seconds_per_image
+
+    def run_seconds(self, batch: int, epochs: int, sizes: tuple[int, int, int]) -> float:
+        """A run's worst case (all its epochs), safety factor included."""
+        return SAFETY * (self.run_overhead_seconds + epochs * self.epoch_seconds(batch, *sizes))
+
+
+def costs_from(probes: list[Probe], test_images: int) -> Costs:
+    fitted = [p for p in probes if p.fits and p.step_seconds is not None]
+    if not fitted:
+        raise SpecError("advise: no probe trained a step, so nothing to plan with")
+    per_image = max(p.eval_seconds for p in fitted) / max(1, test_images)
+    overhead = max(0.0, sorted(p.elapsed_seconds - p.step_seconds - p.eval_seconds for p in fitted)[len(fitted) // 2])
+    return Costs({p.batch_size: p.step_seconds for p in fitted}, per_image, overhead)
+
+
+def ladder(smallest: int, largest: int) -> list[int]:
+    """Powers of two from `smallest` up to `largest` (`smallest` itself if it is the only one)."""
+    batches, batch = [], smallest
+    while batch <= largest:
+        batches.append(batch)
+        batch *= 2
+    return batches or [smallest]
+
+
+def learning_rates(lr: float) -> list[float]:
+    """The middle LR first (it runs first), then the lower and the higher."""
+    middle, low, high = (float(f"{lr * factor:.3g}") for factor in (LR_FACTORS[1], LR_FACTORS[0], LR_FACTORS[2]))
+    return [middle, low, high]
+
+
+def warmup_for(epochs: int) -> float:
+    return min(0.5, epochs / 5)
+
+
+def eval_every(batch: int, train_images: int) -> int:
+    steps = math.ceil(train_images / batch)
+    return max(1, steps // EVALUATIONS_PER_EPOCH)
+
+
+def affordable_epochs(batches: list[int], lrs: int, seconds: float, costs: Costs, sizes: tuple[int, int, int],
+                      repeats: int = 1) -> int:
+    """The most epochs each of the runs may have, all running them all, within `seconds`."""
+    fixed = SAFETY * costs.run_overhead_seconds * len(batches) * lrs * repeats
+    per_epoch = SAFETY * lrs * repeats * sum(costs.epoch_seconds(batch, *sizes) for batch in batches)
+    return max(0, math.floor((seconds - fixed) / per_epoch))
+
+
+def fit_study(batches: list[int], lrs: list[float], seconds: float, costs: Costs, sizes: tuple[int, int, int],
+              max_epochs: int | None, repeats: int = 1) -> tuple[list[int], list[float], int]:
+    """Trim the study until its runs get at least one epoch each: first the smallest batch sizes
+    (the dearest per epoch) down to SMALLEST_STUDY[0], then the highest LRs down to
+    SMALLEST_STUDY[1]. SpecError when even the smallest study does not fit."""
+    batches, lrs = list(batches), list(lrs)
+    while True:
+        epochs = affordable_epochs(batches, len(lrs), seconds, costs, sizes, repeats)
+        if epochs >= 1:
+            return batches, lrs, min(epochs, max_epochs) if max_epochs else epochs
+        if len(batches) > SMALLEST_STUDY[0]:
+            batches.pop(0)
+        elif len(lrs) > SMALLEST_STUDY[1]:
+            lrs.pop()
+        else:
+            one = min(costs.run_seconds(batch, 1, sizes) for batch in batches)
+            least = len(batches) * len(lrs) * repeats * one
+            raise SpecError(f"the budget left ({seconds / 60:.1f} min after the probes) is too small: one run of one "
+                            f"epoch takes about {one:.0f} s here, and the smallest study ({len(batches)} batch sizes x "
+                            f"{len(lrs)} learning rates x {repeats} repeat(s)) about {least / 60:.1f} min; give a larger --budget-minutes, "
+                            "or fewer training images (--limit-train)")
+
+
+@dataclass
+class Plan:
+    """A study, as stored: its key, the runs (RunSpec dicts, in run order) and what it was made from."""
+
+    key: str
+    machine_id: str
+    runs: list[dict]
+    run_keys: list[str]
+    batches: list[int]
+    lrs: list[float]
+    epochs: int
+    repeats: int
+    target_accuracy: float
+    budget_minutes: float
+    max_batch: dict  # maxbatch.MaxBatch as a dict (probes included)
+    costs: dict  # Costs as a dict
+    sizes: tuple[int, int, int]  # training, validation and test images
+    notes: list[str] = field(default_factory=list)
+
+    def specs(self) -> list[RunSpec]:
+        return [RunSpec.from_dict(values) for values in self.runs]
+
+    def worst_case_seconds(self, spec: RunSpec) -> float:
+        steps = {int(batch): seconds for batch, seconds in self.costs["step_seconds"].items()}  # JSON keys: text
+        return Costs(**{**self.costs, "step_seconds": steps}).run_seconds(spec.batch_size, spec.epochs,
+                                                                           tuple(self.sizes))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Plan:
+        return cls(**values)
+
+
+def plan_key(base: RunSpec, budget_minutes: float, batches: list[int] | None, lrs: list[float] | None,
+             repeats: int, max_epochs: int | None, machine: str) -> str:
+    """The inputs a plan is made from: the same command on the same machine finds its plan again."""
+    payload = json.dumps({"spec": dataclasses.asdict(base), "budget": budget_minutes, "batches": batches, "lrs": lrs,
+                          "repeats": repeats, "max_epochs": max_epochs, "machine": machine}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def make_plan(base: RunSpec, key: str, machine: str, budget_seconds: float, sizes: tuple[int, int, int], data_dir: str | None,
+              memory_limit: int | None, batches: list[int] | None, lrs: list[float] | None, max_epochs: int | None,
+              repeats: int, elapsed: Callable[[], float], on_probe: Callable[[Probe], None], notes: list[str]) -> Plan:
+    """Probe, then fit the study into the budget left (see the module's description)."""
+    train_images, val_images, test_images = sizes
+    smallest = min(batches) if batches else SMALLEST_BATCH
+    top = max(batches) if batches else max(smallest, train_images // MIN_STEPS_PER_EPOCH)
+
+    def probed(probe: Probe) -> None:
+        on_probe(probe)
+        if elapsed() > budget_seconds:
+            raise SpecError(f"the budget ({budget_seconds:.0f} s) ran out while probing batch sizes "
+                            f"(the last probe, batch {probe.batch_size}, took {probe.elapsed_seconds:.0f} s); give "
+                            "a larger --budget-minutes")
+
+    found: MaxBatch = find_max_batch(base, top, data_dir, memory_limit, on_probe=probed, start=min(smallest, top))
+    costs = costs_from(found.probes, test_images)
+    fitting = ([b for b in sorted(set(batches)) if b <= found.max_batch] if batches
+               else ladder(smallest, min(found.usable_batch, top)))
+    if not fitting:
+        raise SpecError(f"none of the batch sizes given fits: the largest that does is {found.max_batch}")
+    chosen, grid, epochs = fit_study(fitting, lrs or learning_rates(base.lr), budget_seconds - elapsed(), costs,
+                                     sizes, max_epochs, repeats)
+    if len(chosen) < len(fitting) or len(grid) < len(lrs or LR_FACTORS):
+        notes.append(f"the budget fits {len(chosen)} batch size(s) x {len(grid)} learning rate(s) of "
+                     f"{len(fitting)} x {len(lrs or LR_FACTORS)}: the smallest batches (and highest LRs) were left out")
+    runs = [dataclasses.asdict(dataclasses.replace(
+                base, batch_size=batch, lr=lr, epochs=epochs, warmup_epochs=warmup_for(epochs),
+                eval_every=eval_every(batch, train_images), stop_at_target=True, repeat=repeat,
+                seed=base.seed + repeat).validated())
+            for repeat in range(repeats) for lr in grid for batch in sorted(chosen, reverse=True)]
+    return Plan(key, machine, runs, [RunSpec.from_dict(values).key for values in runs], chosen, grid, epochs, repeats, base.target_accuracy, budget_seconds / 60,
+                {**dataclasses.asdict(found)}, dataclasses.asdict(costs), sizes, notes)
+
+
+def study_inputs(base: RunSpec, data_dir: str | None) -> tuple[tuple[int, int, int], bool]:
+    """(training, validation, test images) of the runs, and whether --gns can measure this model
+    (not with batch normalisation: engine.gns_slices)."""
+    from ..data import registry
+    from ..nn import microbatch, models
+
+    dataset = registry.load(base.dataset, data_dir, base.image_size, base.strict_images)
+    total = len(dataset.train_labels)
+    val = round(total * base.val_split)
+    train = min(total - val, base.limit_train) if base.limit_train else total - val
+    model = models.build(base.model, input_shape=dataset.input_shape, classes=dataset.classes)
+    return (train, val, len(dataset.test_labels)), not microbatch.has_batch_statistics(model)
