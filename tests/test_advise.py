@@ -1,5 +1,6 @@
 """`batchlab advise`: its plan (the budget arithmetic), its recommendation, its resume, its refusals."""
 
+import dataclasses
 import json
 import sqlite3
 
@@ -21,8 +22,9 @@ def test_ladder_learning_rates_and_evaluations():
     assert advise.ladder(16, 300) == [16, 32, 64, 128, 256]
     assert advise.ladder(16, 10) == [16]
     assert advise.learning_rates(0.01) == [0.01, 0.00333, 0.03]
-    # 5 evaluations an epoch at every batch size (63 and 8 steps an epoch)
-    assert advise.eval_every(16, 1000) == 12 and advise.eval_every(128, 1000) == 1
+    # at most 5 evaluations an epoch, its end included, at every batch size (63 and 8 steps an epoch)
+    assert advise.eval_every(16, 1000) == 13 and advise.eval_every(128, 1000) == 2
+    assert advise.middle_first([0.1, 0.01, 0.03, 0.003]) == [0.01, 0.003, 0.03, 0.1]
     assert advise.warmup_for(1) == 0.2 and advise.warmup_for(10) == 0.5
 
 
@@ -43,9 +45,32 @@ def test_a_short_budget_drops_the_smallest_batches_then_an_lr_then_refuses():
     assert advise.fit_study(batches, lrs, 100.0, model, SIZES, None) == ([32, 64, 128], lrs, 1)
     assert advise.fit_study(batches, lrs, 60.0, model, SIZES, None) == ([64, 128], lrs, 1)
     assert advise.fit_study(batches, lrs, 35.0, model, SIZES, None) == ([64, 128], [0.01, 0.003], 1)
-    with pytest.raises(SpecError, match=r"too small: one run of one epoch takes about 7 s here, and the smallest "
+    with pytest.raises(SpecError, match=r"too small: one run of one epoch takes about 7 s here \(a 25% margin included\), and the smallest "
                                         r"study \(2 batch sizes x 2 learning rates x 1 repeat\(s\)\) about 0.5 min"):
         advise.fit_study(batches, lrs, 20.0, model, SIZES, None)
+
+
+def test_one_lr_is_the_middle_of_the_grid_and_a_list_in_any_order_is_the_same_study():
+    from batchlab.cli.advise_command import base_spec
+
+    spec, batches, lrs = base_spec({"lr": "0.05", "batch_size": "32", "target_accuracy": 0.8})
+    assert (spec.lr, spec.batch_size, batches, lrs) == (0.05, 32, None, None)
+    assert (spec.val_split, spec.lr_scaling, spec.gns) == (0.1, "sqrt", True)  # advise's own defaults
+    one = base_spec({"lr": "0.1,0.01", "target_accuracy": 0.8})
+    other = base_spec({"lr": "0.01,0.1", "target_accuracy": 0.8})
+    assert one == other and one[2] == [0.01, 0.1]
+    assert advise.plan_key(one[0], 5, None, one[2], 1, None, "m") == advise.plan_key(other[0], 5, None, other[2], 1,
+                                                                                      None, "m")
+
+
+def test_the_recommendation_prefers_the_pair_whose_repeats_all_reached_the_target():
+    import pandas as pd
+
+    from batchlab.report.advice import best_of
+
+    rows = pd.DataFrame({"batch_size": [32, 64], "lr": [0.01, 0.01], "n": [3, 3], "target_reached": [1, 3],
+                         "time_to_target_seconds": [5.0, 6.0], "best_accuracy": [0.9, 0.9]})
+    assert best_of(rows, rows["target_reached"] > 0) == 1
 
 
 def run(*args) -> tuple[int, str, str]:
@@ -104,7 +129,8 @@ def test_a_target_never_reached_recommends_on_accuracy_and_fails_only_when_stric
     (["--target-accuracy", "1.5", "--budget-minutes", "5"], "advise needs --target-accuracy, a fraction in (0, 1]"),
     (["--target-accuracy", "0.8"], "advise needs --budget-minutes"),
     (["--target-accuracy", "0.8", "--budget-minutes", "5", "--epochs", "3"], "advise plans --epochs itself"),
-    (["--target-accuracy", "0.8", "--budget-minutes", "5", "--device", "cpu,cuda"], "advise takes one value of --device"),
+    (["--target-accuracy", "0.8", "--budget-minutes", "5", "--device", "cpu,cuda"],
+     "advise takes one value of --device"),
     (["--target-accuracy", "0.8", "--budget-minutes", "5", "--strategy", "ddp", "--workers", "2"],
      "advise plans runs of one process"),
     (["--target-accuracy", "0.8", "--budget-minutes", "5", "--base-batch", "0"], "base batch must be at least 1"),
@@ -119,3 +145,20 @@ def test_a_budget_spent_on_the_probes_says_so(synthetic_folder, tmp_path):
     code, _, said = run("--dataset", f"folder:{synthetic_folder}", "--model", "mlp", "--limit-train", "1000",
                         "--target-accuracy", "0.5", "--budget-minutes", "0.01", "--db", tmp_path / "b.db")
     assert code == 2 and "the budget (1 s) ran out while probing batch sizes" in said
+
+
+def test_the_budget_clock_starts_runs_whose_worst_case_fits_and_says_at_most_how_long_is_left():
+    from batchlab import RunSpec
+
+    specs = [RunSpec(batch_size=batch, epochs=2, target_accuracy=0.5, stop_at_target=True) for batch in (16, 32)]
+    model = costs(step=0.1)
+    plan = advise.Plan("k", "m", [], [], [16, 32], [0.01], 2, 1, 0.5, 1.0, {}, dataclasses.asdict(model), SIZES)
+    worst = [plan.worst_case_seconds(spec) for spec in specs]  # 1.25 x (3 + 2 epochs): 19.5 and 15.8 s
+    now = [0.0]
+    clock = advise.Budget(40.0, 0.0, plan, specs, clock=lambda: now[0])
+    assert clock.at_most_left() == pytest.approx(sum(worst))
+    assert clock.may_start(specs[0])
+    now[0] = 10.0  # the first run 10 s in: at most its rest and the second run's worst case
+    assert clock.at_most_left() == pytest.approx(worst[0] - 10 + worst[1])
+    now[0] = 26.0  # 14 s left: the second run's worst case does not fit
+    assert not clock.may_start(specs[1]) and clock.at_most_left() == 0

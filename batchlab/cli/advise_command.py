@@ -3,6 +3,7 @@ The planning is runner/advise.py's, the recommendation report/advice.py's."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -22,12 +23,15 @@ from .options import flag_grid, with_spec_options
 # LR scaled by the square root of the batch (a grid of 3 covers linear too), the noise scale on.
 ADVISE_DEFAULTS = {"val_split": 0.1, "lr_scaling": "sqrt", "gns": True}
 # Fields the study sets itself for each run.
-PLANNED = ("epochs", "warmup_epochs", "eval_every", "stop_at_target", "repeat")
+PLANNED = ("epochs", "warmup_epochs", "eval_every", "stop_at_target")
 
 
 def base_spec(fields: dict) -> tuple[RunSpec, list[int] | None, list[float] | None]:
-    """The study's common settings from the flags, and the batch sizes and LRs the user listed (if
-    any). Every other field takes one value."""
+    """The study's common settings from the flags, and the batch sizes and LRs the user listed (a
+    list of two or more; one --lr is the middle of the grid, one --batch-size its smallest). Every
+    other field takes one value."""
+    from ..runner.advise import SMALLEST_BATCH
+
     grid = flag_grid(RunSpec, fields)
     batches, lrs = grid.pop("batch_size", None), grid.pop("lr", None)
     for name in PLANNED:
@@ -45,10 +49,12 @@ def base_spec(fields: dict) -> tuple[RunSpec, list[int] | None, list[float] | No
     if batches and min(batches) < 2:
         raise SpecError(f"advise's batch sizes must be at least 2 (--gns and batch norm need two images), got "
                         f"{min(batches)}")
-    start = min(batches) if batches else 16
-    spec = RunSpec(**{**values, "batch_size": start, "lr": lrs[0] if lrs else values.get("lr", RunSpec.lr),
-                      "epochs": 2}).validated()
-    return spec, sorted(set(batches)) if batches else None, sorted(set(lrs)) if lrs else None
+    smallest = min(batches) if batches else SMALLEST_BATCH
+    batches = sorted(set(batches)) if batches and len(set(batches)) > 1 else None
+    lr = min(lrs) if lrs else values.get("lr", RunSpec.lr)  # the same key whatever order the list is in
+    lrs = sorted(set(lrs)) if lrs and len(set(lrs)) > 1 else None
+    spec = RunSpec(**{**values, "batch_size": smallest, "lr": lr, "epochs": 2}).validated()
+    return spec, batches, lrs
 
 
 @app.command()
@@ -75,8 +81,9 @@ def advise(
 
     Example: batchlab advise --dataset fashion-mnist --model seed-cnn --target-accuracy 0.85 --budget-minutes 15
     """
+    from ..core.records import FINISHED
     from ..device.machine import fingerprint, machine_id, resolve_device
-    from ..runner.advise import Plan, plan_key
+    from ..runner.advise import Budget, Plan, plan_key
     from ..store.store import Store
 
     started = time.monotonic()
@@ -101,18 +108,17 @@ def advise(
                   f"{plan.epochs} epoch(s) at most)", highlight=False)
     else:
         plan = new_plan(base, key, machine, budget, batches, lrs, max_epochs, repeats, data_dir, limit, started, db)
-    left = lambda: budget - (time.monotonic() - started)  # noqa: E731
-
-    def may_start(spec: RunSpec) -> bool:
-        return plan.worst_case_seconds(spec) <= left()
+    with Store(db) as store:  # the runs finished before (a resumed study) are not ahead
+        ahead = [spec for spec in plan.specs() if store.status(spec, machine) not in FINISHED]
+    clock = Budget(budget, started, plan, ahead)
 
     def time_left() -> str:
-        return f"budget left {max(0.0, left()) / 60:.1f} min"
+        return f"at most {clock.at_most_left() / 60:.1f} min left"
 
     failed = None
     try:
         execute(plan.specs(), db, data_dir, f"advise-{key[:8]}", memory_limit=memory_limit,
-                oversubscribe=oversubscribe, may_start=may_start, left=time_left)
+                oversubscribe=oversubscribe, may_start=clock.may_start, left=time_left)
     except typer.Exit as stopped:
         if stopped.exit_code != 1:  # interrupted: said, stored; nothing to advise on yet
             raise
@@ -128,10 +134,9 @@ def advise(
 def new_plan(base: RunSpec, key: str, machine: str, budget: float, batches, lrs, max_epochs, repeats: int,
              data_dir: Optional[Path], limit, started: float, db: Path):
     """Probe and plan, say what was planned, and store the plan."""
-    import dataclasses
-
     from ..device.machine import fingerprint
     from ..runner.advise import make_plan, study_inputs
+    from ..runner.maxbatch import default_memory_limit
     from ..store.store import Store
 
     notes: list[str] = []
@@ -142,25 +147,27 @@ def new_plan(base: RunSpec, key: str, machine: str, budget: float, batches, lrs,
                      "noise-scale estimate; the critical batch size comes from the steps to target alone")
     for note in notes:
         err.print(f"note: {note}", highlight=False)
-    err.print(f"probing batch sizes from {min(batches) if batches else 16} for the largest that fits and what a "
-              "step costs here", highlight=False)
+    err.print(f"probing batch sizes from {min(batches) if batches else base.batch_size} for the largest that fits "
+              "and what a step costs here", highlight=False)
 
     def said(probe) -> None:
         err.print(f"  batch {probe.batch_size:>7,}: {'fits' if probe.fits else 'does not fit'}"
                   + (f", {probe.step_seconds * 1000:,.1f} ms a step" if probe.step_seconds else ""), highlight=False)
 
-    plan = make_plan(base, key, machine, budget, sizes, str(data_dir) if data_dir else None, limit, batches, lrs,
+    scaling = (f"at batch {base.base_batch}, {base.lr_scaling}-scaled to each batch" if base.lr_scaling != "none"
+               else "unscaled")
+    plan = make_plan(base, key, machine, budget, sizes, str(data_dir) if data_dir else None,
+                     limit or default_memory_limit(base), batches, lrs,
                      max_epochs, repeats, lambda: time.monotonic() - started, said, notes)
-    for note in plan.notes[len(notes):]:
+    for note in plan.notes[len(notes):]:  # the plan's own
         err.print(f"note: {note}", highlight=False)
     err.print(f"plan: batch sizes {', '.join(f'{b:,}' for b in plan.batches)} x LRs "
-              f"{', '.join(f'{lr:g}' for lr in plan.lrs)} (at batch {base.base_batch}, {base.lr_scaling}-scaled) x "
+              f"{', '.join(f'{lr:g}' for lr in plan.lrs)} ({scaling}) x "
               f"{repeats} repeat(s), each at most {plan.epochs} epoch(s), stopping at the target "
               f"{base.target_accuracy:g}; {(time.monotonic() - started) / 60:.1f} of {budget / 60:.1f} min spent",
               highlight=False)
-    info = fingerprint()
     with Store(db) as store:
-        store.record_machine(machine, info)
+        store.record_machine(machine, fingerprint())
         store.record_advice_plan(key, machine, dataclasses.asdict(plan))
     return plan
 
@@ -172,7 +179,7 @@ def show_advice(plan, db: Path, format: str) -> dict:
     from ..report.training import load_evaluations, load_runs
 
     runs, evaluations = load_runs(db), load_evaluations(db)
-    plan_values = {**plan.__dict__}
+    plan_values = json.loads(json.dumps(dataclasses.asdict(plan)))  # as stored, fresh or resumed
     rows = advice_rows(plan_values, runs, evaluations)
     found = advice(plan_values, rows, not_started(plan_values, runs))
     if format == "json":

@@ -17,8 +17,8 @@ import math
 import pandas as pd
 
 from .columns import ADVICE
-from .critical_batch import regime
-from .training import aggregate, json_rows
+from .critical_batch import MAXIMAL_ABOVE, PERFECT_BELOW, regime
+from .training import aggregate, json_rows, status_text
 
 PICK_RECOMMENDED, PICK_BEST_LR = "★ recommended", "best LR"
 
@@ -88,9 +88,13 @@ def advice_rows(plan: dict, runs: pd.DataFrame, evaluations: pd.DataFrame) -> pd
 
 
 def best_of(rows: pd.DataFrame, reached: pd.Series):
-    """The index of the fastest row to the target, else of the one with the best accuracy reached."""
+    """The index of the fastest row to the target among those whose repeats reached it most often
+    (a median over the repeats that reached it must not beat one over all of them), else of the
+    row with the best accuracy reached."""
     if reached.any():
-        return rows.loc[reached, "time_to_target_seconds"].idxmin()
+        share = rows.loc[reached, "target_reached"] / rows.loc[reached, "n"]
+        surest = share[share == share.max()].index
+        return rows.loc[surest, "time_to_target_seconds"].idxmin()
     accuracy = rows["best_accuracy"] if "best_accuracy" in rows else pd.Series(dtype=float)
     return accuracy.idxmax() if accuracy.notna().any() else None
 
@@ -99,7 +103,7 @@ def advice(plan: dict, rows: pd.DataFrame, unstarted: int) -> dict:
     """The recommendation as plain data (advise --format json prints it), with `why`: its reasons,
     one sentence each. `rows`: advice_rows; `unstarted`: not_started."""
     target = plan["target_accuracy"]
-    found = plan["max_batch"]
+    searched = plan["max_batch"]
     done = rows[rows["n"] > 0] if len(rows) else rows
     picked = rows[rows["pick"] == PICK_RECOMMENDED] if len(rows) else rows
     b_noise = rows["b_noise"].dropna() if "b_noise" in rows else pd.Series(dtype=float)
@@ -110,9 +114,12 @@ def advice(plan: dict, rows: pd.DataFrame, unstarted: int) -> dict:
         "reached_target": bool(len(picked) and picked.iloc[0]["target_reached"] > 0),
         "critical_batch_size": critical,
         "gradient_noise_scale": None,
-        "max_batch_size": found["max_batch"],
-        "usable_max_batch_size": found["usable_batch"],
-        "max_batch_limited_by": found["limited_by"] if found["limited_by"] == "memory" else "search bound",
+        "max_batch_size": searched["max_batch"],
+        "usable_max_batch_size": searched["usable_batch"],
+        # below memory's limit, the search stopped at its bound: the batch that fits is at least this
+        "max_batch_is_lower_bound": searched["limited_by"] != "memory",
+        "max_batch_limited_by": "memory" if searched["limited_by"] == "memory" else plan.get("search_bound"),
+        "notes": plan.get("notes", []),
         "regime_by_batch": {str(int(b)): (regime(b, critical) if critical else None)
                             for b in sorted(plan["batches"])},
         "plan": {key: plan[key] for key in ("batches", "lrs", "epochs", "repeats", "budget_minutes")},
@@ -148,12 +155,16 @@ def reasons(plan: dict, rows: pd.DataFrame, result: dict) -> list[str]:
     target, lines = plan["target_accuracy"], []
     best = result["recommended"]
     pairs = int((rows["target_reached"].fillna(0) > 0).sum()) if len(rows) else 0
-    if best is None:
+    if best is None and len(rows):
+        lines.append(f"no run gave a result ({status_text(rows['status'])}): nothing to recommend; see the runs' "
+                     "errors (batchlab report --runs); a lower --lr helps runs that diverged")
+    elif best is None:
         lines.append("no run finished: nothing to recommend yet; run the same command again to resume the study")
     elif result["reached_target"]:
         spread = ""
         if best["time_to_target_seconds_min"] != best["time_to_target_seconds_max"]:
-            spread = f" [{best['time_to_target_seconds_min']:.1f}–{best['time_to_target_seconds_max']:.1f} s over repeats]"
+            low, high = best["time_to_target_seconds_min"], best["time_to_target_seconds_max"]
+            spread = f" [{low:.1f}–{high:.1f} s over repeats]"
         lines.append(f"recommended: batch {best['batch_size']:,} at lr {best['lr']:g} (effective "
                      f"{best['effective_lr']:.3g}): reached {target:g} after {best['time_to_target_seconds']:.1f} s of "
                      f"training{spread} ({best['wall_to_target_seconds']:.1f} s with its evaluations), the fastest of "
@@ -173,23 +184,24 @@ def reasons(plan: dict, rows: pd.DataFrame, result: dict) -> list[str]:
                      "larger --budget-minutes (more epochs) or a lower --target-accuracy")
     critical = result["critical_batch_size"]
     if critical:
-        lines.append(f"critical batch size ≈ {critical:,.0f} (steps to target S(B) = S_min (1 + B_noise / B) fitted "
-                     f"over the batch sizes at their best LR): below about {critical / 3:,.0f} doubling the batch "
-                     f"halves the steps (perfect scaling); above about {critical * 3:,.0f} it saves almost none "
-                     "(maximal data parallelism)")
+        lines.append(f"critical batch size ≈ {critical:,.0f} (steps to target S(B) = S_min (1 + B_noise / B) "
+                     f"fitted over the batch sizes at their best LR): below about {critical * PERFECT_BELOW:,.0f} "
+                     "doubling the batch halves the steps (perfect scaling); above about "
+                     f"{critical * MAXIMAL_ABOVE:,.0f} it saves almost none (maximal data parallelism)")
     else:
         lines.append("critical batch size: not measured (fewer than 3 batch sizes reached the target, or their steps "
                      "do not follow S(B) = S_min (1 + B_noise / B))")
     if result["gradient_noise_scale"]:
         lines.append(f"gradient noise scale B_simple ≈ {result['gradient_noise_scale']:,.0f} at the recommended "
                      "run's last evaluation (McCandlish et al. 2018: an estimate of the critical batch size)")
-    found = plan["max_batch"]
-    if found["limited_by"] == "memory":
-        lines.append(f"largest batch that fits: {found['max_batch']:,} (use at most {found['usable_batch']:,}, a "
-                     f"{found['margin']:.0%} margin)")
+    searched = plan["max_batch"]
+    if searched["limited_by"] == "memory":
+        lines.append(f"largest batch that fits: {searched['max_batch']:,} (use at most {searched['usable_batch']:,}, "
+                     f"a {searched['margin']:.0%} margin)")
     else:
-        lines.append(f"every batch probed fits, up to {found['max_batch']:,} (the search stops at a sixteenth of the "
-                     "training set; `batchlab maxbatch` searches further)")
+        lines.append(f"every batch probed fits, up to {searched['max_batch']:,} (the search stops at "
+                     f"{plan.get('search_bound')}; `batchlab maxbatch` searches further)")
+    lines += [f"note: {note}" for note in plan.get("notes", [])]
     if result["runs_not_started"]:
         lines.append(f"{result['runs_not_started']} planned run(s) not started: the budget ran out (or the study was "
                      "interrupted); run the same command again to run them")
@@ -201,5 +213,6 @@ def edge_of_grid(rows: pd.DataFrame, best: dict) -> str | None:
     if len(lrs) < 2 or best["lr"] not in (lrs[0], lrs[-1]):
         return None
     side = "lowest" if best["lr"] == lrs[0] else "highest"
-    return (f"its LR is the {side} tried at batch {best['batch_size']:,}: a {'lower' if side == 'lowest' else 'higher'} "
-            "one may be faster still (widen the grid with --lr)")
+    beyond = "lower" if side == "lowest" else "higher"
+    return (f"its LR is the {side} tried at batch {best['batch_size']:,}: a {beyond} one may be faster still (widen "
+            "the grid with --lr)")

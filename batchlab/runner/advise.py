@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -62,11 +63,13 @@ class Costs:
         return self.step_seconds[nearest] * batch / nearest
 
     def epoch_seconds(self, batch: int, train_images: int, val_images: int, test_images: int) -> float:
-        """One epoch at `batch`: its steps, the evaluations inside it (the watched split) and after it
-        (validation and test)."""
+        """One epoch at `batch`: its steps, the evaluations inside it (the watched split, every
+        eval_every steps counted across epochs: at most ceil(steps / every)) and after it (validation
+        and test)."""
         steps = math.ceil(train_images / batch)
         watched = val_images or test_images
-        evaluated = (EVALUATIONS_PER_EPOCH - 1) * watched + val_images + test_images
+        inside = math.ceil(steps / eval_every(batch, train_images))
+        evaluated = inside * watched + val_images + test_images
         return steps * self.step(batch) + evaluated * self.eval_seconds_per_image
 
     def run_seconds(self, batch: int, epochs: int, sizes: tuple[int, int, int]) -> float:
@@ -98,13 +101,22 @@ def learning_rates(lr: float) -> list[float]:
     return [middle, low, high]
 
 
+def middle_first(lrs: list[float]) -> list[float]:
+    """A given LR grid in run order: its middle LR first (as learning_rates), then the others ascending;
+    a budget too short for all drops the last, the highest."""
+    ordered = sorted(set(lrs))
+    middle = ordered[(len(ordered) - 1) // 2]
+    return [middle] + [lr for lr in ordered if lr != middle]
+
+
 def warmup_for(epochs: int) -> float:
     return min(0.5, epochs / 5)
 
 
 def eval_every(batch: int, train_images: int) -> int:
+    """Steps between evaluations: at most EVALUATIONS_PER_EPOCH an epoch, its own end included."""
     steps = math.ceil(train_images / batch)
-    return max(1, steps // EVALUATIONS_PER_EPOCH)
+    return max(1, math.ceil(steps / EVALUATIONS_PER_EPOCH))
 
 
 def affordable_epochs(batches: list[int], lrs: int, seconds: float, costs: Costs, sizes: tuple[int, int, int],
@@ -131,11 +143,12 @@ def fit_study(batches: list[int], lrs: list[float], seconds: float, costs: Costs
             lrs.pop()
         else:
             one = min(costs.run_seconds(batch, 1, sizes) for batch in batches)
-            least = len(batches) * len(lrs) * repeats * one
+            least = len(lrs) * repeats * sum(costs.run_seconds(batch, 1, sizes) for batch in batches)
             raise SpecError(f"the budget left ({seconds / 60:.1f} min after the probes) is too small: one run of one "
-                            f"epoch takes about {one:.0f} s here, and the smallest study ({len(batches)} batch sizes x "
-                            f"{len(lrs)} learning rates x {repeats} repeat(s)) about {least / 60:.1f} min; give a larger --budget-minutes, "
-                            "or fewer training images (--limit-train)")
+                            f"epoch takes about {one:.0f} s here (a {SAFETY - 1:.0%} margin included), and the "
+                            f"smallest study ({len(batches)} batch sizes x {len(lrs)} learning rates x {repeats} "
+                            f"repeat(s)) about {least / 60:.1f} min; give a larger --budget-minutes, or fewer "
+                            "training images (--limit-train)")
 
 
 @dataclass
@@ -155,7 +168,8 @@ class Plan:
     max_batch: dict  # maxbatch.MaxBatch as a dict (probes included)
     costs: dict  # Costs as a dict
     sizes: tuple[int, int, int]  # training, validation and test images
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the plan decided that the user should know
+    search_bound: str = "a sixteenth of the training set"  # why the max-batch search stopped where it did
 
     def specs(self) -> list[RunSpec]:
         return [RunSpec.from_dict(values) for values in self.runs]
@@ -167,7 +181,12 @@ class Plan:
 
     @classmethod
     def from_dict(cls, values: dict) -> Plan:
-        return cls(**values)
+        """A stored plan; its run keys recomputed from its runs (a key is a hash of the spec as this
+        version has it, and the sweep looks runs up by it)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        plan = cls(**{key: value for key, value in values.items() if key in known})
+        plan.run_keys = [spec.key for spec in plan.specs()]
+        return plan
 
 
 def plan_key(base: RunSpec, budget_minutes: float, batches: list[int] | None, lrs: list[float] | None,
@@ -178,13 +197,15 @@ def plan_key(base: RunSpec, budget_minutes: float, batches: list[int] | None, lr
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def make_plan(base: RunSpec, key: str, machine: str, budget_seconds: float, sizes: tuple[int, int, int], data_dir: str | None,
-              memory_limit: int | None, batches: list[int] | None, lrs: list[float] | None, max_epochs: int | None,
-              repeats: int, elapsed: Callable[[], float], on_probe: Callable[[Probe], None], notes: list[str]) -> Plan:
+def make_plan(base: RunSpec, key: str, machine: str, budget_seconds: float, sizes: tuple[int, int, int],
+              data_dir: str | None, memory_limit: int | None, batches: list[int] | None, lrs: list[float] | None,
+              max_epochs: int | None, repeats: int, elapsed: Callable[[], float],
+              on_probe: Callable[[Probe], None], notes: list[str]) -> Plan:
     """Probe, then fit the study into the budget left (see the module's description)."""
     train_images, val_images, test_images = sizes
     smallest = min(batches) if batches else SMALLEST_BATCH
     top = max(batches) if batches else max(smallest, train_images // MIN_STEPS_PER_EPOCH)
+    bound = "the largest --batch-size given" if batches else "a sixteenth of the training set"
 
     def probed(probe: Probe) -> None:
         on_probe(probe)
@@ -195,12 +216,15 @@ def make_plan(base: RunSpec, key: str, machine: str, budget_seconds: float, size
 
     found: MaxBatch = find_max_batch(base, top, data_dir, memory_limit, on_probe=probed, start=min(smallest, top))
     costs = costs_from(found.probes, test_images)
-    fitting = ([b for b in sorted(set(batches)) if b <= found.max_batch] if batches
-               else ladder(smallest, min(found.usable_batch, top)))
+    # The margin is for a batch at the edge of memory; a search that stopped at its bound has none.
+    usable = found.usable_batch if found.limited_by == "memory" else found.max_batch
+    fitting = ([b for b in batches if b <= usable] if batches else ladder(smallest, min(usable, top)))
     if not fitting:
         raise SpecError(f"none of the batch sizes given fits: the largest that does is {found.max_batch}")
-    chosen, grid, epochs = fit_study(fitting, lrs or learning_rates(base.lr), budget_seconds - elapsed(), costs,
+    chosen, grid, epochs = fit_study(fitting, middle_first(lrs) if lrs else learning_rates(base.lr),
+                                     budget_seconds - elapsed(), costs,
                                      sizes, max_epochs, repeats)
+    notes = list(notes)  # the caller's, then this plan's own
     if len(chosen) < len(fitting) or len(grid) < len(lrs or LR_FACTORS):
         notes.append(f"the budget fits {len(chosen)} batch size(s) x {len(grid)} learning rate(s) of "
                      f"{len(fitting)} x {len(lrs or LR_FACTORS)}: the smallest batches (and highest LRs) were left out")
@@ -209,8 +233,9 @@ def make_plan(base: RunSpec, key: str, machine: str, budget_seconds: float, size
                 eval_every=eval_every(batch, train_images), stop_at_target=True, repeat=repeat,
                 seed=base.seed + repeat).validated())
             for repeat in range(repeats) for lr in grid for batch in sorted(chosen, reverse=True)]
-    return Plan(key, machine, runs, [RunSpec.from_dict(values).key for values in runs], chosen, grid, epochs, repeats, base.target_accuracy, budget_seconds / 60,
-                {**dataclasses.asdict(found)}, dataclasses.asdict(costs), sizes, notes)
+    return Plan(key, machine, runs, [RunSpec.from_dict(values).key for values in runs], chosen, grid, epochs, repeats,
+                base.target_accuracy, budget_seconds / 60, dataclasses.asdict(found), dataclasses.asdict(costs), sizes,
+                notes, bound)
 
 
 def study_inputs(base: RunSpec, data_dir: str | None) -> tuple[tuple[int, int, int], bool]:
@@ -225,3 +250,32 @@ def study_inputs(base: RunSpec, data_dir: str | None) -> tuple[tuple[int, int, i
     train = min(total - val, base.limit_train) if base.limit_train else total - val
     model = models.build(base.model, input_shape=dataset.input_shape, classes=dataset.classes)
     return (train, val, len(dataset.test_labels)), not microbatch.has_batch_statistics(model)
+
+
+class Budget:
+    """The study's clock while its runs go: which run may start (its worst case within the budget
+    left), and at most how long the rest takes (the worst cases of the runs ahead, within the budget)."""
+
+    def __init__(self, seconds: float, started: float, plan: Plan, ahead: list[RunSpec],
+                 clock: Callable[[], float] = time.monotonic):
+        self.seconds, self.started, self.plan, self.clock = seconds, started, plan, clock
+        self.ahead = {spec.key: spec for spec in ahead}
+        self.current: tuple[RunSpec, float] | None = None
+
+    def left(self) -> float:
+        return self.seconds - (self.clock() - self.started)
+
+    def may_start(self, spec: RunSpec) -> bool:
+        self.ahead.pop(spec.key, None)
+        if self.plan.worst_case_seconds(spec) > self.left():
+            self.current = None
+            return False
+        self.current = (spec, self.clock())
+        return True
+
+    def at_most_left(self) -> float:
+        rest = sum(self.plan.worst_case_seconds(spec) for spec in self.ahead.values())
+        if self.current is not None:
+            spec, began = self.current
+            rest += max(0.0, self.plan.worst_case_seconds(spec) - (self.clock() - began))
+        return max(0.0, min(self.left(), rest))

@@ -70,7 +70,8 @@ def default_memory_limit(spec: RunSpec) -> int | None:
 def probe_spec(spec: RunSpec, batch: int) -> RunSpec:
     """A run whose warm-up and single measured step are the training step at `batch` (per worker)."""
     return dataclasses.replace(spec, batch_size=batch, epochs=1, limit_train=batch * spec.workers, val_split=0.0,
-                               target_accuracy=0.0, eval_every=0, warmup_epochs=0.0, repeat=0)
+                               target_accuracy=0.0, eval_every=0, warmup_epochs=0.0, repeat=0,
+                               stop_at_target=False)
 
 
 def find_max_batch(spec: RunSpec, training_images: int, data_dir: str | None = None, memory_limit: int | None = None,

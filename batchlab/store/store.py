@@ -311,7 +311,7 @@ class Store:
 
     def advice_plans(self) -> list[dict]:
         """Every stored advise plan, oldest first."""
-        return [json.loads(row[0]) for row in self.db.execute("SELECT plan FROM advice_plans ORDER BY created_at")]
+        return [json.loads(row[0]) for row in self.db.execute("SELECT plan FROM advice_plans ORDER BY rowid")]
 
     def weights(self, key: str, model: str | None = None, dataset: str | None = None) -> tuple[str, bytes]:
         """(run key, saved weights) of the DONE training run `key` (a unique prefix is enough), or
