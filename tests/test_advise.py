@@ -73,6 +73,20 @@ def test_the_recommendation_prefers_the_pair_whose_repeats_all_reached_the_targe
     assert best_of(rows, rows["target_reached"] > 0) == 1
 
 
+def test_widening_adds_one_grid_step_beyond_an_edge_within_the_budget():
+    from batchlab import RunSpec
+
+    runs = [RunSpec(batch_size=b, lr=lr, epochs=2, target_accuracy=0.5, stop_at_target=True)
+            for b in (16, 32) for lr in (0.01, 0.03)]
+    plan = advise.Plan("k", "m", [dataclasses.asdict(r) for r in runs], [r.key for r in runs], [16, 32],
+                       [0.01, 0.03], 2, 1, 0.5, 1.0, {}, dataclasses.asdict(costs(step=0.1)), SIZES)
+    one_run = plan.worst_case_seconds(runs[0])
+    added = advise.widen(plan, {32: (0.03, "highest"), 16: (0.01, "lowest")}, one_run * 1.5)
+    assert [(spec.batch_size, spec.lr) for spec in added] == [(32, 0.09)]  # the second does not fit
+    assert plan.run_keys[-1] == added[0].key and len(plan.runs) == 5
+    assert advise.widen(plan, {32: (0.03, "highest")}, 1e6) == []  # already tried
+
+
 def run(*args) -> tuple[int, str, str]:
     result = CliRunner().invoke(app, ["advise", *map(str, args)])
     return result.exit_code, result.stdout, result.stderr
@@ -86,7 +100,12 @@ def test_advise_recommends_the_fastest_pair_stores_its_plan_and_resumes(syntheti
     assert code == 0, said
     found = json.loads(out)
     assert found["plan"]["batches"] == [16, 32] and found["plan"]["lrs"] == [0.01, 0.1]
-    assert found["runs_done"] == 4 and found["runs_not_started"] == 0
+    # A best LR at the grid's edge (with 2 LRs, always) gets runs one step (x3) beyond it, twice at most.
+    assert "the best LR sits at the grid's edge: trying beyond it" in said
+    tried = {(row["batch_size"], row["lr"]) for row in found["rows"]}
+    assert {(16, 0.01), (16, 0.1), (32, 0.01), (32, 0.1)} < tried
+    assert {lr for _, lr in tried} <= {0.01, 0.1, 0.3, 0.9, 0.00333, 0.00111}
+    assert found["runs_done"] == len(tried) <= 8 and found["runs_not_started"] == 0
     reached = [row for row in found["rows"] if row["target_reached"]]
     assert reached, "the target 0.3 is reached by mlp on the synthetic data"
     fastest = min(reached, key=lambda row: row["time_to_target_seconds"])
@@ -100,10 +119,10 @@ def test_advise_recommends_the_fastest_pair_stores_its_plan_and_resumes(syntheti
         statuses = [row[0] for row in con.execute("SELECT status FROM runs")]
         stopped = con.execute("SELECT stop_at_target, gns FROM runs").fetchall()
         plans = con.execute("SELECT COUNT(*) FROM advice_plans").fetchone()[0]
-    assert statuses == ["DONE"] * 4 and set(stopped) == {(1, 1)} and plans == 1
-    # The same command again: the stored plan, its runs finished, the same advice.
-    code, again, said = run(*args)
-    assert code == 0 and "resuming the study" in said and "4 run(s) already finished" in said
+    assert statuses == ["DONE"] * len(tried) and set(stopped) == {(1, 1)} and plans == 1
+    # The same command again: the stored plan (grown), its runs finished, the same advice.
+    code, again, said = run(*args, "--no-widen")
+    assert code == 0 and "resuming the study" in said and f"{len(tried)} run(s) already finished" in said
     assert json.loads(again)["recommended"] == best
     # The HTML report has the advice.
     page = tmp_path / "report.html"
@@ -115,7 +134,7 @@ def test_advise_recommends_the_fastest_pair_stores_its_plan_and_resumes(syntheti
 
 def test_a_target_never_reached_recommends_on_accuracy_and_fails_only_when_strict(synthetic_folder, tmp_path):
     args = ["--dataset", f"folder:{synthetic_folder}", "--model", "mlp", "--limit-train", "500", "--batch-size",
-            "32,64", "--lr", "0.01,0.05", "--max-epochs", "1", "--target-accuracy", "1.0", "--budget-minutes", "3",
+            "32,64", "--lr", "0.01,0.05", "--max-epochs", "1", "--no-widen", "--target-accuracy", "1.0", "--budget-minutes", "3",
             "--db", tmp_path / "a.db"]
     code, out, _ = run(*args)
     assert code == 0

@@ -66,6 +66,8 @@ def advise(
     repeats: Annotated[int, typer.Option(help="Runs per (batch size, LR): the spread of time to target.")] = 1,
     max_epochs: Annotated[Optional[int], typer.Option("--max-epochs", help="At most this many epochs per run "
                                                       "(default: as many as the budget allows).")] = None,
+    widen: Annotated[bool, typer.Option("--widen/--no-widen", help="Where a batch size's best LR is the lowest or "
+                                        "highest tried, try one grid step beyond it (budget permitting).")] = True,
     strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when no run reached the target.")] = False,
     format: Annotated[str, typer.Option("--format", help="table or json (the advice on stdout).")] = "table",
     memory_limit: MemoryOpt = None,
@@ -83,7 +85,7 @@ def advise(
     """
     from ..core.records import FINISHED
     from ..device.machine import fingerprint, machine_id, resolve_device
-    from ..runner.advise import Budget, Plan, plan_key
+    from ..runner.advise import WIDEN_ROUNDS, Budget, Plan, plan_key
     from ..store.store import Store
 
     started = time.monotonic()
@@ -116,13 +118,21 @@ def advise(
         return f"at most {clock.at_most_left() / 60:.1f} min left"
 
     failed = None
-    try:
-        execute(plan.specs(), db, data_dir, f"advise-{key[:8]}", memory_limit=memory_limit,
-                oversubscribe=oversubscribe, may_start=clock.may_start, left=time_left)
-    except typer.Exit as stopped:
-        if stopped.exit_code != 1:  # interrupted: said, stored; nothing to advise on yet
-            raise
-        failed = stopped
+    specs = plan.specs()
+    for widening in range(WIDEN_ROUNDS + 1 if widen else 1):
+        try:
+            execute(specs, db, data_dir, f"advise-{key[:8]}", memory_limit=memory_limit,
+                    oversubscribe=oversubscribe, may_start=clock.may_start, left=time_left)
+        except typer.Exit as stopped:
+            if stopped.exit_code != 1:  # interrupted: said, stored; nothing to advise on yet
+                raise
+            failed = stopped
+        if not widen or widening == WIDEN_ROUNDS or failed is not None:
+            break
+        specs = widened(plan, key, db, clock)
+        if not specs:
+            break
+        clock.ahead.update({spec.key: spec for spec in specs})
     found = show_advice(plan, db, format)
     if failed is not None:
         raise failed
@@ -170,6 +180,25 @@ def new_plan(base: RunSpec, key: str, machine: str, budget: float, batches, lrs,
         store.record_machine(machine, fingerprint())
         store.record_advice_plan(key, machine, dataclasses.asdict(plan))
     return plan
+
+
+def widened(plan, key: str, db: Path, clock) -> list[RunSpec]:
+    """Runs beyond the LR grid's edge where a batch size's best LR sits at it (runner/advise.widen),
+    said and stored with the plan; [] when none is needed or none fits the budget left."""
+    from ..report.advice import advice_rows, edges
+    from ..report.training import load_evaluations, load_runs
+    from ..runner.advise import widen
+    from ..store.store import Store
+
+    plan_values = json.loads(json.dumps(dataclasses.asdict(plan)))
+    at_edge = edges(advice_rows(plan_values, load_runs(db), load_evaluations(db)))
+    added = widen(plan, at_edge, clock.left())
+    if added:
+        with Store(db) as store:
+            store.update_advice_plan(key, dataclasses.asdict(plan))
+        tried = ", ".join(f"batch {spec.batch_size:,} at lr {spec.lr:g}" for spec in added if spec.repeat == 0)
+        err.print(f"the best LR sits at the grid's edge: trying beyond it, {tried}", highlight=False)
+    return added
 
 
 def show_advice(plan, db: Path, format: str) -> dict:

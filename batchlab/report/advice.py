@@ -208,11 +208,31 @@ def reasons(plan: dict, rows: pd.DataFrame, result: dict) -> list[str]:
     return lines
 
 
-def edge_of_grid(rows: pd.DataFrame, best: dict) -> str | None:
-    lrs = sorted(rows.loc[rows["batch_size"] == best["batch_size"], "lr"].unique())
-    if len(lrs) < 2 or best["lr"] not in (lrs[0], lrs[-1]):
+def grid_edge(rows: pd.DataFrame, batch: int, lr: float) -> str | None:
+    """"lowest" or "highest" when `lr` is that end of the LRs tried at `batch` (at least 2), else None."""
+    lrs = sorted(rows.loc[rows["batch_size"] == batch, "lr"].unique())
+    if len(lrs) < 2 or lr not in (lrs[0], lrs[-1]):
         return None
-    side = "lowest" if best["lr"] == lrs[0] else "highest"
+    return "lowest" if lr == lrs[0] else "highest"
+
+
+def edges(rows: pd.DataFrame) -> dict[int, tuple[float, str]]:
+    """Batch size → (its best LR, "lowest" or "highest") where the best LR sits at an end of the
+    grid, the recommended pair's batch size first, then by time to target."""
+    picked = rows[rows["pick"].notna()] if len(rows) else rows
+    picked = picked.assign(first=picked["pick"] != PICK_RECOMMENDED).sort_values(["first", "time_to_target_seconds"])
+    found = {}
+    for _, row in picked.iterrows():
+        side = grid_edge(rows, row["batch_size"], row["lr"])
+        if side:
+            found[int(row["batch_size"])] = (float(row["lr"]), side)
+    return found
+
+
+def edge_of_grid(rows: pd.DataFrame, best: dict) -> str | None:
+    side = grid_edge(rows, best["batch_size"], best["lr"])
+    if side is None:
+        return None
     beyond = "lower" if side == "lowest" else "higher"
     return (f"its LR is the {side} tried at batch {best['batch_size']:,}: a {beyond} one may be faster still (widen "
             "the grid with --lr)")

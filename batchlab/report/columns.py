@@ -137,8 +137,9 @@ TUNED = [
 ]
 TUNED_TITLE = "tuned: the best learning rate of each configuration"
 TUNED_CAPTION = ("per configuration (batch size, model, ...), the LR with the best median validation accuracy among "
-                 "the LRs tried (Shallue et al. 2018); tuned on test: no validation split, an optimistic choice; best "
-                 "at grid edge: the lowest or highest LR tried was best, so a better one may lie beyond: widen the grid")
+                 "the LRs tried (Shallue et al. 2018), or the fewest steps to target for runs that stopped at it; "
+                 "tuned on test: no validation split, an optimistic choice; best at grid edge: the lowest or highest "
+                 "LR tried was best, so a better one may lie beyond: widen the grid")
 
 # `batchlab advise` (advice.py): one row per (batch size, LR) of its study.
 ADVICE = [

@@ -5,7 +5,8 @@ size, model, device, ...), as their protocol does, and marks a best LR at the lo
 tried: the best may lie beyond it, so the grid should be widened.
 
 Best: the highest median validation accuracy over the group's DONE repeats (ties: the fewer steps
-to target, then the lower test loss). Where the runs held no
+to target, then the lower test loss); for runs that stopped at their target (--stop-at-target),
+whose final accuracies all sit near it, the fewest steps to target. Where the runs held no
 validation set out, the test accuracy stands in, and the row says so (`tuned_on`): choosing on the
 test set flatters the result. Groups without a DONE run (all diverged, say) count as tried, never
 as best.
@@ -40,13 +41,17 @@ def tuned(rows: pd.DataFrame) -> pd.DataFrame:
         score = "val_accuracy" if on_validation else "test_accuracy"
         if group[score].notna().sum() == 0:
             continue  # nothing finished: no best to name
-        # Ties (equal accuracy) go to the fewer steps to target, then the lower test loss.
-        order = [score] + [key for key in ("steps_to_target", "test_loss") if key in group]
-        ranked = group[group[score].notna()].sort_values(order, ascending=[False] + [True] * (len(order) - 1),
-                                                         na_position="last", kind="stable")
+        # Ties (equal accuracy) go to the fewer steps to target, then the lower test loss. Runs that
+        # stopped at their target all end near it: their accuracies say nothing, their steps do.
+        stopped = bool(group.get("stop_at_target", pd.Series(dtype=bool)).fillna(False).astype(bool).any())
+        order = ["steps_to_target", score] if stopped else [score, "steps_to_target"]
+        order = [key for key in order + ["test_loss"] if key in group]
+        ascending = [key != score for key in order]
+        ranked = group[group[score].notna()].sort_values(order, ascending=ascending, na_position="last",
+                                                         kind="stable")
         best = ranked.iloc[0].copy()
         best["lrs_tried"] = ", ".join(lr_text(lr) for lr in lrs)
-        best["tuned_on"] = "validation" if on_validation else "test"
+        best["tuned_on"] = ("steps to target" if stopped else "validation" if on_validation else "test")
         best["lr_at_edge"] = ("lowest" if best["lr"] == lrs[0] else "highest" if best["lr"] == lrs[-1] else None)
         best_rows.append(best)
     return pd.DataFrame(best_rows).reset_index(drop=True) if best_rows else rows.iloc[0:0]

@@ -21,6 +21,10 @@ The plan (made once, stored under a key of the user's inputs, so that the same c
 Runs go middle LR first at every batch size (largest batch first: the cheapest), then the other
 LRs, so that a budget cut short still leaves one LR at every batch size. Before each run, the budget
 left must cover the run's worst case (all epochs); else it is left unstarted and said so.
+
+Then, while the budget allows (WIDEN_ROUNDS times at most), a batch size whose best LR sits at an
+end of the grid gets a run one grid step (x3) beyond it (`widen`): the best may lie there, and the
+advice would otherwise stop at the grid's edge. The grown plan is stored again.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ LR_FACTORS = (1 / 3, 1.0, 3.0)  # around the given LR, the middle one first
 EVALUATIONS_PER_EPOCH = 5
 SAFETY = 1.25  # estimated costs are scaled up by this: one probe step is a noisy measurement
 SMALLEST_STUDY = (2, 2)  # batch sizes, learning rates: less is no comparison
+WIDEN_ROUNDS = 2
 
 
 @dataclass
@@ -236,6 +241,28 @@ def make_plan(base: RunSpec, key: str, machine: str, budget_seconds: float, size
     return Plan(key, machine, runs, [RunSpec.from_dict(values).key for values in runs], chosen, grid, epochs, repeats,
                 base.target_accuracy, budget_seconds / 60, dataclasses.asdict(found), dataclasses.asdict(costs), sizes,
                 notes, bound)
+
+
+def widen(plan: Plan, edges: dict[int, tuple[float, str]], seconds: float) -> list[RunSpec]:
+    """Runs one grid step (x3) beyond the best LR of each batch size whose best sits at an end of
+    the grid (`edges`, in priority order), as many as their worst cases fit in `seconds`; added to
+    the plan (which the caller stores again)."""
+    step = LR_FACTORS[2]
+    templates = {(spec.batch_size, spec.lr, spec.repeat): spec for spec in plan.specs()}
+    added: list[RunSpec] = []
+    for batch, (lr, side) in edges.items():
+        beyond = float(f"{lr * step if side == 'highest' else lr / step:.3g}")
+        runs = [dataclasses.replace(templates[(batch, lr, repeat)], lr=beyond) for repeat in range(plan.repeats)
+                if (batch, lr, repeat) in templates]
+        runs = [spec for spec in runs if spec.key not in plan.run_keys]
+        cost = sum(plan.worst_case_seconds(spec) for spec in runs)
+        if not runs or cost > seconds:
+            continue
+        seconds -= cost
+        added += runs
+    plan.runs += [dataclasses.asdict(spec) for spec in added]
+    plan.run_keys += [spec.key for spec in added]
+    return added
 
 
 def study_inputs(base: RunSpec, data_dir: str | None) -> tuple[tuple[int, int, int], bool]:

@@ -305,6 +305,10 @@ class Store:
         self._write("INSERT OR IGNORE INTO advice_plans (plan_key, machine_id, plan, created_at) VALUES (?, ?, ?, ?)",
                     (plan_key, machine_id, json.dumps(plan, sort_keys=True), now()))
 
+    def update_advice_plan(self, plan_key: str, plan: dict) -> None:
+        """A stored plan grown by advise (runs beyond the LR grid's edge)."""
+        self._write("UPDATE advice_plans SET plan = ? WHERE plan_key = ?", (json.dumps(plan, sort_keys=True), plan_key))
+
     def advice_plan(self, plan_key: str) -> dict | None:
         row = self.db.execute("SELECT plan FROM advice_plans WHERE plan_key = ?", (plan_key,)).fetchone()
         return json.loads(row[0]) if row else None
