@@ -30,7 +30,7 @@ RUN_VALUES = {
     "input": "loader", "loader_workers": 1, "augment": True,
     "lr_scaling": "sqrt", "base_batch": 16, "warmup_epochs": 0.5, "schedule": "cosine", "eval_every": 2,
     "stop_at_target": False,  # the default, as --no-stop-at-target: it needs --strategy single
-    "gns": False,  # the default, as --no-gns: --gns needs --strategy single, and workers 2 another strategy
+    "gns": True,  # measured by ddp from the ranks' gradients
     "seed": 3,
 }
 

@@ -55,7 +55,7 @@ def test_a_run_with_gns_records_b_simple_at_every_evaluation(synthetic_dataset):
 
 
 @pytest.mark.parametrize("fields, message", [
-    ({"gns": True, "strategy": "ddp", "workers": 2}, "--gns is measured with --strategy single"),
+    ({"gns": True, "strategy": "hogwild", "workers": 2}, "--gns is measured with --strategy single or ddp"),
     ({"gns": True, "batch_size": 1}, "use a batch size of at least 2"),
 ])
 def test_gns_refuses_what_it_cannot_measure(fields, message):
@@ -97,3 +97,29 @@ def test_report_rows_carry_b_simple_and_the_html_draws_it(synthetic_folder, tmp_
     assert len(rows) == 2 and all(row["gradient_noise_scale"] > 0 for row in rows)
     assert CliRunner().invoke(app, ["report", "--db", str(db), "--html", str(page)]).exit_code == 0
     assert '<figure id="noise_scale">' in page.read_text()
+
+
+def test_ddp_recovers_b_simple_from_the_ranks_gradients_against_the_all_reduced_one():
+    import torch.multiprocessing as mp
+    from ddp_gns_helpers import linear_regression_rank
+
+    from batchlab.train.ddp import free_port
+
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    ranks = mp.start_processes(linear_regression_rank, args=(2, free_port(), 20, 2.0, 16, 3000, results), nprocs=2,
+                               join=False, start_method="spawn")
+    measured, expected = results.get(timeout=300)
+    ranks.join()
+    assert measured == pytest.approx(expected, rel=0.15)
+
+
+def test_a_ddp_run_with_gns_records_b_simple(synthetic_folder):
+    import batchlab
+    from batchlab import RunSpec
+
+    result = batchlab.run(RunSpec(dataset=f"folder:{synthetic_folder}", model="mlp", batch_size=32, epochs=1,
+                                  limit_train=640, strategy="ddp", workers=2, threads=1, eval_every=5, gns=True))
+    values = [e.gradient_noise_scale for e in result.evaluations]
+    assert len(values) == 2 and all(v is not None for v in values)  # 10 global steps: after 5, then the epoch's end
+    assert result.environment["gns_method"] == "ranks"

@@ -112,7 +112,8 @@ class RunSpec(Keyed):
     eval_every: int = setting(0, "Also evaluate every N optimizer steps (outside train seconds); 0 = after each "
                                  "epoch only.")
     gns: bool = setting(False, "Measure the gradient noise scale B_simple while training, at each evaluation "
-                               "(batches run in two slice sizes).", grid=False)
+                               "(batches run in two slice sizes; ddp: a rank's batch against the global one).",
+                        grid=False)
     # Each batch runs through the network in slices of this size whose gradients add up to the
     # batch's single update (microbatch.py). Reported as `slicing` (auto, whole or the size).
     micro_batch: int = setting(0, MICRO_BATCH_HELP, group="slicing")
@@ -169,8 +170,8 @@ class RunSpec(Keyed):
         need(self.eval_every >= 0, f"eval-every must be at least 0 (0: after each epoch only), got {self.eval_every}")
         need(self.eval_every == 0 or self.strategy != "hogwild",
              "--eval-every: hogwild workers train without pausing; evaluate per epoch (--eval-every 0)")
-        need(not self.gns or self.strategy == "single",
-             "--gns is measured with --strategy single for now (hogwild and ddp: not yet)")
+        need(not self.gns or self.strategy != "hogwild",
+             "--gns is measured with --strategy single or ddp (hogwild workers: not yet)")
         need(not self.gns or self.batch_size >= 2,
              "--gns compares the gradients of two batch sizes within each batch: use a batch size of at least 2")
         need(self.lr_scaling in LR_SCALINGS,

@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
 from ..core.errors import SpecError
@@ -41,6 +42,7 @@ from .engine import (
     run_epochs,
     warm_up,
 )
+from .gns import RankNoiseScale
 from .team import Team
 
 NO_BAD_STEP = 2**62  # stands for "every loss finite" in the MIN all-reduce of first bad steps
@@ -92,6 +94,9 @@ def run_rank(spec: RunSpec, data_dir: str | None, keep_weights: bool = False,
         torch.manual_seed(spec.seed * 1009 + rank + 1)  # each rank its own dropout masks
         loop = StepLoop(model, optimizer, prep.dd, spec.batch_size, spec.precision, prep.slice_size, source,
                         make_scheduler(spec, optimizer, prep.dd.train_count, rank))
+        if spec.gns:  # every rank reduces through the same hook; rank 0, which evaluates, measures
+            loop.noise = RankNoiseScale(model, world) if rank == 0 else None
+            model.register_comm_hook(None, loop.noise.comm_hook if rank == 0 else default_hooks.allreduce_hook)
         model.train()
 
         def one_epoch(order: torch.Tensor) -> EpochWork:

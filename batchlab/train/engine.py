@@ -231,6 +231,7 @@ def prepare(spec: RunSpec, data_dir: str | None = None, device: str | None = Non
     if spec.gns:
         slices = gns_slices(spec, model, slices)
         result.environment["gns_slice"] = slices
+        result.environment["gns_method"] = "ranks" if spec.strategy == "ddp" else "slices"
     refuse_one_image_slices(spec, model, dd.train_count, slices)
     reset_peak_memory(device)
     return Prepared(spec, device, dd, model, slices, result, started)
@@ -278,11 +279,14 @@ def refuse_one_image_slices(spec: RunSpec, model: nn.Module, count: int, slice_s
 
 def gns_slices(spec: RunSpec, model: nn.Module, slices: int) -> int:
     """--gns needs each batch in slices smaller than the batch: the micro-batch size if it is
-    (as the automatic size is on CPUs for batches above it), else half the batch."""
+    (as the automatic size is on CPUs for batches above it), else half the batch. Under DDP the
+    ranks' own batches are the smaller size (gns.RankNoiseScale): the slices stay as they are."""
     if microbatch.has_batch_statistics(model):
         raise ModelError(f"--gns: model {spec.model} uses batch normalisation, whose statistics are taken per "
                          "slice, so a slice's gradient is not the mean of its images' own gradients that the "
                          "noise-scale estimate needs; run without --gns")
+    if spec.strategy == "ddp":
+        return slices
     return slices if slices < spec.batch_size else spec.batch_size // 2
 
 

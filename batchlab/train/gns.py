@@ -16,12 +16,19 @@ The per-step norms stay on the device; they are read and averaged at each evalua
 evaluation makes anyway). Slices of another size than the first (microbatch.bounds puts a batch's remainder first, so
 those are larger) are left out of |G_b|².
 Cost: per slice, one difference and one norm over the parameters (measured in bench/run.py).
+
+Under DDP (RankNoiseScale) the two batch sizes are a rank's own b images and the global batch of
+b x ranks: DDP's gradient all-reduce goes through a communication hook that first takes the squared
+norm of this rank's gradient (the bucket before averaging), and after the step's backward the
+parameters hold the average over all ranks. One rank's |G_b|² is as unbiased an estimate as the
+mean over ranks, so only rank 0 (which evaluates) measures, and no extra collective is needed.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 EMA_DECAY = 0.98  # about the last 50 steps
 
@@ -74,3 +81,28 @@ class NoiseScale:
         if self.steps == 0 or self.gradient_square <= 0:
             return None
         return self.trace / self.gradient_square
+
+
+class RankNoiseScale(NoiseScale):
+    """DDP: this rank's mean gradient over its b images against the all-reduced mean over the global
+    batch of b x `ranks` (see the module's description). Register `comm_hook` on the DDP model."""
+
+    def __init__(self, model: nn.Module, ranks: int, decay: float = EMA_DECAY):
+        super().__init__(model, decay)
+        self.ranks = ranks
+        self.local_squares: list[torch.Tensor] = []  # this step's buckets, before the all-reduce
+
+    def comm_hook(self, process_group, bucket):
+        """DDP's own all-reduce (the mean over ranks), after noting the bucket's squared norm."""
+        self.local_squares.append(bucket.buffer().detach().float().square().sum())
+        return default_hooks.allreduce_hook(process_group, bucket)
+
+    def after_slice(self, start: int, stop: int, count: int) -> None:
+        """Only after the last slice of a step has DDP reduced (the others run under no_sync)."""
+        if stop < count:
+            return
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.parameters]
+        whole = torch.nn.utils.get_total_norm(grads).square()
+        own = torch.stack(self.local_squares).sum()
+        self.local_squares = []
+        self.pending.append((own, whole, count, count * self.ranks))
