@@ -181,3 +181,18 @@ def test_the_budget_clock_starts_runs_whose_worst_case_fits_and_says_at_most_how
     assert clock.at_most_left() == pytest.approx(worst[0] - 10 + worst[1])
     now[0] = 26.0  # 14 s left: the second run's worst case does not fit
     assert not clock.may_start(specs[1]) and clock.at_most_left() == 0
+
+
+def test_a_batch_norm_model_gets_no_gns_in_the_study_and_the_sizes_follow_the_split(synthetic_folder, tmp_path):
+    from batchlab import RunSpec
+
+    model_file = tmp_path / "advise_batch_norm.py"
+    model_file.write_text("from torch import nn\n"
+                          "def factory(input_shape, classes):\n"
+                          "    return nn.Sequential(nn.Flatten(), nn.Linear(784, 8), nn.BatchNorm1d(8), nn.ReLU(),\n"
+                          "                         nn.Linear(8, classes))\n")
+    base = RunSpec(dataset=f"folder:{synthetic_folder}", model=f"{model_file}:factory", val_split=0.1,
+                   limit_train=1000, target_accuracy=0.5)
+    sizes, gns_possible = advise.study_inputs(base, None)
+    assert sizes == (1000, 200, 500) and not gns_possible
+    assert advise.study_inputs(dataclasses.replace(base, model="mlp"), None)[1]
