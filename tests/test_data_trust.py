@@ -238,3 +238,34 @@ def test_mirror_serving_an_empty_file(tmp_path, synthetic_dataset):
     assert list((tmp_path / "dest").iterdir()) == []
     path = fetch_file(synthetic_dataset.files[3], [empty_url, good_mirror.as_uri()], tmp_path / "dest")
     assert gzip.decompress(path.read_bytes()) == gzip.decompress(labels.read_bytes())
+
+
+def test_a_dataset_failing_its_checks_stops_the_sweep_once_before_any_run(synthetic_dataset, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from batchlab.cli.app import app
+
+    swapped = tmp_path / "swapped"
+    shutil.copytree(synthetic_dataset.directory, swapped)
+    files = sorted(swapped.iterdir())
+    train_labels = next(f for f in files if f.name.startswith("train-labels"))
+    test_labels = next(f for f in files if f.name.startswith("t10k-labels"))
+    train_labels.write_bytes(test_labels.read_bytes())  # a swapped file: the wrong content under a right name
+    db = tmp_path / "s.db"
+    ran = CliRunner().invoke(app, ["sweep", "--dataset", synthetic_dataset.name, "--model", "mlp", "--batch-size",
+                                   "16,32,64", "--data-dir", str(swapped), "--db", str(db)])
+    assert ran.exit_code == 2 and train_labels.name in ran.stderr
+    assert len(ran.stderr.strip().splitlines()) == 1 and not db.exists()  # once, before any run was stored
+
+
+def test_a_batch_larger_than_the_training_set_says_so(synthetic_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from batchlab.cli.app import app
+
+    ran = CliRunner().invoke(app, ["train", "--dataset", f"folder:{synthetic_folder}", "--model", "mlp", "--limit-train",
+                                   "100", "--batch-size", "256", "--db", str(tmp_path / "b.db")])
+    assert ran.exit_code == 0, ran.output
+    assert "batch size 256 is more than the 100 training images: each step trains on all there are" in ran.stderr

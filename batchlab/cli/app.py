@@ -164,13 +164,16 @@ def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str]
 
 def preflight(specs, data_dir: Optional[Path], memory_limit: Optional[float], oversubscribe: bool) -> Optional[int]:
     """What must hold before any run starts or anything is stored: the data folder the user named
-    holds the data, the memory limit lets a worker start, the runs fit the CPUs. Returns the memory
-    limit in bytes."""
+    holds the data, every registered dataset's files pass their checks (once here, not failing
+    each run alike), the memory limit lets a worker start, the runs fit the CPUs. Returns the
+    memory limit in bytes."""
     from ..core.heartbeat import timeout_seconds
-    from ..data.registry import check_data_dir
+    from ..data.registry import FOLDER_PREFIX, check_data_dir, verify
 
     for dataset in sorted({spec.dataset for spec in specs}):  # --data-dir is a promise
         check_data_dir(dataset, data_dir)
+        if not dataset.startswith(FOLDER_PREFIX):  # a folder's images are decoded by each run, with notes
+            verify(dataset, data_dir)
     timeout_seconds()  # a bad $BATCHLAB_WORKER_TIMEOUT is one line, before anything is stored
     check_cores(specs, oversubscribe)
     return memory_limit_bytes(memory_limit)

@@ -220,6 +220,11 @@ def prepare(spec: RunSpec, data_dir: str | None = None, device: str | None = Non
         dd = to_device(dataset, spec.val_split, spec.limit_train, device, result.input_used)
     result.to_device_seconds = copy_region.seconds
     result.train_images, result.val_images, result.test_images = dd.train_count, len(dd.val_labels), len(dd.test_labels)
+    if spec.batch_size * spec.workers > dd.train_count:  # not an error, but not the batch asked for
+        asked = (f"{spec.workers} workers x batch size {spec.batch_size:,}" if spec.workers > 1
+                 else f"batch size {spec.batch_size:,}")
+        result.environment["data_notes"].append(f"{asked} is more than the {dd.train_count:,} training images: "
+                                                "each step trains on all there are")
 
     torch.manual_seed(spec.seed)
     with Region(device) as build_region:
