@@ -77,3 +77,21 @@ def test_user_model_errors():
         models.build("no_such_module_xyz:f")
     with pytest.raises(models.ModelError, match="not a torch.nn.Module"):
         models.build("test_models:not_a_module")
+
+
+
+def test_a_model_with_lazy_layers_trains(synthetic_dataset, tmp_path):
+    import batchlab
+    from batchlab import RunSpec
+
+    model_file = tmp_path / "lazy_model.py"
+    model_file.write_text("from torch import nn\n"
+                          "def factory(input_shape, classes):\n"
+                          "    return nn.Sequential(nn.Flatten(), nn.LazyLinear(32), nn.ReLU(),\n"
+                          "                         nn.LazyLinear(classes))\n")
+    spec = RunSpec(dataset=synthetic_dataset.name, model=f"{model_file}:factory", batch_size=32, limit_train=256,
+                   threads=1)
+    first = batchlab.run(spec, data_dir=str(synthetic_dataset.directory))
+    again = batchlab.run(spec, data_dir=str(synthetic_dataset.directory))
+    assert first.status == "DONE" and first.parameters == 784 * 32 + 32 + 32 * 10 + 10
+    assert first.epochs[0].train_loss == again.epochs[0].train_loss  # seeded like any other layer

@@ -33,6 +33,7 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
 
 from ..core.errors import ModelError
 from .layers import Dropout, Linear, MaxPool2d
@@ -261,7 +262,21 @@ def build(name: str, *, input_shape=MNIST_SHAPE, classes: int = 10) -> nn.Module
         model = factory(*args, **kwargs)
     if not isinstance(model, nn.Module):
         raise ModelError(f"model {name!r} returned {type(model).__name__}, not a torch.nn.Module")
-    return model
+    return materialized(model, shape)
+
+
+def materialized(model: nn.Module, shape: tuple[int, int, int]) -> nn.Module:
+    """A model with lazy layers (nn.LazyLinear, ...) given its parameters' shapes by one forward pass
+    on 2 zero images (eval mode, no gradients: no statistics move), as torch asks: placing, copying
+    or counting an uninitialised parameter fails. Their values come from the seeded generator, as
+    every layer's do."""
+    if not any(isinstance(module, LazyModuleMixin) for module in model.modules()):
+        return model
+    training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(2, *shape))
+    return model.train(training)
 
 
 def check_output(model: nn.Module, sample: torch.Tensor, classes: int, name: str, dataset: str) -> None:
