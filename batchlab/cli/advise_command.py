@@ -119,7 +119,7 @@ def advise(
 
     failed = None
     specs = plan.specs()
-    for widening in range(WIDEN_ROUNDS + 1 if widen else 1):
+    for widening in range(WIDEN_ROUNDS + 1):
         try:
             execute(specs, db, data_dir, f"advise-{key[:8]}", memory_limit=memory_limit,
                     oversubscribe=oversubscribe, may_start=clock.may_start, left=time_left)
