@@ -27,6 +27,8 @@ from ..core.parent import exit_with_parent
 
 STOP_GRACE_SECONDS = 10
 POLL_SECONDS = 0.2  # how often the coordinator looks at its workers while none speaks
+# A killed DDP rank's peer reports its broken connection first; the death is seen a moment later.
+DEATH_GRACE_SECONDS = 1.0
 
 
 def _entry(target: Callable, rank: int, args: tuple, commands, results) -> None:
@@ -43,6 +45,12 @@ def _entry(target: Callable, rank: int, args: tuple, commands, results) -> None:
         results.put(("error", rank, one_line(error)))
         raise SystemExit(1) from None
 
+
+def ended_by(exit_code: int) -> str:
+    """How a process ended, from its (non-zero) exit code: "killed by signal 9 (SIGKILL)"."""
+    if exit_code < 0:
+        return f"killed by signal {-exit_code} ({signal.Signals(-exit_code).name})"
+    return f"ended with exit code {exit_code}"
 
 class Team:
     """`workers` processes running `target(rank, *args, commands=..., results=...)`.
@@ -104,7 +112,7 @@ class Team:
             else:
                 heard[rank], self.spoke[rank] = time.monotonic(), True
                 if message_kind == "error":
-                    raise WorkerFailed(f"worker {rank} failed: {payload}")
+                    raise self._failure(rank, payload)
                 if message_kind == kind:
                     payloads[rank] = payload
                 elif message_kind != "progress" and other:
@@ -137,7 +145,25 @@ class Team:
             except queue.Empty:
                 return
             if message_kind == "error":
-                raise WorkerFailed(f"worker {rank} failed: {payload}")
+                raise self._failure(rank, payload)
+
+    def _failure(self, rank: int, payload: Any) -> WorkerFailed:
+        """A worker's own error, named after the death of another worker that caused it if there was
+        one: when a DDP rank is killed, its peer reports first ("connection reset by peer"), and the
+        cause would be lost. A coupled team's dead peer is waited for a moment (its exit is seen a
+        little after the peer's error)."""
+        deadline = time.monotonic() + (DEATH_GRACE_SECONDS if self.coupled else 0)
+        while True:
+            killed = [(other, process) for other, process in enumerate(self.processes)
+                      if other != rank and process.exitcode is not None and process.exitcode < 0]
+            if killed or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        if not killed:
+            return WorkerFailed(f"worker {rank} failed: {payload}")
+        other, process = killed[0]
+        return WorkerFailed(f"worker {other} (pid {process.pid}) was {ended_by(process.exitcode)}; "
+                            f"worker {rank} then failed: {payload}")
 
     def _check_progress(self, heard: list[float], payloads: dict[int, Any], timeout: float) -> None:
         """WorkerFailed if the workers that owe an answer have been silent for `timeout` seconds
@@ -163,8 +189,7 @@ class Team:
             if code is not None:
                 self._raise_reported_error()  # a worker that raised said why before it ended
             if code is not None and code != 0:
-                how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-                raise WorkerFailed(f"worker {rank} (pid {process.pid}) ended by {how}")
+                raise WorkerFailed(f"worker {rank} (pid {process.pid}) was {ended_by(code)}")
             if code == 0:
                 raise WorkerFailed(f"worker {rank} (pid {process.pid}) ended before the run did")
 
