@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
 EMA_DECAY = 0.98  # about the last 50 steps
 
@@ -94,6 +93,8 @@ class RankNoiseScale(NoiseScale):
 
     def comm_hook(self, process_group, bucket):
         """DDP's own all-reduce (the mean over ranks), after noting the bucket's squared norm."""
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks  # DDP runs only
+
         self.local_squares.append(bucket.buffer().detach().float().square().sum())
         return default_hooks.allreduce_hook(process_group, bucket)
 
