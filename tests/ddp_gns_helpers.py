@@ -38,5 +38,8 @@ def linear_regression_rank(rank: int, world: int, port: int, d: int, sigma: floa
         if noise:
             expected = ((d + 1) * delta.square().sum() + d * sigma ** 2) / delta.square().sum()
             results.put((noise.value(), float(expected)))
+        # Leave together, as train/ddp.py does: a rank tearing down gloo while its peer still
+        # talks to it can abort the peer ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()

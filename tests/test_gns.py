@@ -102,15 +102,28 @@ def test_report_rows_carry_b_simple_and_the_html_draws_it(synthetic_folder, tmp_
 def test_ddp_recovers_b_simple_from_the_ranks_gradients_against_the_all_reduced_one():
     import torch.multiprocessing as mp
     from ddp_gns_helpers import linear_regression_rank
+    from torch.multiprocessing import ProcessExitedException
 
     from batchlab.train.ddp import free_port
 
-    context = mp.get_context("spawn")
-    results = context.Queue()
-    ranks = mp.start_processes(linear_regression_rank, args=(2, free_port(), 20, 2.0, 16, 3000, results), nprocs=2,
-                               join=False, start_method="spawn")
-    measured, expected = results.get(timeout=300)
-    ranks.join()
+    def measure():
+        context = mp.get_context("spawn")
+        results = context.Queue()
+        ranks = mp.start_processes(linear_regression_rank, args=(2, free_port(), 20, 2.0, 16, 3000, results),
+                                   nprocs=2, join=False, start_method="spawn")
+        while not ranks.join(timeout=1):  # raises if a rank dies
+            pass
+        return results.get(timeout=10)
+
+    try:
+        measured, expected = measure()
+    except ProcessExitedException as died:
+        # Seen about once in 50 runs on a loaded 2-core machine: a gloo rank aborts inside torch
+        # ("terminate called without an active exception") mid-run. That is not what this test is
+        # about, so it gets one more try; a second abort, or any other failure, still fails it.
+        if died.signal_name != "SIGABRT":
+            raise
+        measured, expected = measure()
     assert measured == pytest.approx(expected, rel=0.15)
 
 
