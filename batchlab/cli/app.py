@@ -147,6 +147,13 @@ def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str]
     if summary.not_started:
         err.print(f"{len(summary.not_started)} run(s) not started: the budget left was shorter than their worst case.",
                   highlight=False)
+    if summary.marked_stale:
+        err.print(f"{summary.marked_stale} run(s) left RUNNING by a sweep that was killed: stored as STALE "
+                  "(run again where planned).", highlight=False)
+    if summary.held_elsewhere:
+        err.print(f"[yellow]{len(summary.held_elsewhere)} run(s) skipped: another sweep is running them[/yellow] "
+                  f"({escape(summary.held_elsewhere[0])}{', …' if len(summary.held_elsewhere) > 1 else ''}); "
+                  "run this command again when it has ended to collect them.", highlight=False, soft_wrap=True)
     failed = [(spec, outcome) for spec, outcome in summary.outcomes if outcome.status in FAILURES]
     not_done = len(summary.outcomes) - summary.count("DONE")
     line = f"{summary.count('DONE')} run(s) done, {not_done} not done"
@@ -413,6 +420,7 @@ def report(
     from ..report.columns import INFERENCE, RUNS, TRAINING, TUNED, machine_rows
     from ..report.critical_batch import fit_lines
     from ..report.inference import comparison_lines, load_inference, with_best
+    from ..report.noise import noise_lines
     from ..report.terminal import inference_table, runs_table, training_table, tuned_table
     from ..report.training import aggregate, json_rows, load_runs, merged
     from ..report.tuning import tuned
@@ -449,6 +457,8 @@ def report(
             screen.print(runs_table(rows, screen.width) if runs else training_table(rows, screen.width))
             for line in ([] if runs else fit_lines(rows)):
                 screen.print(line, highlight=False)
+            for line in noise_lines(rows):  # the rows marked noisy in the table, with the reasons
+                screen.print(line, highlight=False, markup=False)
             best = tuned(rows) if not runs else rows.iloc[0:0]
             if len(best):
                 screen.print(tuned_table(best, screen.width))

@@ -33,6 +33,11 @@ class RunAlreadyFinished(StoreError):
     """The run is already DONE (or DIVERGED) in the store: it is never reset or overwritten."""
 
 
+class RunHeldElsewhere(StoreError):
+    """Another live sweep holds the run (it is RUNNING there, or took it over): never run or
+    stored twice."""
+
+
 class ExportError(UserError, RuntimeError):
     """An export cannot be written."""
 

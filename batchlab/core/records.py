@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # annotations only: the specs sit above the core
     from ..spec.run import InferSpec, RunSpec
 
-STATUSES = ("PENDING", "RUNNING", "DONE", "FAILED", "OOM", "DIVERGED", "KILLED")
+# STALE: was RUNNING, but its sweep ended without storing how (killed); core/owner.py.
+STATUSES = ("PENDING", "RUNNING", "DONE", "FAILED", "OOM", "DIVERGED", "KILLED", "STALE")
 FINISHED = ("DONE", "DIVERGED")  # outcomes a resumed sweep does not run again
 # Outcomes that mean a run did not give its result (a sweep exits 1). DIVERGED and OOM (under
 # --memory-limit: "this batch does not fit") are results.

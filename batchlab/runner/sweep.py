@@ -5,6 +5,9 @@
 - Ctrl-C or SIGTERM: the running worker is stopped, its run stored as KILLED, and
   SweepInterrupted raised; everything finished before stays stored.
 - Runs on a device this machine lacks are not started; they are reported as skipped.
+- Two sweeps on one store: each run is claimed (store.start) by one sweep, which refreshes its
+  heartbeat while it runs (claims.py); the other skips it and says so. Runs whose sweep was
+  killed are stored STALE when the next sweep starts, and run again.
 
 The caller watches through SweepEvents callbacks (the CLI draws a progress bar with them).
 """
@@ -28,12 +31,13 @@ from pathlib import Path
 from typing import Callable
 
 from ..core import heartbeat
-from ..core.errors import RunAlreadyFinished
+from ..core.errors import RunAlreadyFinished, RunHeldElsewhere
 from ..core.records import FINISHED, EpochRecord, InferResult, RunResult
 from ..device.machine import fingerprint, machine_id, unavailable_reason
 from ..spec.kinds import KINDS, kind_of
 from ..spec.run import InferSpec, RunSpec
 from ..store.store import Store
+from .claims import Heartbeat
 from .worker import PREFIX
 
 STOP_GRACE_SECONDS = 10
@@ -63,6 +67,8 @@ class SweepSummary:
     skipped_device: dict[str, str] = field(default_factory=dict)  # device → reason
     outcomes: list[tuple[RunSpec, Outcome]] = field(default_factory=list)
     not_started: list[RunSpec] = field(default_factory=list)  # left by SweepEvents.may_start
+    held_elsewhere: list[str] = field(default_factory=list)  # runs another live sweep holds: why skipped
+    marked_stale: int = 0  # RUNNING runs of killed sweeps, stored STALE as this sweep started
 
     def count(self, status: str) -> int:
         return sum(1 for _, outcome in self.outcomes if outcome.status == status)
@@ -203,12 +209,13 @@ def stop(worker: subprocess.Popen) -> None:
 
 
 def next_repeat(store: Store, spec: RunSpec, machine: str) -> RunSpec:
-    """The first repeat of `spec` not yet finished on this machine (repeat r uses seed + r), so
-    that running the same `batchlab train` twice gives two repeats instead of a skip."""
+    """The first repeat of `spec` neither finished on this machine nor running in another sweep
+    (repeat r uses seed + r), so that running the same `batchlab train` twice, one after the other
+    or at once, gives two repeats instead of a skip."""
     repeat = 0
     while True:
         candidate = dataclasses.replace(spec, repeat=repeat, seed=spec.seed + repeat)
-        if store.status(candidate, machine) not in FINISHED:
+        if store.status(candidate, machine) not in FINISHED and store.holder(candidate, machine) is None:
             return candidate
         repeat += 1
 
@@ -251,6 +258,7 @@ def run_sweep(specs: list[RunSpec | InferSpec], db: str | Path, data_dir: str | 
     try:
         with Store(db) as store:
             store.record_machine(machine, info)
+            summary.marked_stale = store.mark_stale()
             todo = []
             for spec in specs:
                 reason = unavailable_reason(spec.device)
@@ -274,20 +282,24 @@ def run_sweep(specs: list[RunSpec | InferSpec], db: str | Path, data_dir: str | 
                     except RunAlreadyFinished:  # another sweep finished it since the plan was made
                         summary.skipped_finished += 1
                         continue
+                    except RunHeldElsewhere as held:  # another sweep runs it now: never twice
+                        summary.held_elsewhere.append(str(held))
+                        continue
                     events.run_started(spec, index, len(todo))
-                    outcome = run_in_worker(spec, data_dir, lambda record: events.epoch_done(spec, record),
-                                            weights, save_weights, memory_limit)
+                    with Heartbeat(db, row):
+                        outcome = run_in_worker(spec, data_dir, lambda record: events.epoch_done(spec, record),
+                                                weights, save_weights, memory_limit)
                     if outcome.result is not None:
                         store.finish(row, outcome.result, outcome.weights)
                     else:
                         store.fail(row, outcome.status, outcome.error or "")
-                except RunAlreadyFinished as finished:  # finished meanwhile elsewhere: that result stays
-                    outcome = Outcome("SKIPPED", None, str(finished))
+                except (RunAlreadyFinished, RunHeldElsewhere) as elsewhere:  # its stored end stays
+                    outcome = Outcome("SKIPPED", None, str(elsewhere))
                 except KeyboardInterrupt:
                     if row is not None:
                         try:
                             store.fail(row, "KILLED", "interrupted (Ctrl-C or SIGTERM) while running")
-                        except RunAlreadyFinished:
+                        except (RunAlreadyFinished, RunHeldElsewhere):
                             pass
                     summary.outcomes.append((spec, Outcome("KILLED", None, "interrupted")))
                     raise SweepInterrupted(summary, spec) from None

@@ -1,11 +1,13 @@
 """The store's schema, written out literally, and its migrations.
 
-The schema is SQLite's user_version; MIGRATIONS[i] takes a store from version i to i + 1.
+The schema is SQLite's user_version; MIGRATIONS[i] takes a store from version i to i + 1: an SQL
+script, or a function of the connection where SQL alone cannot say it (rebuilding a table).
 """
 
 from __future__ import annotations
 
 import sqlite3
+from typing import Callable
 
 from ..core.records import STATUSES
 from ..spec.fields import store_columns
@@ -15,6 +17,7 @@ from ..spec.run import InferSpec, RunSpec
 # mean the same tables forever. The current spec columns follow the spec fields (spec/fields.py):
 # a new field needs only a migration (ALTER TABLE) that adds its column; tests/test_store.py
 # fails until the migrations create every column. Result columns are listed here.
+STATUSES_1 = ("PENDING", "RUNNING", "DONE", "FAILED", "OOM", "DIVERGED", "KILLED")  # as schema 1 allowed
 RUN_SPEC_COLUMNS_1 = {  # as schema 1 created them
     "dataset": "TEXT", "model": "TEXT", "batch_size": "INTEGER", "epochs": "INTEGER", "optimizer": "TEXT",
     "lr": "REAL", "device": "TEXT", "strategy": "TEXT", "workers": "INTEGER", "threads": "INTEGER",
@@ -73,7 +76,7 @@ def _run_table(table: str, spec_columns: dict[str, str], result_columns: dict[st
         run_id INTEGER PRIMARY KEY,
         run_key TEXT NOT NULL,
         machine_id TEXT NOT NULL REFERENCES machines(machine_id),
-        status TEXT NOT NULL CHECK (status IN {STATUSES}),
+        status TEXT NOT NULL CHECK (status IN {STATUSES_1}),
         experiment TEXT,
         {_columns(spec_columns)},
         {_columns(result_columns)},
@@ -87,7 +90,37 @@ def _run_table(table: str, spec_columns: dict[str, str], result_columns: dict[st
     CREATE INDEX {table}_status ON {table}(status);"""
 
 
-MIGRATIONS = [
+def allow_statuses(db: sqlite3.Connection, before: tuple[str, ...], after: tuple[str, ...]) -> None:
+    """Widen the runs' and inference rows' status CHECK from `before` to `after`. SQLite cannot
+    alter a CHECK: each table is rebuilt (as SQLite's ALTER TABLE documentation prescribes) from
+    its own stored definition, so every column added by earlier migrations comes along. The
+    caller has foreign keys off, or dropping the old table would delete its epochs."""
+    for table in ("runs", "inference"):
+        definition = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()[0]
+        check = f"CHECK (status IN {before})"
+        if check not in definition:
+            raise sqlite3.DatabaseError(f"table {table} lacks the status check of its schema version")
+        rebuilt = definition.replace(check, f"CHECK (status IN {after})").replace(table, f"{table}_new", 1)
+        db.execute(rebuilt)
+        db.execute(f"INSERT INTO {table}_new SELECT * FROM {table}")
+        db.execute(f"DROP TABLE {table}")
+        db.execute(f"ALTER TABLE {table}_new RENAME TO {table}")
+        db.execute(f"CREATE INDEX {table}_status ON {table}(status)")
+
+
+def _claims(db: sqlite3.Connection) -> None:
+    """10: run claims. A RUNNING row names its owner (host, pid, the process's start time) and a
+    heartbeat the owner refreshes (core/owner.py), and a run whose owner is gone is STALE."""
+    for table in ("runs", "inference"):
+        for column, kind in OWNER_COLUMNS.items():
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    allow_statuses(db, STATUSES_1, STATUSES_10)
+
+
+STATUSES_10 = STATUSES_1 + ("STALE",)
+OWNER_COLUMNS = {"owner_host": "TEXT", "owner_pid": "INTEGER", "owner_started": "REAL", "heartbeat_at": "TEXT"}
+
+MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     f"""
     CREATE TABLE machines (
         machine_id TEXT PRIMARY KEY,
@@ -197,8 +230,11 @@ MIGRATIONS = [
         created_at TEXT NOT NULL
     );
     """,
+    _claims,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+# The statuses the current schema allows are the ones a run can have.
+assert STATUSES == STATUSES_10, "a new status needs a migration that allows it (allow_statuses)"
 
 
 def statements(script: str) -> list[str]:

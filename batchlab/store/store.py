@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..core.errors import RunAlreadyFinished, StoreError
+from ..core.errors import RunAlreadyFinished, RunHeldElsewhere, StoreError
+from ..core.owner import Owner, gone_reason, holds, this_process
 from ..core.records import FINISHED, InferResult, RunResult
 from ..core.stats import images_per_second, percentiles
 from ..spec.kinds import RunKind, kind_of
@@ -32,6 +33,7 @@ from .schema import (
     INFER_RESULT_COLUMNS,
     JSON_COLUMNS,
     MIGRATIONS,
+    OWNER_COLUMNS,
     RESULT_COLUMNS,
     SCHEMA_VERSION,
     statements,
@@ -44,6 +46,7 @@ class Row:
 
     kind: RunKind
     run_id: int
+    owner: Owner | None = None  # the process that started it; only it stores the run's end
 
     @property
     def table(self) -> str:
@@ -60,6 +63,14 @@ def now() -> str:
 
 # SQLite result codes (sqlite3.Error.sqlite_errorcode; extended codes keep the primary in the low byte).
 SQLITE_IOERR, SQLITE_FULL = 10, 13
+OWNER_SELECT = ", ".join(OWNER_COLUMNS)
+
+
+def owner_of(row: sqlite3.Row | dict) -> Owner | None:
+    """The owner a stored row names (None for rows stored before owners were)."""
+    if pd.isna(row["owner_pid"]):  # NULL: None from SQLite, NaN in a frame
+        return None
+    return Owner(row["owner_host"], int(row["owner_pid"]), float(row["owner_started"]))
 LOW_SPACE_BYTES = 64 * 2**20
 
 
@@ -138,21 +149,31 @@ class Store:
         one IMMEDIATE transaction, so two sweeps opening a new store at the same moment cannot
         both create its tables: the second waits, then finds the schema current."""
         self.db.isolation_level = None  # explicit transaction below; Python must not add its own
+        # Off while migrating (it cannot change inside a transaction): a migration that rebuilds
+        # a table drops the old one, which with foreign keys on would delete its epochs.
+        self.db.execute("PRAGMA foreign_keys = OFF")
         try:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 version, tables = self._schema_state()
                 self._check_is_batchlab(version, tables)
                 for target in range(version, SCHEMA_VERSION):
-                    for statement in statements(MIGRATIONS[target]):
-                        self.db.execute(statement)
+                    migration = MIGRATIONS[target]
+                    if callable(migration):
+                        migration(self.db)
+                    else:
+                        for statement in statements(migration):
+                            self.db.execute(statement)
                     self.db.execute(f"PRAGMA user_version = {target + 1}")
+                if self.db.execute("PRAGMA foreign_key_check").fetchone() is not None:
+                    raise sqlite3.DatabaseError("a migration left rows without their run")
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
         finally:
             self.db.isolation_level = ""  # back to Python's default: `with self.db:` transactions
+            self.db.execute("PRAGMA foreign_keys = ON")
 
     def _migrate_in_memory(self) -> None:
         """A read-only store of an older schema: copy it into memory and migrate the copy, so it
@@ -210,34 +231,79 @@ class Store:
         self._write(f"INSERT INTO {table} ({names}) VALUES ({', '.join(':' + n for n in values)}) "
                     "ON CONFLICT(run_key, machine_id) DO NOTHING", values)
 
-    def start(self, spec: RunSpec | InferSpec, machine_id: str, experiment: str | None = None) -> Row:
-        """Mark a run RUNNING (clearing any earlier unfinished attempt) and return where it is.
-        A run already DONE or DIVERGED is never reset: RunAlreadyFinished, checked in the same
-        transaction as the reset, so a second sweep that reaches a run finished meanwhile cannot
-        wipe it."""
+    def start(self, spec: RunSpec | InferSpec, machine_id: str, experiment: str | None = None,
+              owner: Owner | None = None) -> Row:
+        """Claim a run for `owner` (default: this process) and mark it RUNNING, clearing any earlier
+        unfinished attempt; return where it is. Checked in the same transaction as the claim, so
+        that two sweeps never run the same run: a run already DONE or DIVERGED is never reset
+        (RunAlreadyFinished), and a run another live sweep holds is left to it (RunHeldElsewhere).
+        A RUNNING run whose owner is gone (core/owner.py) is taken over."""
         self.plan(spec, machine_id, experiment)
+        owner = owner or this_process()
         kind = kind_of(spec)
         table = kind.table
         results = RESULTS_OF[table]
         blank = ", ".join(f"{name} = NULL" for name in results)
         try:
             with self.db:
-                self.db.execute("BEGIN IMMEDIATE")  # the check and the reset see the same row
-                row = self.db.execute(f"SELECT run_id, status FROM {table} WHERE run_key = ? AND machine_id = ?",
-                                      (spec.key, machine_id)).fetchone()
+                self.db.execute("BEGIN IMMEDIATE")  # the check and the claim see the same row
+                row = self.db.execute(f"SELECT run_id, status, heartbeat_at, {OWNER_SELECT} FROM {table} "
+                                      "WHERE run_key = ? AND machine_id = ?", (spec.key, machine_id)).fetchone()
                 if row["status"] in FINISHED:
                     raise RunAlreadyFinished(f"{self.path}: {spec.label()} is already {row['status']} "
                                              f"(run {row['run_id']}); a finished run is never run again")
+                holder = owner_of(row)
+                if row["status"] == "RUNNING" and holder != owner and holds(holder, row["heartbeat_at"]):
+                    raise RunHeldElsewhere(f"{spec.label()} is running in another sweep ({holder.describe()})")
                 if kind.has_epochs:  # an earlier, unfinished attempt's
                     self.db.execute("DELETE FROM epochs WHERE run_id = ?", (row["run_id"],))
                     self.db.execute("DELETE FROM evaluations WHERE run_id = ?", (row["run_id"],))
                 if kind.saves_weights:
                     self.db.execute("DELETE FROM weights WHERE run_id = ?", (row["run_id"],))
+                started = now()
                 self.db.execute(f"UPDATE {table} SET status = 'RUNNING', error = NULL, {blank}, environment = NULL, "
-                                "started_at = ?, finished_at = NULL WHERE run_id = ?", (now(), row["run_id"]))
+                                "started_at = ?, finished_at = NULL, owner_host = ?, owner_pid = ?, owner_started = ?, "
+                                "heartbeat_at = ? WHERE run_id = ?",
+                                (started, owner.host, owner.pid, owner.started, started, row["run_id"]))
         except sqlite3.Error as error:
             raise self._error(error, "write failed") from None
-        return Row(kind, row["run_id"])
+        return Row(kind, row["run_id"], owner)
+
+    def beat(self, row: Row) -> None:
+        """The owner's sign of life for its RUNNING run (runner/claims.py calls it periodically)."""
+        if row.owner is None:
+            return
+        self._write(f"UPDATE {row.table} SET heartbeat_at = ? WHERE run_id = ? AND status = 'RUNNING' "
+                    "AND owner_host = ? AND owner_pid = ?", (now(), row.run_id, row.owner.host, row.owner.pid))
+
+    def holder(self, spec: RunSpec | InferSpec, machine_id: str) -> Owner | None:
+        """The live sweep that holds this RUNNING run, if any."""
+        row = self.db.execute(f"SELECT status, heartbeat_at, {OWNER_SELECT} FROM {kind_of(spec).table} "
+                              "WHERE run_key = ? AND machine_id = ?", (spec.key, machine_id)).fetchone()
+        if row is None or row["status"] != "RUNNING":
+            return None
+        holder = owner_of(row)
+        return holder if holds(holder, row["heartbeat_at"]) else None
+
+    def mark_stale(self) -> int:
+        """Store as STALE every RUNNING run whose owner is gone (its sweep was killed before it
+        could store how the run ended); returns how many. Such runs are not finished: the next
+        sweep that plans them runs them again."""
+        marked = 0
+        try:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                for table in RESULTS_OF:
+                    for row in self.db.execute(f"SELECT run_id, heartbeat_at, {OWNER_SELECT} FROM {table} "
+                                               "WHERE status = 'RUNNING'").fetchall():
+                        holder = owner_of(row)
+                        if not holds(holder, row["heartbeat_at"]):
+                            self.db.execute(f"UPDATE {table} SET status = 'STALE', error = ? WHERE run_id = ?",
+                                            (gone_reason(holder), row["run_id"]))
+                            marked += 1
+        except sqlite3.Error as error:
+            raise self._error(error, "write failed") from None
+        return marked
 
     def finish(self, row: Row, result: RunResult | InferResult, weights: bytes | None = None) -> None:
         """Store a completed result (with its epochs, and weights if given) in one transaction."""
@@ -248,7 +314,7 @@ class Store:
         try:
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
-                self._refuse_if_finished(row)
+                self._refuse_unless_ours(row)
                 self.db.execute(f"UPDATE {row.table} SET status = :status, error = :error, environment = :environment, "
                                 f"finished_at = :finished_at, {assignments} WHERE run_id = :run_id",
                                 {**values, "status": result.status, "error": result.error, "run_id": row.run_id,
@@ -268,12 +334,19 @@ class Store:
         except sqlite3.Error as error:
             raise self._error(error, f"could not store run {row.run_id}") from None
 
-    def _refuse_if_finished(self, row: Row) -> None:
-        """Inside a write transaction: a run that another sweep finished meanwhile keeps its result."""
-        status = self.db.execute(f"SELECT status FROM {row.table} WHERE run_id = ?", (row.run_id,)).fetchone()[0]
-        if status in FINISHED:
-            raise RunAlreadyFinished(f"{self.path}: run {row.run_id} was finished meanwhile ({status}) by "
+    def _refuse_unless_ours(self, row: Row) -> None:
+        """Inside a write transaction: a run that another sweep finished meanwhile keeps its result,
+        and a run another sweep took over (it thought this one gone) is left to it."""
+        stored = self.db.execute(f"SELECT status, {OWNER_SELECT} FROM {row.table} WHERE run_id = ?",
+                                 (row.run_id,)).fetchone()
+        if stored["status"] in FINISHED:
+            raise RunAlreadyFinished(f"{self.path}: run {row.run_id} was finished meanwhile ({stored['status']}) by "
                                      "another sweep; its stored result is kept and this attempt's is not stored")
+        holder = owner_of(stored)
+        if row.owner is not None and holder != row.owner:
+            taker = holder.describe() if holder else "another sweep"
+            raise RunHeldElsewhere(f"{self.path}: run {row.run_id} was taken over by {taker}; "
+                                   "this attempt's result is not stored")
 
     def fail(self, row: Row, status: str, error: str) -> None:
         """End a run without a result: FAILED, OOM or KILLED, with the error text. A run finished
@@ -281,7 +354,7 @@ class Store:
         try:
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
-                self._refuse_if_finished(row)
+                self._refuse_unless_ours(row)
                 self.db.execute(f"UPDATE {row.table} SET status = ?, error = ?, finished_at = ? WHERE run_id = ?",
                                 (status, error, now(), row.run_id))
         except sqlite3.Error as error:
@@ -341,7 +414,7 @@ class Store:
         train_seconds, images_processed, images_per_second, data_wait_seconds (of train_seconds) and
         data_wait_share, final train/val/test loss and accuracy. `input` is the path the run took
         (its spec's `input` may say auto; runs that never started keep the spec's value)."""
-        runs = pd.read_sql_query("SELECT * FROM runs ORDER BY run_id", self.db)
+        runs = stale_shown(pd.read_sql_query("SELECT * FROM runs ORDER BY run_id", self.db))
         for flag in ("drop_last", "augment", "strict_images", "gns", "stop_at_target"):  # SQLite stores booleans as 0/1
             runs[flag] = runs[flag].astype(bool)
         runs["input"] = runs["input_used"].fillna(runs["input"])
@@ -376,7 +449,7 @@ class Store:
     def inference_frame(self) -> pd.DataFrame:
         """One row per inference measurement, with images/s and latency percentiles (seconds)
         derived from the stored per-call timings, compute only and with overheads."""
-        rows = pd.read_sql_query("SELECT * FROM inference ORDER BY run_id", self.db)
+        rows = stale_shown(pd.read_sql_query("SELECT * FROM inference ORDER BY run_id", self.db))
         for series, prefix in (("compute_seconds", ""), ("overhead_seconds", "overhead_")):
             timings = rows[series].map(lambda text: json.loads(text) if isinstance(text, str) else [])
             rows[series] = timings
@@ -390,6 +463,17 @@ class Store:
     def machines(self) -> dict[str, dict]:
         return {row["machine_id"]: json.loads(row["fingerprint"])
                 for row in self.db.execute("SELECT machine_id, fingerprint FROM machines")}
+
+
+def stale_shown(rows: pd.DataFrame) -> pd.DataFrame:
+    """RUNNING rows whose sweep is gone read as STALE, with the reason as their error: a report
+    tells a run still going from one whose sweep was killed, before the next sweep stores it so."""
+    for index in rows.index[rows["status"] == "RUNNING"]:
+        row = rows.loc[index]
+        holder = owner_of(row)
+        if not holds(holder, None if pd.isna(row["heartbeat_at"]) else row["heartbeat_at"]):
+            rows.loc[index, ["status", "error"]] = ["STALE", gone_reason(holder)]
+    return rows
 
 
 def with_parallelism(runs: pd.DataFrame) -> pd.DataFrame:
