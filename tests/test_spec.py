@@ -16,6 +16,9 @@ def test_key_is_stable_and_covers_every_field():
 
 @pytest.mark.parametrize("changes, message", [
     ({"batch_size": 0}, "batch size must be at least 1, got 0"),
+    ({"seed": 2**63}, "seed = 9223372036854775808 is out of range"),  # would fail the store's first write
+    ({"lr": float("inf")}, "lr must be a finite number, got inf"),
+    ({"warmup_epochs": float("nan")}, "warmup_epochs must be a finite number"),
     ({"model": "resnet9000"}, "unknown model 'resnet9000'"),
     ({"dataset": "cifar"}, "unknown dataset 'cifar'"),
     ({"device": "tpu"}, "unknown device 'tpu'"),
@@ -72,3 +75,12 @@ def test_shipped_experiments_expand(pytestconfig):
     assert {f.name for f in files} >= {"small-batches.toml", "batch-size-cpu-gpu.toml"}
     for path in files:
         assert ExperimentSpec.from_toml(path).runs(), path
+
+
+def test_an_experiment_of_inference_only_trains_nothing(tmp_path):
+    from batchlab.spec.experiment import ExperimentSpec
+
+    path = tmp_path / "infer.toml"
+    path.write_text('name = "latency"\n[infer]\nmodel = "mlp"\nbatch_size = [1, 8]\n')
+    experiment = ExperimentSpec.from_toml(path)
+    assert experiment.runs() == [] and len(experiment.inferences()) == 2

@@ -81,7 +81,7 @@ def test_schema_version_and_newer_store_rejected(tmp_path):
 def test_not_a_database(tmp_path):
     path = tmp_path / "s.db"
     path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(StoreError, match="cannot open as a batchlab store"):
+    with pytest.raises(StoreError, match="not an SQLite database"):
         Store(path)
 
 

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -97,7 +99,7 @@ class IdxFormat:
         raw = path.read_bytes()
         if not raw:  # gunzip would make it empty content, reported as a checksum mismatch
             return "the file is empty (0 bytes)"
-        content = gzip.decompress(raw)
+        content = gunzip(raw)
         problem = checksum_problem(content, file)
         if problem:
             return f"served a corrupted file, {problem}"
@@ -335,9 +337,18 @@ def decompressed(path: Path, dataset: str | None = None) -> bytes:
         # be reported as a checksum mismatch or a bad IDX header.
         if not raw:
             raise DataError(f"{path}: the file is empty (0 bytes); {download_hint(dataset)}")
-        return gzip.decompress(raw) if path.suffix == ".gz" else raw
+        return gunzip(raw) if path.suffix == ".gz" else raw
     except (OSError, EOFError, gzip.BadGzipFile) as error:
         raise DataError(f"{path}: cannot be read or decompressed ({error}); {download_hint(dataset)}") from None
+
+
+def gunzip(raw: bytes) -> bytes:
+    """gzip.decompress, a corrupted deflate stream raised as gzip.BadGzipFile (an OSError, which
+    the callers report in one line): gzip lets zlib.error, no OSError, through as a traceback."""
+    try:
+        return gzip.decompress(raw)
+    except zlib.error as error:
+        raise gzip.BadGzipFile(f"corrupted compressed data ({error})") from None
 
 
 def checksum_problem(content: bytes, file: DataFile) -> str | None:
@@ -359,6 +370,10 @@ def read_verified(path: Path, file: DataFile, dataset: str | None = None) -> byt
     return content
 
 
+# NumPy 1.x holds at most 32 dimensions (2.x: 64); a header claiming more would fail the reshape.
+MAX_IDX_DIMS = 32
+
+
 def parse_idx(content: bytes, source: str = "IDX data") -> np.ndarray:
     """Parse IDX bytes (big-endian header: 0, 0, type 0x08 = ubyte, number of dimensions, then
     one uint32 per dimension) into a uint8 array; any inconsistency is a DataError."""
@@ -370,8 +385,16 @@ def parse_idx(content: bytes, source: str = "IDX data") -> np.ndarray:
     header = 4 + 4 * ndim
     if ndim < 1 or len(content) < header:
         raise DataError(f"{source}: truncated IDX header")
+    if ndim > MAX_IDX_DIMS:
+        raise DataError(f"{source}: IDX header claims {ndim} dimensions (at most {MAX_IDX_DIMS} are read)")
     shape = tuple(int(d) for d in np.frombuffer(content, dtype=">u4", count=ndim, offset=4))
-    expected = header + int(np.prod(shape))
+    # NumPy refuses a shape whose nonzero sizes multiply beyond its index range, even with a size
+    # 0 among them (0 x 2**31 x 2**31 x 2 holds no byte, yet cannot be made).
+    if math.prod(size for size in shape if size) > np.iinfo(np.intp).max:
+        raise DataError(f"{source}: IDX sizes {'x'.join(map(str, shape))} are too large")
+    # math.prod, exact: np.prod wraps around in int64, and dimensions whose product wraps to the
+    # data's length (e.g. 2**31 x 2**31 x 4 = 2**64 -> 0) would pass this check and fail the reshape.
+    expected = header + math.prod(shape)
     if len(content) != expected:
         raise DataError(f"{source}: IDX file is {len(content)} bytes, its header promises {expected} "
                         "(truncated or corrupted)")

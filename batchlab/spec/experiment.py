@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -14,10 +15,13 @@ from typing import Any
 from ..core.cpus import available_cores
 from ..core.errors import SpecError
 from .fields import user_fields
-from .run import InferSpec, RunSpec, field_types
+from .run import InferSpec, RunSpec, check_storable, field_types
 
 RANGE = re.compile(r"(\d+)\.\.(\d+|cores)")  # "1..8" or "1..cores" for whole-number fields
 LINK = re.compile(r"=([a-z_]+)(?:\*(\d+))?")  # "=workers" or "=threads*2": another field's value
+# More runs than any sweep finishes: a typo such as batch_size = "1..100000000" or repeats = 10**9
+# is refused at once rather than filling the memory with millions of specs.
+MAX_RUNS = 100_000
 
 
 @dataclass
@@ -54,8 +58,14 @@ class ExperimentSpec:
             raise SpecError(f"{path}: cannot read the experiment file ({error.strerror})") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise SpecError(f"{path}: not valid TOML ({error})") from None
+        except RecursionError:  # tomllib parses nested arrays and tables recursively, without a limit
+            raise SpecError(f"{path}: not valid TOML (arrays or tables nested too deeply)") from None
         name = values.pop("name", path.stem)
         description = values.pop("description", "")
+        # Both are stored and printed as text: a number or table here is a mistake, said now.
+        for key, value in (("name", name), ("description", description)):
+            if not isinstance(value, str):
+                raise SpecError(f"{path}: '{key}' must be a string, got {value!r}")
         repeats = values.pop("repeats", 1)
         subgrids = values.pop("grid", [])
         if not isinstance(subgrids, list) or not all(isinstance(g, dict) for g in subgrids):
@@ -74,7 +84,7 @@ class ExperimentSpec:
     @classmethod
     def from_values(cls, values: dict[str, Any], name: str = "adhoc", description: str = "",
                     repeats: int = 1) -> ExperimentSpec:
-        if not isinstance(repeats, int) or repeats < 1:
+        if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:  # true is no count
             raise SpecError(f"repeats must be a whole number of at least 1, got {repeats!r}")
         return cls(name=name, description=description, repeats=repeats, grid=_as_lists(values))
 
@@ -91,17 +101,23 @@ class ExperimentSpec:
 
     def runs(self) -> list[RunSpec]:
         """Every RunSpec of the experiment, validated, without duplicates, in a stable order
-        (sub-grids in file order, repeats innermost)."""
+        (sub-grids in file order, repeats innermost). A file with only an [infer] table trains
+        nothing (not one default run nobody asked for)."""
+        if self.infer_grid and not self.grid and not self.subgrids:
+            return []
         specs: dict[str, RunSpec] = {}
+        grids = []
         for sub in self.subgrids or [{}]:
             merged = {**self.grid, **sub}
             names = list(merged)
-            axes = [_expand(name, merged[name], RunSpec) for name in names]
+            grids.append((names, [_expand(name, merged[name], RunSpec) for name in names]))
+        _check_count(sum(math.prod(map(len, axes)) for _, axes in grids) * self.repeats)
+        for names, axes in grids:
             for combo in itertools.product(*axes):
                 base = _typed(RunSpec.from_dict(_resolve_links(dict(zip(names, combo)))))
                 for repeat in range(self.repeats):
                     spec = dataclasses.replace(base, repeat=repeat, seed=base.seed + repeat).validated()
-                    specs.setdefault(spec.key, spec)
+                    specs.setdefault(spec.key, _storable(spec))
         return list(specs.values())
 
     def inferences(self) -> list[InferSpec]:
@@ -110,11 +126,25 @@ class ExperimentSpec:
             return []
         names = list(self.infer_grid)
         axes = [_expand(name, self.infer_grid[name], InferSpec) for name in names]
+        _check_count(math.prod(map(len, axes)))
         specs = {}
         for combo in itertools.product(*axes):
             spec = _typed(InferSpec.from_dict(_resolve_links(dict(zip(names, combo))))).validated()
-            specs.setdefault(spec.key, spec)
+            specs.setdefault(spec.key, _storable(spec))
         return list(specs.values())
+
+
+def _check_count(count: int) -> None:
+    """Refuse an experiment (or one range of it) of more than MAX_RUNS runs."""
+    if count > MAX_RUNS:
+        raise SpecError(f"the experiment makes {count:,} runs, more than {MAX_RUNS:,}: check its lists, "
+                        "ranges and repeats")
+
+
+def _storable(spec: RunSpec | InferSpec) -> RunSpec | InferSpec:
+    """`spec`, unless a number of it does not fit the store, which would fail the sweep's first write."""
+    check_storable(spec)
+    return spec
 
 
 def _as_lists(values: dict[str, Any], kind: type = RunSpec) -> dict[str, list[Any]]:
@@ -122,7 +152,9 @@ def _as_lists(values: dict[str, Any], kind: type = RunSpec) -> dict[str, list[An
     unknown = set(values) - set(known)
     if unknown:
         where = "experiment" if kind is RunSpec else "[infer]"
-        raise SpecError(f"unknown {where} setting(s): {', '.join(sorted(unknown))}; "
+        # A quoted TOML key may hold a line break: shown as repr, the error stays one line.
+        shown = ", ".join(key if key.isprintable() else repr(key) for key in sorted(unknown))
+        raise SpecError(f"unknown {where} setting(s): {shown}; "
                         f"known: {', '.join(known)}" + (", repeats, grid, infer" if kind is RunSpec else ""))
     grid = {k: (list(v) if isinstance(v, list) else [v]) for k, v in values.items()}
     empty = [k for k, v in grid.items() if not v]
@@ -141,6 +173,7 @@ def _expand(name: str, values: list[Any], kind: type) -> list[Any]:
             high = available_cores() if match[2] == "cores" else int(match[2])
             if high < low:
                 raise SpecError(f"{name}: empty range {value!r}")
+            _check_count(high - low + 1)  # before the list is made: "1..10**30" would not fit in memory
             expanded += range(low, high + 1)
         else:
             expanded.append(value)

@@ -39,8 +39,27 @@ def need(ok: bool, message: str) -> None:
         raise SpecError(message)
 
 
+# The store keeps whole numbers in SQLite INTEGER columns: signed 64 bits.
+STORABLE_INTS = range(-2**63, 2**63)
+
+
+def check_storable(spec: RunSpec | InferSpec) -> None:
+    """Every whole number of `spec` fits the store (e.g. not seed = 2**63, or 2**63 - 1 with a
+    second repeat: seed + 1), and every real number is finite (lr = inf is no learning rate)."""
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int) and value not in STORABLE_INTS:
+            raise SpecError(f"{f.name} = {value} is out of range: the store holds whole numbers "
+                            "from -2**63 to 2**63 - 1")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SpecError(f"{f.name} must be a finite number, got {value}")
+
+
 def check_common(spec: RunSpec | InferSpec) -> None:
     """The checks training and inference specs share (torch-free: the registries' names only)."""
+    check_storable(spec)
     need(data.dataset_problem(spec.dataset) is None, data.dataset_problem(spec.dataset) or "")
     need(data.is_known_dataset(spec.dataset),
          f"unknown dataset {spec.dataset!r}; choose one of {', '.join(data.DATASETS)} or folder:PATH")

@@ -12,6 +12,7 @@ simply not DONE and the next sweep runs it again.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 import sqlite3
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..core.errors import RunAlreadyFinished, RunHeldElsewhere, StoreError
+from ..core.errors import RunAlreadyFinished, RunHeldElsewhere, StoreError, one_line
 from ..core.owner import Owner, gone_reason, holds, this_process
 from ..core.records import FINISHED, InferResult, RunResult
 from ..core.stats import images_per_second, percentiles
@@ -63,6 +64,10 @@ def now() -> str:
 
 # SQLite result codes (sqlite3.Error.sqlite_errorcode; extended codes keep the primary in the low byte).
 SQLITE_IOERR, SQLITE_FULL = 10, 13
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+# Tables every batchlab store has had since schema 1: a file of another program that happens to
+# have a user_version is told apart by them.
+BATCHLAB_TABLES = {"machines", "runs", "epochs", "weights", "inference"}
 OWNER_SELECT = ", ".join(OWNER_COLUMNS)
 
 
@@ -74,6 +79,21 @@ def owner_of(row: sqlite3.Row | dict) -> Owner | None:
 LOW_SPACE_BYTES = 64 * 2**20
 
 
+def reading(method):
+    """A reader of stored results whose content it trusts (JSON, column names, types): a store
+    changed by something else than batchlab fails as one StoreError naming the file, not a traceback."""
+    @functools.wraps(method)
+    def read(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except StoreError:
+            raise
+        except (sqlite3.Error, pd.errors.DatabaseError, ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+            raise StoreError(f"{self.path}: cannot read its results; the store looks damaged "
+                             f"({one_line(error)})") from None
+    return read
+
+
 class Store:
     """A batchlab store. `readonly=True` (report, export) never writes a byte: the file is opened
     with SQLite's mode=ro, a store of an older schema is migrated in memory, and a store on
@@ -82,7 +102,9 @@ class Store:
     def __init__(self, path: str | Path = "batchlab.db", readonly: bool = False):
         self.path = Path(path)
         self.readonly = readonly
+        self.db = None
         try:
+            self._refuse_if_not_sqlite()
             self.db = self._connect_readonly() if readonly else sqlite3.connect(self.path, timeout=30)
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA foreign_keys = ON")
@@ -94,8 +116,28 @@ class Store:
                 # WAL: readers (a report) never block the sweep's writes. Needs local disk. Set only
                 # once the file is known to be a batchlab store of a version we understand.
                 self.db.execute("PRAGMA journal_mode = WAL")
-        except sqlite3.DatabaseError as error:
-            raise StoreError(f"{self.path}: cannot open as a batchlab store ({error})") from None
+        except (sqlite3.DatabaseError, UnicodeDecodeError, ValueError) as error:
+            # UnicodeDecodeError: SQLite's message quotes a garbled schema's bytes, not always UTF-8.
+            self._close_quietly()
+            raise StoreError(f"{self.path}: cannot open as a batchlab store ({one_line(error)})") from None
+        except BaseException:
+            self._close_quietly()
+            raise
+
+    def _close_quietly(self) -> None:
+        if self.db is not None:
+            self.db.close()
+
+    def _refuse_if_not_sqlite(self) -> None:
+        """A file that is there but does not begin as an SQLite database is none (SQLite itself
+        takes a file shorter than its header for an empty database, and would write into it)."""
+        try:
+            with self.path.open("rb") as file:
+                head = file.read(len(SQLITE_HEADER))
+        except (FileNotFoundError, IsADirectoryError):
+            return  # a new store (or the error of connecting says what is wrong)
+        if head and head != SQLITE_HEADER:
+            raise StoreError(f"{self.path}: not an SQLite database, so not a batchlab store; give another --db")
 
     def _connect_readonly(self) -> sqlite3.Connection:
         if not self.path.is_file():
@@ -111,23 +153,27 @@ class Store:
             db.close()
             return sqlite3.connect(f"{uri}?immutable=1", uri=True)
 
-    def _schema_state(self) -> tuple[int, set[str]]:
-        """(schema version, table names), read in one statement: one consistent snapshot even
-        while another sweep is creating the schema."""
-        version, names = self.db.execute(
+    def _schema_state(self) -> tuple[int, dict[str, str]]:
+        """(schema version, {name: type} of its tables, views, indexes and triggers), read in one
+        statement: one consistent snapshot even while another sweep is creating the schema."""
+        version, objects = self.db.execute(
             "SELECT (SELECT user_version FROM pragma_user_version), "
-            "(SELECT group_concat(name, char(10)) FROM sqlite_master WHERE type = 'table')").fetchone()
-        return version, set(names.split("\n")) if names else set()
+            "(SELECT json_group_object(name, type) FROM sqlite_master WHERE name NOT LIKE 'sqlite%')").fetchone()
+        return version, json.loads(objects) if objects else {}
 
-    def _check_is_batchlab(self, version: int, tables: set[str]) -> None:
+    def _check_is_batchlab(self, version: int, objects: dict[str, str]) -> None:
         """Refuse, before anything is written, a file that is another program's SQLite database
         or a store of a newer schema than this batchlab knows."""
         if version > SCHEMA_VERSION:
             raise self._newer_schema(version)
-        if version == 0 and tables:
-            shown = ", ".join(sorted(tables)[:5]) + (", …" if len(tables) > 5 else "")
-            raise StoreError(f"{self.path}: an SQLite database but not a batchlab store (it has tables {shown}); "
-                             "give another --db")
+        tables = {name for name, kind in objects.items() if kind == "table"}
+        if (version == 0 and objects) or version < 0 or (version > 0 and not BATCHLAB_TABLES <= tables):
+            # Names shown escaped: a name may hold a line break, and the error is one line.
+            names = sorted(name.encode("unicode_escape").decode("ascii") for name in objects)
+            shown = ", ".join(names[:5]) + (", …" if len(names) > 5 else "") if names else "none"
+            version_note = f"; user_version {version}" if version else ""
+            raise StoreError(f"{self.path}: an SQLite database but not a batchlab store (it has tables {shown}"
+                             f"{version_note}); give another --db")
         if version == 0 and self.readonly:
             raise StoreError(f"{self.path}: an empty SQLite database, not a batchlab store")
 
@@ -370,6 +416,7 @@ class Store:
         cursor = self._write(f"INSERT INTO max_batch ({names}) VALUES ({', '.join(':' + n for n in values)})", values)
         return cursor.lastrowid
 
+    @reading
     def max_batch_frame(self) -> pd.DataFrame:
         return pd.read_sql_query("SELECT * FROM max_batch ORDER BY search_id", self.db)
 
@@ -382,14 +429,17 @@ class Store:
         """A stored plan grown by advise (runs beyond the LR grid's edge)."""
         self._write("UPDATE advice_plans SET plan = ? WHERE plan_key = ?", (json.dumps(plan, sort_keys=True), plan_key))
 
+    @reading
     def advice_plan(self, plan_key: str) -> dict | None:
         row = self.db.execute("SELECT plan FROM advice_plans WHERE plan_key = ?", (plan_key,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    @reading
     def advice_plans(self) -> list[dict]:
         """Every stored advise plan, oldest first."""
         return [json.loads(row[0]) for row in self.db.execute("SELECT plan FROM advice_plans ORDER BY rowid")]
 
+    @reading
     def weights(self, key: str, model: str | None = None, dataset: str | None = None) -> tuple[str, bytes]:
         """(run key, saved weights) of the DONE training run `key` (a unique prefix is enough), or
         with key 'latest' of the newest one for this model and dataset."""
@@ -409,6 +459,7 @@ class Store:
 
     # --- reading -------------------------------------------------------------------------------
 
+    @reading
     def runs_frame(self) -> pd.DataFrame:
         """One row per run with its spec, status, overheads and derived totals from its epochs:
         train_seconds, images_processed, images_per_second, data_wait_seconds (of train_seconds) and
@@ -440,12 +491,15 @@ class Store:
         merged["data_wait_share"] = merged["data_wait_seconds"] / merged["train_seconds"]
         return with_parallelism(merged)
 
+    @reading
     def epochs_frame(self) -> pd.DataFrame:
         return pd.read_sql_query("SELECT * FROM epochs ORDER BY run_id, epoch", self.db)
 
+    @reading
     def evaluations_frame(self) -> pd.DataFrame:
         return pd.read_sql_query("SELECT * FROM evaluations ORDER BY run_id, step", self.db)
 
+    @reading
     def inference_frame(self) -> pd.DataFrame:
         """One row per inference measurement, with images/s and latency percentiles (seconds)
         derived from the stored per-call timings, compute only and with overheads."""
@@ -460,6 +514,7 @@ class Store:
             rows[prefix + "repeats"] = timings.map(len)
         return rows
 
+    @reading
     def machines(self) -> dict[str, dict]:
         return {row["machine_id"]: json.loads(row["fingerprint"])
                 for row in self.db.execute("SELECT machine_id, fingerprint FROM machines")}
