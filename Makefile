@@ -19,7 +19,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -c $(CONSTRAINTS) $(TORCH_SPEC)
-	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[test]"
+	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[test,cluster]"
 	touch $@
 
 demo: $(STAMP) data

@@ -128,7 +128,7 @@ def test_the_heartbeat_is_refreshed_while_a_run_goes_on(tmp_path):
         row = store.start(spec, MACHINE)
         with sqlite3.connect(path) as db:
             db.execute("UPDATE runs SET heartbeat_at = '2000-01-01T00:00:00+00:00'")
-        with Heartbeat(path, row, every=0.1):
+        with Heartbeat(path, {row}, every=0.1):
             time.sleep(0.5)
         beat = store.runs_frame().loc[0, "heartbeat_at"]
     assert datetime.now(timezone.utc) - datetime.fromisoformat(beat) < timedelta(seconds=30)
@@ -155,9 +155,13 @@ def test_two_sweeps_at_once_on_a_new_store_run_each_run_once(synthetic_folder, t
     assert [sweep.returncode for sweep in sweeps] == [0, 0], errors
     assert sum(runs_done(stderr) for stderr in errors) == 4, errors  # each run executed by one sweep only
     assert any("another sweep is running them" in stderr for stderr in errors), errors
+    # Two sweeps at once distort each other's timings: said, and recorded with the runs.
+    assert any("warning: another batchlab run is active on this machine" in stderr for stderr in errors), errors
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall() == [("DONE", 4)]
         assert con.execute("SELECT COUNT(DISTINCT run_id) FROM epochs").fetchone()[0] == 4
+        noise = [json.loads(text)["machine_noise"] for (text,) in con.execute("SELECT environment FROM runs")]
+    assert any(run["noisy"] and run["other_batchlab_runs"] for run in noise), noise
 
 
 @pytest.mark.slow

@@ -46,6 +46,9 @@ DbOpt = Annotated[Path, typer.Option("--db", help="SQLite results store.")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the dataset files; when given, the only place looked in.")]
 MemoryOpt = Annotated[Optional[float], typer.Option("--memory-limit", help="GiB of address space per run process; beyond it a run ends as OOM.")]
 OversubscribeOpt = Annotated[bool, typer.Option("--oversubscribe", help="Run even where workers × threads exceed the available CPUs (timings then include contention).")]
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="Where runs execute: local (one after another here) or ray (Ray tasks; needs batchlab[cluster]).")]
+RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="With --executor ray: the cluster's address (host:port, ray://…); none: a Ray started here for the sweep.")]
+EXECUTORS = ("local", "ray")
 
 
 def user_errors(command):
@@ -116,22 +119,45 @@ def progress_events(progress: Progress, may_start=None, left=None):
         progress.console.print(outcome_line(spec, outcome.status, outcome.result, outcome.error),
                                markup=False, highlight=False, soft_wrap=True)
 
-    return SweepEvents(started, epoch_done, ended, may_start or (lambda spec: True))
+    def warning(text):
+        progress.console.print(f"warning: {text}", markup=False, highlight=False, soft_wrap=True)
+
+    return SweepEvents(started, epoch_done, ended, may_start or (lambda spec: True), warning)
+
+
+def open_executor(name: str, ray_address: Optional[str]):
+    """The executor the runs go to: None for local, else opened (connected), or a one-line error."""
+    from ..core.errors import SpecError
+
+    if name not in EXECUTORS:
+        raise SpecError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
+    if ray_address and name != "ray":
+        raise SpecError("--ray-address is for --executor ray")
+    if name == "local":
+        return None
+    from ..runner.ray_executor import RayExecutor
+
+    executor = RayExecutor(ray_address)
+    executor.open()
+    return executor
 
 
 def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str], save_weights: bool = False,
-            memory_limit: Optional[float] = None, oversubscribe: bool = False, may_start=None, left=None):
+            memory_limit: Optional[float] = None, oversubscribe: bool = False, may_start=None, left=None,
+            executor: str = "local", ray_address: Optional[str] = None):
     """Run the specs with a progress bar; print what was skipped and how the runs ended. Exits 1
     when a run failed (FAILED, or ended by a signal; DIVERGED and OOM are results, not failures).
-    `may_start`, `left`: see progress_events."""
+    `may_start`, `left`: see progress_events. On a cluster executor the runs' CPUs are the nodes'
+    (the executor checks them), not this machine's."""
     from ..runner.sweep import SweepInterrupted, run_sweep
 
-    limit = preflight(specs, data_dir, memory_limit, oversubscribe)
+    limit = preflight(specs, data_dir, memory_limit, oversubscribe, here=executor == "local")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    cluster = open_executor(executor, ray_address)
     try:
         with Progress(*columns, console=err, transient=True) as progress:
             summary = run_sweep(specs, db, str(data_dir) if data_dir else None, experiment,
-                                progress_events(progress, may_start, left), save_weights, limit)
+                                progress_events(progress, may_start, left), save_weights, limit, cluster)
     except SweepInterrupted as stopped:
         done = stopped.summary.count("DONE")
         err.print(f"interrupted: {stopped.spec.label()} stored as KILLED; {done} run(s) finished and stored "
@@ -140,6 +166,9 @@ def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str]
     except KeyboardInterrupt:  # before any run started: nothing to store
         err.print("interrupted before any run started; nothing stored.", highlight=False)
         raise typer.Exit(130) from None
+    finally:
+        if cluster is not None:
+            cluster.close()
     for device, reason in summary.skipped_device.items():
         err.print(f"[yellow]skipped runs on {device}:[/yellow] {reason}", highlight=False)
     if summary.skipped_finished:
@@ -169,7 +198,8 @@ def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str]
     return summary
 
 
-def preflight(specs, data_dir: Optional[Path], memory_limit: Optional[float], oversubscribe: bool) -> Optional[int]:
+def preflight(specs, data_dir: Optional[Path], memory_limit: Optional[float], oversubscribe: bool,
+              here: bool = True) -> Optional[int]:
     """What must hold before any run starts or anything is stored: the data folder the user named
     holds the data, every registered dataset's files pass their checks (once here, not failing
     each run alike), the memory limit lets a worker start, the runs fit the CPUs. Returns the
@@ -182,7 +212,8 @@ def preflight(specs, data_dir: Optional[Path], memory_limit: Optional[float], ov
         if not dataset.startswith(FOLDER_PREFIX):  # a folder's images are decoded by each run, with notes
             verify(dataset, data_dir)
     timeout_seconds()  # a bad $BATCHLAB_WORKER_TIMEOUT is one line, before anything is stored
-    check_cores(specs, oversubscribe)
+    if here:  # on a cluster the nodes' CPUs count, which its executor checks
+        check_cores(specs, oversubscribe)
     return memory_limit_bytes(memory_limit)
 
 
@@ -332,6 +363,8 @@ def sweep(
     oversubscribe: OversubscribeOpt = False,
     db: DbOpt = Path("batchlab.db"),
     data_dir: DataDirOpt = None,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
     **fields,
 ) -> None:
     """Run a grid of runs, each in a fresh process, every run stored as it finishes. Started
@@ -350,7 +383,8 @@ def sweep(
     if experiment is None and not overrides:
         raise SpecError("nothing to sweep: give an experiment file or grid flags, e.g. --batch-size 16,64,256")
     spec = base.with_overrides(overrides, repeats)
-    execute(spec.runs() + spec.inferences(), db, data_dir, spec.name, save_weights, memory_limit, oversubscribe)
+    execute(spec.runs() + spec.inferences(), db, data_dir, spec.name, save_weights, memory_limit, oversubscribe,
+            executor=executor, ray_address=ray_address)
 
 
 @app.command()
@@ -361,6 +395,8 @@ def infer(
     oversubscribe: OversubscribeOpt = False,
     db: DbOpt = Path("batchlab.db"),
     data_dir: DataDirOpt = None,
+    executor: ExecutorOpt = "local",
+    ray_address: RayAddressOpt = None,
     **fields,
 ) -> None:
     """Inference throughput and latency against batch size: compute only and with overheads
@@ -382,7 +418,8 @@ def infer(
                 keyed = store.weights(weights, name, dataset)[0]
         specs += ExperimentSpec(infer_grid={**grid, "model": [name], "weights": [keyed]}).inferences()
     try:
-        execute(specs, db, data_dir, None, memory_limit=memory_limit, oversubscribe=oversubscribe)
+        execute(specs, db, data_dir, None, memory_limit=memory_limit, oversubscribe=oversubscribe, executor=executor,
+                ray_address=ray_address)
     finally:  # the table of what was measured, failures or not
         if db.exists():
             measured = load_inference(db)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from .noise import is_true
 from .training import GROUP_KEYS
 
 MISSING = "—"
@@ -32,7 +33,8 @@ class Column:
     # How people see the value: text, count (1,024), number (digits decimals), spread (median
     # [min–max] from key, key_min, key_max), speedup (1.25x), percent (of a fraction), ms (seconds
     # as milliseconds, 3 significant digits), target (time to target and how many runs reached it),
-    # best (a number, ★ where the row's `best` is true), significant (`digits` significant digits).
+    # best (a number, ★ where the row's `best` is true), significant (`digits` significant digits),
+    # flag (yes/no; for a group "yes (noisy runs/n)").
     format: str = "text"
     digits: int = 0
     align: str = "left"  # left | right
@@ -41,7 +43,8 @@ class Column:
     priority: int = 0
     # When the table has the column: always; varies (the value differs between rows); measured (some
     # row has a value); scaling (some row ran with parallelism > 1 and has a speedup); target (some
-    # row had a target accuracy); scaled (some row scaled its learning rate).
+    # row had a target accuracy); scaled (some row scaled its learning rate); flagged (some row's
+    # value is true).
     show_if: str = "always"
     fold: bool = False  # the same in every row: may be said once above the table instead
     setting: bool = False  # a configuration setting that tells rows apart (repeated when a table is split)
@@ -94,6 +97,10 @@ EFFECTIVE_LR = Column("effective_lr", "effective lr", "significant", 3, "right",
 DATA_WAIT = Column("data_wait_share", "data wait", "percent", 0, "right", priority=6, show_if="measured",
                    extra=("data_wait_seconds",))
 
+# The machine was busy during the run (runner/machine_noise.py; report/noise.py): shown only when a
+# row is, and then kept nearly to the last (the lines under the table give the reasons).
+NOISY = Column("noisy", "noisy", "flag", priority=1, show_if="flagged", extra=("noisy_runs", "noisy_reason"))
+
 TRAINING = [
     *(SETTINGS.get(key) or setting(key) for key in ("dataset",)),
     INPUT_SHAPE,
@@ -102,6 +109,7 @@ TRAINING = [
     EFFECTIVE_LR,
     Column("n", "n", "count", align="right", priority=5, fold=True),
     Column("status", "status", fold=True),
+    NOISY,
     spread("epoch_train_seconds", "s / epoch", 2, priority=7),
     spread("images_per_second", "images / s", 0, priority=0),
     DATA_WAIT,
@@ -170,6 +178,7 @@ RUNS = [
     EFFECTIVE_LR,
     Column("repeat", "repeat", "count", align="right", priority=5),
     Column("status", "status", fold=True),
+    dataclasses.replace(NOISY, extra=("noisy_reason",)),
     Column("epochs_done", "epochs done", "count", align="right", priority=6, fold=True),
     Column("epoch_train_seconds", "s / epoch", "number", 2, "right", priority=7),
     Column("images_per_second", "images / s", "number", 0, "right", priority=0),
@@ -262,6 +271,10 @@ def text(column: Column, row) -> str:
         return MISSING
     if form == "count":
         return f"{int(value):,}"
+    if form == "flag":
+        runs, noisy_runs = row.get("n"), row.get("noisy_runs")
+        counted = f" ({int(noisy_runs)}/{int(runs)})" if value and not missing(noisy_runs) and not missing(runs) else ""
+        return ("yes" if value else "no") + counted
     if form == "number":
         return number(value, digits)
     if form == "best":
@@ -295,6 +308,8 @@ def has(rows: pd.DataFrame, column: Column) -> bool:
         return bool("speedup" in rows and rows["speedup"].notna().any() and (rows["parallelism"] > 1).any())
     if rule == "scaled":
         return bool("lr_scaling" in rows and (rows["lr_scaling"].fillna("none") != "none").any())
+    if rule == "flagged":
+        return bool(rows[column.key].map(is_true).any())
     if rule == "target":
         return bool("target_accuracy" in rows and (rows["target_accuracy"].fillna(0) > 0).any())
     raise ValueError(f"unknown show_if {rule!r} of column {column.key}")

@@ -30,6 +30,7 @@ from .columns import (
 )
 from .critical_batch import fit_lines
 from .inference import comparison_lines, with_best
+from .noise import NOISE_HEADING, noise_items
 from .tuning import tuned
 
 DEFINITIONS = [
@@ -66,7 +67,7 @@ table{border-collapse:collapse;font-size:12px;margin:.4em 0 1.2em}td,th{border:1
 th{background:#f3f3f3;vertical-align:bottom}td{vertical-align:top}.n{text-align:right}td span{white-space:nowrap}
 td .range{color:#666}table.machine td{overflow-wrap:anywhere}p.same{font-size:13px;margin:.4em 0}
 figure{margin:1.5em 0}figcaption{color:#555;font-size:14px}svg{max-width:100%;height:auto}
-code{background:#f3f3f3;padding:0 3px}"""
+code{background:#f3f3f3;padding:0 3px}p.noisy{color:#a40;font-weight:bold}"""
 # Width a table may take: tables are planned for a 1200 px wide window, 1136 px inside the body's
 # margins. Estimated from characters (12 px DejaVu Sans, a wide font, measured in Chromium: 6.6 px
 # per character in cells, 7.0 in bold headers; the estimate runs a few per cent over).
@@ -176,6 +177,12 @@ def inference_table(measured: pd.DataFrame) -> str:
     return tables_html(INFERENCE, with_best(measured))
 
 
+def noise_html(rows: pd.DataFrame) -> str:
+    """The groups whose runs were noisy (report/noise.py), with the reasons; empty if none was."""
+    items = "".join(f"<li>{html.escape(item)}</li>" for item in noise_items(rows))
+    return f'<p class="noisy">&#9888; {html.escape(NOISE_HEADING)}</p><ul>{items}</ul>' if items else ""
+
+
 def machines_html(machines: dict[str, dict]) -> str:
     parts = []
     for machine_id, info in machines.items():
@@ -211,7 +218,8 @@ def page(figures: dict[str, Figure], rows: pd.DataFrame, measured: pd.DataFrame,
                         "</figcaption></figure>")
     if len(rows):
         fits = "".join(f"<li>{html.escape(line)}</li>" for line in fit_lines(rows))
-        sections.append("<h2>Training</h2>" + training_table(rows) + (f"<ul>{fits}</ul>" if fits else ""))
+        sections.append("<h2>Training</h2>" + training_table(rows) + (f"<ul>{fits}</ul>" if fits else "")
+                        + noise_html(rows))
         best = tuned(rows)
         if len(best):
             sections.append("<h2>Tuned learning rate</h2>" + f"<p>{html.escape(TUNED_CAPTION)}.</p>"

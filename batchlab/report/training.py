@@ -19,6 +19,7 @@ from ..spec.fields import group_keys
 from ..spec.run import RunSpec
 from ..store.store import Store, with_parallelism
 from .critical_batch import with_critical_batch
+from .noise import group_noise, with_noise
 
 # Runs that differ only in seed and repeat form one group: the spec fields marked as group keys
 # (spec/fields.py; micro_batch as the derived `slicing`), per machine.
@@ -28,7 +29,7 @@ SPREAD_FIGURES = ["epoch_train_seconds", "images_per_second", "test_accuracy", "
 # best_accuracy and wall_to_target_seconds: only where computed (advice.py).
 MEDIAN_FIGURES = ["best_accuracy", "wall_to_target_seconds", "test_loss", "val_accuracy", "wall_seconds", "warmup_seconds",
                   "load_seconds", "peak_memory_bytes", "data_wait_seconds", "data_wait_share", "effective_lr",
-                  "steps_to_target", "images_to_target", "gradient_noise_scale"]
+                  "steps_to_target", "images_to_target", "gradient_noise_scale", "step_seconds_spread"]
 
 
 def slicing(micro_batch: int, batch_size: int) -> str:
@@ -60,8 +61,8 @@ def read_store(db: str | Path, read: Callable[[Store], pd.DataFrame]) -> pd.Data
 
 
 def load_runs(db: str | Path) -> pd.DataFrame:
-    """All training runs of a store, one row per run."""
-    return read_store(db, Store.runs_frame)
+    """All training runs of a store, one row per run, with whether the machine was busy (noise.py)."""
+    return with_noise(read_store(db, Store.runs_frame))
 
 
 def per_run_records(db: str | Path, records: Callable[[Store], pd.DataFrame]) -> pd.DataFrame:
@@ -121,7 +122,7 @@ def summarize_group(group: pd.DataFrame) -> dict:
     row["input_shape"] = shapes.iloc[0] if len(shapes) else None
     errors = group["error"].dropna()
     row["error"] = errors.iloc[-1] if len(errors) else None
-    return row
+    return row | group_noise(done)
 
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:

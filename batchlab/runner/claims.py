@@ -13,12 +13,13 @@ from ..store.store import Row, Store
 
 
 class Heartbeat:
-    """`with Heartbeat(db, row):` refreshes `row`'s heartbeat every HEARTBEAT_SECONDS until the
-    block ends. The thread has its own connection (SQLite connections stay in their thread) and
-    opens it only at the first beat, so short runs cost nothing."""
+    """`with Heartbeat(db, rows):` refreshes the heartbeat of every run in `rows` (a set the caller
+    may change meanwhile: runs in flight on a cluster) every HEARTBEAT_SECONDS until the block
+    ends. The thread has its own connection (SQLite connections stay in their thread) and opens it
+    only at the first beat, so short runs cost nothing."""
 
-    def __init__(self, db: str | Path, row: Row, every: float = HEARTBEAT_SECONDS):
-        self.db, self.row, self.every = db, row, every
+    def __init__(self, db: str | Path, rows: set[Row], every: float = HEARTBEAT_SECONDS):
+        self.db, self.rows, self.every = db, rows, every
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._beat, name="batchlab-heartbeat", daemon=True)
 
@@ -36,7 +37,8 @@ class Heartbeat:
             while not self.stopped.wait(self.every):
                 try:
                     store = store or Store(self.db)
-                    store.beat(self.row)
+                    for row in list(self.rows):
+                        store.beat(row)
                 except StoreError:
                     pass  # e.g. a full disk: a missed beat is harmless; the run's end reports the store
         finally:

@@ -36,8 +36,9 @@ from ..core.records import FINISHED, EpochRecord, InferResult, RunResult
 from ..device.machine import fingerprint, machine_id, unavailable_reason
 from ..spec.kinds import KINDS, kind_of
 from ..spec.run import InferSpec, RunSpec
-from ..store.store import Store
+from ..store.store import Row, Store
 from .claims import Heartbeat
+from .machine_noise import NoiseWatch, other_batchlab_runs
 from .worker import PREFIX
 
 STOP_GRACE_SECONDS = 10
@@ -58,6 +59,7 @@ class SweepEvents:
     run_ended: Callable[[RunSpec, Outcome], None] = lambda spec, outcome: None
     # Asked before each run; False leaves it unstarted (advise: the budget left is too short for it).
     may_start: Callable[[RunSpec], bool] = lambda spec: True
+    warning: Callable[[str], None] = lambda text: None  # one line for the user, e.g. a busy machine
 
 
 @dataclass
@@ -244,14 +246,18 @@ def record_result(db: str | Path, result: RunResult, weights: bytes | None = Non
 
 def run_sweep(specs: list[RunSpec | InferSpec], db: str | Path, data_dir: str | None = None,
               experiment: str | None = None, events: SweepEvents | None = None,
-              save_weights: bool = False, memory_limit: int | None = None) -> SweepSummary:
-    """Run every spec not yet finished on this machine, each in its own worker process.
-    Inference specs that name a training run get its saved weights from the store."""
+              save_weights: bool = False, memory_limit: int | None = None, executor=None) -> SweepSummary:
+    """Run every spec not yet finished on this machine, each in its own worker process: here, one
+    after another, or with `executor` (ray_executor.RayExecutor) as tasks on a cluster, stored under
+    the executor's target as their machine. Inference specs that name a training run get its saved
+    weights from the store."""
     events = events or SweepEvents()
     heartbeat.timeout_seconds()  # a bad $BATCHLAB_WORKER_TIMEOUT is refused before anything is stored
     summary = SweepSummary(planned=len(specs))
     info = fingerprint()
-    machine = machine_id(info)
+    if executor is not None:  # the cluster is the machine; each run's node is in its environment
+        info = {"hostname": executor.target, "executor": executor.name, "coordinator": info.get("hostname")}
+    machine = executor.target if executor is not None else machine_id(info)
     # Ctrl-C and SIGTERM become KeyboardInterrupt here (whatever the CLI set): the running run is
     # stopped and stored as KILLED.
     previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -261,54 +267,124 @@ def run_sweep(specs: list[RunSpec | InferSpec], db: str | Path, data_dir: str | 
             summary.marked_stale = store.mark_stale()
             todo = []
             for spec in specs:
-                reason = unavailable_reason(spec.device)
+                reason = unavailable_reason(spec.device) if executor is None else None  # (the cluster's nodes decide)
                 if reason:
                     summary.skipped_device[spec.device] = reason
                 elif store.status(spec, machine) in FINISHED:
                     summary.skipped_finished += 1
                 else:
                     todo.append(spec)
+            if executor is not None:
+                executor.check(todo)  # before anything is planned: a run no node can hold is refused
             for spec in todo:
                 store.plan(spec, machine, experiment)
-            for index, spec in enumerate(todo):
-                if not events.may_start(spec):
-                    summary.not_started.append(spec)
-                    continue
-                weights = store.weights(spec.weights)[1] if kind_of(spec).loads_weights and spec.weights else None
-                row = None
-                try:  # an interrupt anywhere in here ends this run as KILLED, never half-stored
-                    try:
-                        row = store.start(spec, machine, experiment)
-                    except RunAlreadyFinished:  # another sweep finished it since the plan was made
-                        summary.skipped_finished += 1
-                        continue
-                    except RunHeldElsewhere as held:  # another sweep runs it now: never twice
-                        summary.held_elsewhere.append(str(held))
-                        continue
-                    events.run_started(spec, index, len(todo))
-                    with Heartbeat(db, row):
-                        outcome = run_in_worker(spec, data_dir, lambda record: events.epoch_done(spec, record),
-                                                weights, save_weights, memory_limit)
-                    if outcome.result is not None:
-                        store.finish(row, outcome.result, outcome.weights)
-                    else:
-                        store.fail(row, outcome.status, outcome.error or "")
-                except (RunAlreadyFinished, RunHeldElsewhere) as elsewhere:  # its stored end stays
-                    outcome = Outcome("SKIPPED", None, str(elsewhere))
-                except KeyboardInterrupt:
-                    if row is not None:
-                        try:
-                            store.fail(row, "KILLED", "interrupted (Ctrl-C or SIGTERM) while running")
-                        except (RunAlreadyFinished, RunHeldElsewhere):
-                            pass
-                    summary.outcomes.append((spec, Outcome("KILLED", None, "interrupted")))
-                    raise SweepInterrupted(summary, spec) from None
-                summary.outcomes.append((spec, outcome))
-                events.run_ended(spec, outcome)
+            sweep = Sweep(store, db, machine, data_dir, experiment, events, summary, save_weights, memory_limit)
+            if executor is None:
+                sweep.run_here(todo)
+            else:
+                sweep.run_on(executor, todo)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return summary
+
+
+@dataclass
+class Sweep:
+    """One sweep's runs, claimed and stored by this process (the store's only writer)."""
+
+    store: Store
+    db: str | Path
+    machine: str
+    data_dir: str | None
+    experiment: str | None
+    events: SweepEvents
+    summary: SweepSummary
+    save_weights: bool
+    memory_limit: int | None
+
+    def claim(self, spec: RunSpec | InferSpec) -> Row | None:
+        """Mark the run RUNNING for this sweep; None (and the summary says why) when it must not run."""
+        if not self.events.may_start(spec):
+            self.summary.not_started.append(spec)
+            return None
+        try:
+            return self.store.start(spec, self.machine, self.experiment)
+        except RunAlreadyFinished:  # another sweep finished it since the plan was made
+            self.summary.skipped_finished += 1
+        except RunHeldElsewhere as held:  # another sweep runs it now: never twice
+            self.summary.held_elsewhere.append(str(held))
+        return None
+
+    def weights_for(self, spec: RunSpec | InferSpec) -> bytes | None:
+        return self.store.weights(spec.weights)[1] if kind_of(spec).loads_weights and spec.weights else None
+
+    def store_outcome(self, spec: RunSpec | InferSpec, row: Row, outcome: Outcome) -> None:
+        try:
+            if outcome.result is not None:
+                self.store.finish(row, outcome.result, outcome.weights)
+            else:
+                self.store.fail(row, outcome.status, outcome.error or "")
+        except (RunAlreadyFinished, RunHeldElsewhere) as elsewhere:  # its stored end stays
+            outcome = Outcome("SKIPPED", None, str(elsewhere))
+        self.summary.outcomes.append((spec, outcome))
+        self.events.run_ended(spec, outcome)
+
+    def killed(self, spec: RunSpec | InferSpec, row: Row | None, error: str) -> None:
+        if row is not None:
+            try:
+                self.store.fail(row, "KILLED", error)
+            except (RunAlreadyFinished, RunHeldElsewhere):
+                pass
+        self.summary.outcomes.append((spec, Outcome("KILLED", None, "interrupted")))
+
+    def run_here(self, todo: list[RunSpec | InferSpec]) -> None:
+        """One run after another in worker processes of this machine, each watched for noise."""
+        for index, spec in enumerate(todo):
+            row = None
+            try:  # an interrupt anywhere in here ends this run as KILLED, never half-stored
+                weights = self.weights_for(spec)
+                row = self.claim(spec)
+                if row is None:
+                    continue
+                self.events.run_started(spec, index, len(todo))
+                others = other_batchlab_runs()
+                if others:  # both runs' timings suffer; machine_noise records it with the run
+                    self.events.warning(f"another batchlab run is active on this machine (pid "
+                                        f"{', '.join(map(str, others))}): the timings of both are not trustworthy")
+                with Heartbeat(self.db, {row}), NoiseWatch() as watch:
+                    outcome = run_in_worker(spec, self.data_dir, lambda record: self.events.epoch_done(spec, record),
+                                            weights, self.save_weights, self.memory_limit)
+                if outcome.result is not None:
+                    outcome.result.environment["machine_noise"] = watch.summary
+                self.store_outcome(spec, row, outcome)
+            except KeyboardInterrupt:
+                self.killed(spec, row, "interrupted (Ctrl-C or SIGTERM) while running")
+                raise SweepInterrupted(self.summary, spec) from None
+
+    def run_on(self, executor, todo: list[RunSpec | InferSpec]) -> None:
+        """Every run submitted to `executor` at once (it queues them by their resources), each
+        stored as it comes back. Ctrl-C cancels every run in flight: no orphan tasks."""
+        held: set[Row] = set()  # claimed and in flight: their heartbeat goes on
+        spec = todo[0] if todo else None
+        try:
+            with Heartbeat(self.db, held):
+                for index, spec in enumerate(todo):
+                    weights = self.weights_for(spec)
+                    row = self.claim(spec)
+                    if row is None:
+                        continue
+                    held.add(row)
+                    executor.submit(spec, self.data_dir, weights, self.save_weights, self.memory_limit, row)
+                    self.events.run_started(spec, index, len(todo))
+                while executor.in_flight:
+                    for spec, row, outcome in executor.finished():
+                        held.discard(row)
+                        self.store_outcome(spec, row, outcome)
+        except KeyboardInterrupt:
+            for cancelled, row in executor.cancel_all():
+                self.killed(cancelled, row, f"interrupted (Ctrl-C or SIGTERM): cancelled on {executor.name}")
+            raise SweepInterrupted(self.summary, spec) from None
 
 
 def worker_start_bytes() -> int:

@@ -465,7 +465,7 @@ class Store:
         train_seconds, images_processed, images_per_second, data_wait_seconds (of train_seconds) and
         data_wait_share, final train/val/test loss and accuracy. `input` is the path the run took
         (its spec's `input` may say auto; runs that never started keep the spec's value)."""
-        runs = stale_shown(pd.read_sql_query("SELECT * FROM runs ORDER BY run_id", self.db))
+        runs = with_executor(stale_shown(pd.read_sql_query("SELECT * FROM runs ORDER BY run_id", self.db)))
         for flag in ("drop_last", "augment", "strict_images", "gns", "stop_at_target"):  # SQLite stores booleans as 0/1
             runs[flag] = runs[flag].astype(bool)
         runs["input"] = runs["input_used"].fillna(runs["input"])
@@ -503,7 +503,7 @@ class Store:
     def inference_frame(self) -> pd.DataFrame:
         """One row per inference measurement, with images/s and latency percentiles (seconds)
         derived from the stored per-call timings, compute only and with overheads."""
-        rows = stale_shown(pd.read_sql_query("SELECT * FROM inference ORDER BY run_id", self.db))
+        rows = with_executor(stale_shown(pd.read_sql_query("SELECT * FROM inference ORDER BY run_id", self.db)))
         for series, prefix in (("compute_seconds", ""), ("overhead_seconds", "overhead_")):
             timings = rows[series].map(lambda text: json.loads(text) if isinstance(text, str) else [])
             rows[series] = timings
@@ -528,6 +528,17 @@ def stale_shown(rows: pd.DataFrame) -> pd.DataFrame:
         holder = owner_of(row)
         if not holds(holder, None if pd.isna(row["heartbeat_at"]) else row["heartbeat_at"]):
             rows.loc[index, ["status", "error"]] = ["STALE", gone_reason(holder)]
+    return rows
+
+
+def with_executor(rows: pd.DataFrame) -> pd.DataFrame:
+    """Add `executor`: where each run executed ("local", or the cluster executor its environment
+    names; runs/ray_executor.py records it with the node and job id)."""
+    def executor(environment) -> str:
+        found = json.loads(environment).get("executor") if isinstance(environment, str) else None
+        return found["name"] if isinstance(found, dict) and "name" in found else "local"
+
+    rows["executor"] = rows["environment"].map(executor) if len(rows) else pd.Series(dtype=object)
     return rows
 
 

@@ -22,6 +22,7 @@ import copy
 import math
 import os
 import time
+from array import array
 from dataclasses import dataclass
 from typing import Callable
 
@@ -49,6 +50,7 @@ from .gns import NoiseScale
 from .schedule import lr_scheduler
 
 WARMUP_STEPS = 2
+SPREAD_MIN_STEPS = 10  # fewer timed steps than this give no meaningful p90: no step-time spread recorded
 SKIPPED_EXAMPLES = 5  # undecodable images listed by name in the run record (all are counted)
 
 
@@ -125,10 +127,14 @@ class StepLoop:
     Each step's loss and correct count stay on the device, kept in plain lists (appending costs no
     device op, where writing into a buffer cost 2 ops per step, 3% at batch 1) and read once per call.
     Each step reports progress (heartbeat.beat: a clock read, at most one message a second), and the
-    wait for its batch is timed by two host clock reads (~0.1 µs). `scheduler`, if any, steps the
-    LR after every update. With `every` > 0, `checkpoint(steps, images)` is called after every
-    `every`-th step of the run (counted across epochs) but an epoch's last, with this epoch's steps
-    and images so far (the epoch loop evaluates there)."""
+    wait for its batch is timed by two host clock reads (~0.1 µs). The first of them also times the
+    steps: it is kept (one append to an array of doubles, ~30 ns, no further clock read) and a step's
+    seconds are from its read to the next one's, taken apart only when the run ends (step_spread);
+    steps that paused for a mid-epoch evaluation are left out. On a GPU these are the host's seconds
+    per step (the loop never synchronises), not the device's. `scheduler`, if any, steps the LR
+    after every update. With `every` > 0, `checkpoint(steps, images)` is called after every `every`-th step of the run
+    (counted across epochs) but an epoch's last, with this epoch's steps and images so far (the
+    epoch loop evaluates there)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, dd: DeviceData, batch_size: int,
                  precision: str = "fp32", slice_size: int | None = None,
@@ -138,6 +144,9 @@ class StepLoop:
         self.source = source or batch_source(dd, batch_size, loader_workers=0, augment=False, seed=0)
         self.every, self.checkpoint, self.steps_done = 0, None, 0
         self.noise: NoiseScale | None = None  # --gns: fed every slice's gradient
+        # The clock at every step's start and every epoch's end, over the run (8 bytes a step), and
+        # the positions in it after which comes no step: an epoch's end, a mid-epoch evaluation.
+        self.step_clock, self.not_steps = array("d"), set()
 
     def train(self, indices: torch.Tensor) -> EpochWork:
         model, optimizer, normalize = self.model, self.optimizer, self.dd.normalize
@@ -145,12 +154,14 @@ class StepLoop:
         on_slice = self.noise.after_slice if self.noise is not None else None
         step_losses, step_correct = [], []
         beat, clock = heartbeat.beat, time.perf_counter
+        stamp, first = self.step_clock.append, len(self.step_clock)
         batches = self.source.epoch(indices)
         waited = 0.0
         every, steps, images, total = self.every, 0, 0, len(indices)
         while True:
             beat()
             asked = clock()
+            stamp(asked)
             batch = next(batches, None)
             waited += clock() - asked
             if batch is None:
@@ -165,10 +176,33 @@ class StepLoop:
                 images += len(batch[1])
                 if (self.steps_done + steps) % every == 0 and images < total:
                     self.checkpoint(steps, images)
+                    self.not_steps.add(first + steps - 1)  # this step's time includes the evaluation
         self.steps_done += len(step_losses)
+        self.not_steps.add(len(self.step_clock) - 1)  # the epoch's end: evaluation comes next
         work = self.totals(step_losses, step_correct, len(indices))
         work.data_wait_seconds = waited
         return work
+
+    def step_spread(self) -> dict:
+        """The spread of the run's step times: p90 / p50 over all its timed steps (pooled over the
+        epochs: an epoch of a large batch has too few steps for a percentile of its own, and a
+        slowdown in one epoch shows in the pooled p90 too). Single runs on a quiet 2-CPU machine
+        gave 1.1-1.3 (the last, smaller batch of each epoch and the occasional garbage collection
+        stay under p90), a DDP run 2.2; with two busy loops on the 2 CPUs, 1.0 to 5.4 (a uniform
+        slowdown leaves it at 1). So it is recorded, not part of the noisy flag
+        (runner/machine_noise.py)."""
+        if len(self.step_clock) < 2:
+            return {}
+        clock = torch.frombuffer(self.step_clock, dtype=torch.float64).clone()  # a copy: the array stays free
+        steps = torch.ones(len(clock) - 1, dtype=torch.bool)
+        steps[sorted(i for i in self.not_steps if i < len(steps))] = False
+        ordered = clock.diff()[steps].sort().values
+        count = len(ordered)
+        if count < SPREAD_MIN_STEPS:
+            return {}
+        p50, p90 = float(ordered[(count - 1) // 2]), float(ordered[int(0.9 * (count - 1))])
+        return {"step_seconds_p50": p50, "step_seconds_p90": p90, "timed_steps": count,
+                "step_seconds_spread": p90 / p50 if p50 > 0 else None}
 
     def totals(self, step_losses: list[torch.Tensor], step_correct: list[torch.Tensor], images: int) -> EpochWork:
         """Read the steps' results back (the one sync point of the epoch)."""
@@ -366,11 +400,13 @@ def run_epochs(prep: Prepared, train_one_epoch: Callable[[torch.Tensor], EpochWo
             on_epoch(record)
         if spec.stop_at_target and result.time_to_target_seconds is not None:
             break  # the epochs left would measure nothing the run reports
-    return finish(prep)
+    return finish(prep, loop)
 
 
-def finish(prep: Prepared) -> RunResult:
-    """Close the run's record: peak memory, wall time, the environment the numbers depend on."""
+def finish(prep: Prepared, loop: StepLoop | None = None) -> RunResult:
+    """Close the run's record: peak memory, wall time, the environment the numbers depend on, and
+    the spread of this process's step times (`loop`; none for hogwild, whose steps run in its
+    worker processes)."""
     result = prep.result
     result.cores = available_cores()
     result.peak_memory_bytes = peak_memory_bytes(prep.device)
@@ -384,6 +420,8 @@ def finish(prep: Prepared) -> RunResult:
         "micro_batch": prep.slice_size,
         "class_names": list(prep.dd.class_names),  # label i is class_names[i]
     }
+    if loop is not None:
+        result.environment |= loop.step_spread()
     return result
 
 

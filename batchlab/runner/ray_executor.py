@@ -1,0 +1,189 @@
+"""`--executor ray`: each run as one Ray task, on the Ray cluster at `--ray-address` or on a Ray
+started for the sweep on this machine.
+
+On its node the task runs the run exactly as a local sweep does (run_in_worker: a fresh
+`python -m batchlab.runner.worker` process, watched for progress, inside a NoiseWatch) and returns
+the Outcome; Ray carries it back to the coordinating sweep, the store's only writer. What a run
+needs (CPUs: its threads × workers; GPUs: one per worker on a cuda device) is asked of Ray, so
+Ray never starts more runs on a node than it has cores for. Tasks are never retried by Ray
+(max_retries=0): a run whose worker or node dies is stored FAILED with Ray's reason, not run twice.
+
+Timing: everything a run measures is measured on its node, inside the run's worker, as locally.
+The wait in Ray's queue (submission to the task's start on its node, across two clocks) is
+recorded apart, as `queue_wait_seconds` in the run's environment, and enters no timing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+from ..core.errors import UserError
+from ..spec.run import InferSpec, RunSpec
+from .sweep import Outcome
+
+POLL_SECONDS = 1.0
+
+
+class ExecutorError(UserError, RuntimeError):
+    """The executor cannot be used as asked (not installed, unreachable, too small for a run)."""
+
+
+def run_on_node(spec: RunSpec | InferSpec, data_dir: str | None, weights_in: bytes | None, save_weights: bool,
+                memory_limit: int | None, submitted_at: float) -> Outcome:
+    """The Ray task: one run on this node, as a local sweep runs it."""
+    import ray
+
+    from .machine_noise import NoiseWatch
+    from .sweep import run_in_worker
+
+    started_at = time.time()
+    with NoiseWatch() as watch:
+        outcome = run_in_worker(spec, data_dir, lambda record: None, weights_in, save_weights, memory_limit)
+    if outcome.result is not None:
+        context = ray.get_runtime_context()
+        outcome.result.environment["machine_noise"] = watch.summary
+        outcome.result.environment["executor"] = {
+            "name": "ray", "node": socket.gethostname(), "node_id": context.get_node_id(),
+            "job_id": context.get_task_id(), "queue_wait_seconds": max(0.0, started_at - submitted_at)}
+    return outcome
+
+
+def needs(spec: RunSpec | InferSpec) -> dict[str, float]:
+    """The Ray resources one run takes: a CPU per thread of each worker, a GPU per worker on cuda."""
+    workers = getattr(spec, "workers", 1)
+    cpus = max(1, spec.threads or 1) * workers
+    return {"CPU": float(cpus), "GPU": float(workers if spec.device.startswith("cuda") else 0)}
+
+
+@dataclass
+class RayExecutor:
+    address: str | None = None  # None: a Ray started here for the sweep, stopped after it
+    started_here: bool = False
+    in_flight: dict = field(default_factory=dict)  # ObjectRef → what was submitted
+
+    name = "ray"
+
+    @property
+    def target(self) -> str:
+        """The machine id runs on this executor are stored under (their node is in their environment)."""
+        return f"ray@{self.address or 'local'}"
+
+    def open(self) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ExecutorError("--executor ray needs Ray: pip install \"batchlab[cluster]\"") from None
+        if ray.is_initialized():
+            return
+        if self.address:
+            refuse_unreachable(self.address)
+        try:
+            if self.address:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False, logging_level="error")
+            else:
+                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, logging_level="error")
+                self.started_here = True
+        except (ConnectionError, RuntimeError, ValueError) as error:
+            where = f"the Ray cluster at {self.address}" if self.address else "a local Ray"
+            raise ExecutorError(f"--executor ray: cannot connect to {where} ({str(error).splitlines()[0]})") from None
+
+    def check(self, specs: list[RunSpec | InferSpec]) -> None:
+        """Refuse, before anything is submitted, a run no node of the cluster can hold (Ray would
+        keep it queued forever)."""
+        import ray
+
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        for spec in specs:
+            wanted = needs(spec)
+            if not any(all(node.get(name, 0.0) >= amount for name, amount in wanted.items()) for node in nodes):
+                largest = max(nodes, key=lambda node: node.get("CPU", 0.0), default={})
+                gpus = f" and {wanted['GPU']:g} GPUs" if wanted["GPU"] else ""
+                raise ExecutorError(
+                    f"--executor ray: no node of {self.target} has {wanted['CPU']:g} CPUs{gpus} for {spec.label()} "
+                    f"(the largest has {largest.get('CPU', 0):g} CPUs, {largest.get('GPU', 0):g} GPUs)")
+
+    def submit(self, spec: RunSpec | InferSpec, data_dir: str | None, weights_in: bytes | None, save_weights: bool,
+               memory_limit: int | None, claim) -> None:
+        import ray
+
+        wanted = needs(spec)
+        task = ray.remote(run_on_node).options(num_cpus=wanted["CPU"], num_gpus=wanted["GPU"], max_retries=0,
+                                               name=f"batchlab {spec.label()}")
+        ref = task.remote(spec, data_dir, weights_in, save_weights, memory_limit, time.time())
+        self.in_flight[ref] = (spec, claim)
+
+    def finished(self) -> list[tuple[RunSpec | InferSpec, object, Outcome]]:
+        """Runs that ended since the last call (waits up to POLL_SECONDS for one)."""
+        import ray
+
+        if not self.in_flight:
+            return []
+        done, _ = ray.wait(list(self.in_flight), num_returns=len(self.in_flight), timeout=POLL_SECONDS)
+        ended = []
+        for ref in done:
+            spec, claim = self.in_flight.pop(ref)
+            ended.append((spec, claim, self.outcome(ref)))
+        return ended
+
+    @staticmethod
+    def outcome(ref) -> Outcome:
+        import ray
+        from ray import exceptions
+
+        try:
+            return ray.get(ref)
+        except exceptions.TaskCancelledError:
+            return Outcome("KILLED", None, "cancelled on Ray")
+        except exceptions.WorkerCrashedError as error:
+            return Outcome("FAILED", None, f"its Ray worker died ({first_line(error)})")
+        except exceptions.NodeDiedError as error:
+            return Outcome("FAILED", None, f"its Ray node died ({first_line(error)})")
+        except exceptions.RayError as error:
+            return Outcome("FAILED", None, f"Ray: {first_line(error)}")
+
+    def cancel_all(self) -> list[tuple[RunSpec | InferSpec, object]]:
+        """Cancel every run in flight (Ctrl-C on the sweep: no orphan tasks); returns them."""
+        import ray
+
+        cancelled = []
+        for ref, (spec, claim) in list(self.in_flight.items()):
+            ray.cancel(ref, force=True)
+            cancelled.append((spec, claim))
+        self.in_flight.clear()
+        return cancelled
+
+    def close(self) -> None:
+        import ray
+
+        if self.started_here and ray.is_initialized():
+            ray.shutdown()
+
+
+CONNECT_SECONDS = 10.0
+
+
+def refuse_unreachable(address: str) -> None:
+    """One line, at once, for a Ray address nothing answers at: ray.init itself retries for
+    minutes, logging every attempt. ("auto" and addresses without a port are left to Ray.)"""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"ray://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise ExecutorError(f"--ray-address {address!r}: not host:port or ray://host:port") from None
+    if not host or port is None:
+        return
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_SECONDS).close()
+    except OSError as error:
+        raise ExecutorError(f"--executor ray: nothing answers at {address} ({error.strerror or error}); "
+                            "is the Ray cluster up (ray start --head)?") from None
+
+
+def first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(error).__name__
