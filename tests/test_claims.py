@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from batchlab.cli.app import app
 from batchlab.core.errors import RunHeldElsewhere
-from batchlab.core.owner import STALE_AFTER_SECONDS, Owner, this_process
+from batchlab.core.owner import STALE_AFTER_SECONDS, Owner, process_start_time, this_process
 from batchlab.core.records import EpochRecord, RunResult
 from batchlab.spec.run import RunSpec
 from batchlab.store.store import Store
@@ -36,15 +36,15 @@ def result_of(spec: RunSpec, accuracy: float) -> RunResult:
 
 def gone_owner() -> Owner:
     """An owner on this host whose process no longer exists: a child that has ended."""
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    started = psutil.Process(child.pid).create_time()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    started = process_start_time(child.pid)
     child.wait()
-    return Owner(this_process().host, child.pid, round(started, 2))
+    return Owner(this_process().host, child.pid, started)
 
 
 def test_a_run_a_live_sweep_holds_is_left_to_it(tmp_path):
     spec = RunSpec(model="mlp", batch_size=8)
-    live = Owner(this_process().host, os.getppid(), round(psutil.Process(os.getppid()).create_time(), 2))
+    live = Owner(this_process().host, os.getppid(), process_start_time(os.getppid()))
     with Store(tmp_path / "s.db") as store:
         store.record_machine(MACHINE, {})
         store.start(spec, MACHINE, owner=live)

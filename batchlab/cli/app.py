@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -48,7 +49,12 @@ MemoryOpt = Annotated[Optional[float], typer.Option("--memory-limit", help="GiB 
 OversubscribeOpt = Annotated[bool, typer.Option("--oversubscribe", help="Run even where workers × threads exceed the available CPUs (timings then include contention).")]
 ExecutorOpt = Annotated[str, typer.Option("--executor", help="Where runs execute: local (one after another here) or ray (Ray tasks; needs batchlab[cluster]).")]
 RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="With --executor ray: the cluster's address (host:port, ray://…); none: a Ray started here for the sweep.")]
-EXECUTORS = ("local", "ray")
+SlurmPartitionOpt = Annotated[Optional[str], typer.Option("--slurm-partition", help="With --executor slurm: the partition (default: the cluster's).")]
+SlurmTimeOpt = Annotated[int, typer.Option("--slurm-time", help="With --executor slurm: each job's time limit, minutes.")]
+SlurmMemoryOpt = Annotated[Optional[float], typer.Option("--slurm-mem", help="With --executor slurm: memory per job, GB (default: the partition's).")]
+SlurmOptionOpt = Annotated[Optional[list[str]], typer.Option("--slurm-option", help="With --executor slurm: an extra sbatch option KEY=VALUE (repeatable), e.g. account=proj.")]
+SlurmFolderOpt = Annotated[Optional[Path], typer.Option("--slurm-folder", help="With --executor slurm: the job folder, on a file system the nodes share (default: slurm-jobs beside --db).")]
+EXECUTORS = ("local", "ray", "slurm")
 
 
 def user_errors(command):
@@ -125,35 +131,66 @@ def progress_events(progress: Progress, may_start=None, left=None):
     return SweepEvents(started, epoch_done, ended, may_start or (lambda spec: True), warning)
 
 
-def open_executor(name: str, ray_address: Optional[str]):
+@dataclass
+class ExecutorChoice:
+    """Where the runs go, as the command line said (see open_executor)."""
+
+    name: str = "local"
+    ray_address: Optional[str] = None
+    slurm_partition: Optional[str] = None
+    slurm_time: int = 60
+    slurm_mem: Optional[float] = None
+    slurm_options: list[str] = field(default_factory=list)
+    slurm_folder: Optional[Path] = None
+
+
+def open_executor(choice: ExecutorChoice, db: Path):
     """The executor the runs go to: None for local, else opened (connected), or a one-line error."""
     from ..core.errors import SpecError
 
-    if name not in EXECUTORS:
-        raise SpecError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
-    if ray_address and name != "ray":
+    if choice.name not in EXECUTORS:
+        raise SpecError(f"unknown executor {choice.name!r}; choose one of {', '.join(EXECUTORS)}")
+    if choice.ray_address and choice.name != "ray":
         raise SpecError("--ray-address is for --executor ray")
-    if name == "local":
+    slurm_flags = choice.slurm_partition or choice.slurm_mem or choice.slurm_options or choice.slurm_folder
+    if slurm_flags and choice.name != "slurm":
+        raise SpecError("--slurm-* options are for --executor slurm")
+    if choice.name == "local":
         return None
-    from ..runner.ray_executor import RayExecutor
+    if choice.name == "ray":
+        from ..runner.ray_executor import RayExecutor
 
-    executor = RayExecutor(ray_address)
+        executor = RayExecutor(choice.ray_address)
+    else:
+        from ..runner.slurm_executor import SlurmExecutor
+
+        if choice.slurm_time < 1:
+            raise SpecError(f"--slurm-time must be at least 1 minute, got {choice.slurm_time}")
+        options = {}
+        for option in choice.slurm_options:
+            key, equals, value = option.partition("=")
+            if not equals or not key.strip():
+                raise SpecError(f"--slurm-option {option!r}: give KEY=VALUE, e.g. account=proj")
+            options[key.strip().lstrip("-").replace("-", "_")] = value
+        executor = SlurmExecutor(choice.slurm_partition, choice.slurm_folder or db.resolve().parent / "slurm-jobs",
+                                 choice.slurm_time, choice.slurm_mem, options)
     executor.open()
     return executor
 
 
 def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str], save_weights: bool = False,
             memory_limit: Optional[float] = None, oversubscribe: bool = False, may_start=None, left=None,
-            executor: str = "local", ray_address: Optional[str] = None):
+            executor: Optional[ExecutorChoice] = None):
     """Run the specs with a progress bar; print what was skipped and how the runs ended. Exits 1
     when a run failed (FAILED, or ended by a signal; DIVERGED and OOM are results, not failures).
     `may_start`, `left`: see progress_events. On a cluster executor the runs' CPUs are the nodes'
     (the executor checks them), not this machine's."""
     from ..runner.sweep import SweepInterrupted, run_sweep
 
-    limit = preflight(specs, data_dir, memory_limit, oversubscribe, here=executor == "local")
+    executor = executor or ExecutorChoice()
+    limit = preflight(specs, data_dir, memory_limit, oversubscribe, here=executor.name == "local")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    cluster = open_executor(executor, ray_address)
+    cluster = open_executor(executor, db)
     try:
         with Progress(*columns, console=err, transient=True) as progress:
             summary = run_sweep(specs, db, str(data_dir) if data_dir else None, experiment,
@@ -365,6 +402,11 @@ def sweep(
     data_dir: DataDirOpt = None,
     executor: ExecutorOpt = "local",
     ray_address: RayAddressOpt = None,
+    slurm_partition: SlurmPartitionOpt = None,
+    slurm_time: SlurmTimeOpt = 60,
+    slurm_mem: SlurmMemoryOpt = None,
+    slurm_option: SlurmOptionOpt = None,
+    slurm_folder: SlurmFolderOpt = None,
     **fields,
 ) -> None:
     """Run a grid of runs, each in a fresh process, every run stored as it finishes. Started
@@ -384,7 +426,8 @@ def sweep(
         raise SpecError("nothing to sweep: give an experiment file or grid flags, e.g. --batch-size 16,64,256")
     spec = base.with_overrides(overrides, repeats)
     execute(spec.runs() + spec.inferences(), db, data_dir, spec.name, save_weights, memory_limit, oversubscribe,
-            executor=executor, ray_address=ray_address)
+            executor=ExecutorChoice(executor, ray_address, slurm_partition, slurm_time, slurm_mem, slurm_option or [],
+                                    slurm_folder))
 
 
 @app.command()
@@ -397,6 +440,11 @@ def infer(
     data_dir: DataDirOpt = None,
     executor: ExecutorOpt = "local",
     ray_address: RayAddressOpt = None,
+    slurm_partition: SlurmPartitionOpt = None,
+    slurm_time: SlurmTimeOpt = 60,
+    slurm_mem: SlurmMemoryOpt = None,
+    slurm_option: SlurmOptionOpt = None,
+    slurm_folder: SlurmFolderOpt = None,
     **fields,
 ) -> None:
     """Inference throughput and latency against batch size: compute only and with overheads
@@ -418,8 +466,9 @@ def infer(
                 keyed = store.weights(weights, name, dataset)[0]
         specs += ExperimentSpec(infer_grid={**grid, "model": [name], "weights": [keyed]}).inferences()
     try:
-        execute(specs, db, data_dir, None, memory_limit=memory_limit, oversubscribe=oversubscribe, executor=executor,
-                ray_address=ray_address)
+        execute(specs, db, data_dir, None, memory_limit=memory_limit, oversubscribe=oversubscribe,
+                executor=ExecutorChoice(executor, ray_address, slurm_partition, slurm_time, slurm_mem, slurm_option or [],
+                                        slurm_folder))
     finally:  # the table of what was measured, failures or not
         if db.exists():
             measured = load_inference(db)

@@ -15,40 +15,53 @@ killed (kill -9, a lost node) before it could store how the run ended.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
 import psutil
 
 HEARTBEAT_SECONDS = 30.0  # how often an owner refreshes its runs' heartbeat
 # Several missed heartbeats, so that a busy disk or a paused laptop does not make a live run stale.
 STALE_AFTER_SECONDS = 10 * HEARTBEAT_SECONDS
-# Process start times are read to 1/100 s (clock ticks) and stored rounded: equal within this.
-START_TIME_TOLERANCE = 0.5
+START_TIME_TOLERANCE = 0.5  # start times compared (clock ticks on Linux: equal; seconds elsewhere)
 
 
 @dataclass(frozen=True)
 class Owner:
     host: str
     pid: int
-    started: float  # the process's start time (seconds since the epoch)
+    started: float  # when the process started: clock ticks since boot on Linux, else epoch seconds
 
     def describe(self) -> str:
         return f"pid {self.pid} on {self.host}"
 
 
 def process_start_time(pid: int) -> float | None:
+    """When process `pid` started, as a number that never changes for that process: on Linux its
+    start in clock ticks since boot (/proc/PID/stat, field 22), which a step of the wall clock
+    (NTP, a resumed VM) leaves alone, where psutil's create_time() moves with it. None: no such
+    process."""
     try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return float(stat[stat.rindex(")") + 2:].split()[19])  # fields after "(command)": 3 is the first
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError, IndexError):  # no /proc (macOS, Windows)
+        try:
+            return round(psutil.Process(pid).create_time(), 2)
+        except psutil.NoSuchProcess:
+            return None
+        except psutil.AccessDenied:  # it exists; its start cannot be read
+            return float("nan")
 
 
 def this_process() -> Owner:
     pid = os.getpid()
-    return Owner(socket.gethostname(), pid, round(process_start_time(pid) or 0.0, 2))
+    return Owner(socket.gethostname(), pid, process_start_time(pid) or 0.0)
 
 
 def holds(owner: Owner | None, heartbeat_at: str | None, now: datetime | None = None) -> bool:
@@ -57,6 +70,8 @@ def holds(owner: Owner | None, heartbeat_at: str | None, now: datetime | None = 
         return False  # a batchlab from before owners were stored: its sweep cannot be told alive
     if owner.host == socket.gethostname():
         started = process_start_time(owner.pid)
+        if started is not None and math.isnan(started):
+            return True  # a process with that pid exists, and may be the owner
         return started is not None and abs(started - owner.started) < START_TIME_TOLERANCE
     if heartbeat_at is None:
         return False

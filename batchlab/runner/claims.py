@@ -5,6 +5,7 @@ whose sweep is gone (core/owner.py). On its own host a sweep is known alive by i
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection
 from pathlib import Path
 
 from ..core.errors import StoreError
@@ -13,12 +14,12 @@ from ..store.store import Row, Store
 
 
 class Heartbeat:
-    """`with Heartbeat(db, rows):` refreshes the heartbeat of every run in `rows` (a set the caller
-    may change meanwhile: runs in flight on a cluster) every HEARTBEAT_SECONDS until the block
-    ends. The thread has its own connection (SQLite connections stay in their thread) and opens it
+    """`with Heartbeat(db, rows):` refreshes the heartbeat of every run in `rows` (a collection the
+    caller may change meanwhile: runs in flight on a cluster) every HEARTBEAT_SECONDS until the
+    block ends. The thread has its own connection (SQLite connections stay in their thread) and opens it
     only at the first beat, so short runs cost nothing."""
 
-    def __init__(self, db: str | Path, rows: set[Row], every: float = HEARTBEAT_SECONDS):
+    def __init__(self, db: str | Path, rows: Collection[Row], every: float = HEARTBEAT_SECONDS):
         self.db, self.rows, self.every = db, rows, every
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._beat, name="batchlab-heartbeat", daemon=True)

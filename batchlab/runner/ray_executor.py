@@ -1,8 +1,7 @@
 """`--executor ray`: each run as one Ray task, on the Ray cluster at `--ray-address` or on a Ray
 started for the sweep on this machine.
 
-On its node the task runs the run exactly as a local sweep does (run_in_worker: a fresh
-`python -m batchlab.runner.worker` process, watched for progress, inside a NoiseWatch) and returns
+On its node the task runs the run exactly as a local sweep does (remote.run_on_node) and returns
 the Outcome; Ray carries it back to the coordinating sweep, the store's only writer. What a run
 needs (CPUs: its threads × workers; GPUs: one per worker on a cuda device) is asked of Ray, so
 Ray never starts more runs on a node than it has cores for. Tasks are never retried by Ray
@@ -20,42 +19,19 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from ..core.errors import UserError
 from ..spec.run import InferSpec, RunSpec
+from .remote import ExecutorError, needs, run_on_node
 from .sweep import Outcome
 
 POLL_SECONDS = 1.0
 
 
-class ExecutorError(UserError, RuntimeError):
-    """The executor cannot be used as asked (not installed, unreachable, too small for a run)."""
-
-
-def run_on_node(spec: RunSpec | InferSpec, data_dir: str | None, weights_in: bytes | None, save_weights: bool,
-                memory_limit: int | None, submitted_at: float) -> Outcome:
-    """The Ray task: one run on this node, as a local sweep runs it."""
+def ray_placement() -> dict:
+    """Where on Ray this task runs (called on the node)."""
     import ray
 
-    from .machine_noise import NoiseWatch
-    from .sweep import run_in_worker
-
-    started_at = time.time()
-    with NoiseWatch() as watch:
-        outcome = run_in_worker(spec, data_dir, lambda record: None, weights_in, save_weights, memory_limit)
-    if outcome.result is not None:
-        context = ray.get_runtime_context()
-        outcome.result.environment["machine_noise"] = watch.summary
-        outcome.result.environment["executor"] = {
-            "name": "ray", "node": socket.gethostname(), "node_id": context.get_node_id(),
-            "job_id": context.get_task_id(), "queue_wait_seconds": max(0.0, started_at - submitted_at)}
-    return outcome
-
-
-def needs(spec: RunSpec | InferSpec) -> dict[str, float]:
-    """The Ray resources one run takes: a CPU per thread of each worker, a GPU per worker on cuda."""
-    workers = getattr(spec, "workers", 1)
-    cpus = max(1, spec.threads or 1) * workers
-    return {"CPU": float(cpus), "GPU": float(workers if spec.device.startswith("cuda") else 0)}
+    context = ray.get_runtime_context()
+    return {"name": "ray", "node_id": context.get_node_id(), "job_id": context.get_task_id()}
 
 
 @dataclass
@@ -112,7 +88,7 @@ class RayExecutor:
         wanted = needs(spec)
         task = ray.remote(run_on_node).options(num_cpus=wanted["CPU"], num_gpus=wanted["GPU"], max_retries=0,
                                                name=f"batchlab {spec.label()}")
-        ref = task.remote(spec, data_dir, weights_in, save_weights, memory_limit, time.time())
+        ref = task.remote(spec, data_dir, weights_in, save_weights, memory_limit, time.time(), ray_placement)
         self.in_flight[ref] = (spec, claim)
 
     def finished(self) -> list[tuple[RunSpec | InferSpec, object, Outcome]]:

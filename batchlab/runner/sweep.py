@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..core import heartbeat
-from ..core.errors import RunAlreadyFinished, RunHeldElsewhere
+from ..core.errors import RunAlreadyFinished, RunHeldElsewhere, one_line
 from ..core.records import FINISHED, EpochRecord, InferResult, RunResult
 from ..device.machine import fingerprint, machine_id, unavailable_reason
 from ..spec.kinds import KINDS, kind_of
@@ -364,27 +364,43 @@ class Sweep:
 
     def run_on(self, executor, todo: list[RunSpec | InferSpec]) -> None:
         """Every run submitted to `executor` at once (it queues them by their resources), each
-        stored as it comes back. Ctrl-C cancels every run in flight: no orphan tasks."""
-        held: set[Row] = set()  # claimed and in flight: their heartbeat goes on
-        spec = todo[0] if todo else None
+        stored as it comes back. Ctrl-C cancels every run in flight (no orphan tasks or jobs) and
+        stores them KILLED; any other error on the way does the same, FAILED, then goes up."""
+        held: dict[Row, RunSpec | InferSpec] = {}  # claimed and not yet stored: their heartbeat goes on
         try:
-            with Heartbeat(self.db, held):
+            with Heartbeat(self.db, held.keys()):
                 for index, spec in enumerate(todo):
                     weights = self.weights_for(spec)
                     row = self.claim(spec)
                     if row is None:
                         continue
-                    held.add(row)
+                    held[row] = spec
                     executor.submit(spec, self.data_dir, weights, self.save_weights, self.memory_limit, row)
                     self.events.run_started(spec, index, len(todo))
                 while executor.in_flight:
                     for spec, row, outcome in executor.finished():
-                        held.discard(row)
                         self.store_outcome(spec, row, outcome)
-        except KeyboardInterrupt:
-            for cancelled, row in executor.cancel_all():
-                self.killed(cancelled, row, f"interrupted (Ctrl-C or SIGTERM): cancelled on {executor.name}")
-            raise SweepInterrupted(self.summary, spec) from None
+                        del held[row]
+        except BaseException as error:
+            interrupted = isinstance(error, KeyboardInterrupt)
+            executor.cancel_all()
+            for row, spec in held.items():
+                if interrupted:
+                    self.killed(spec, row, f"interrupted (Ctrl-C or SIGTERM): cancelled on {executor.name}")
+                else:
+                    self.ended_with_sweep(spec, row, error)
+            if interrupted and held:
+                raise SweepInterrupted(self.summary, next(iter(held.values()))) from None
+            raise
+
+    def ended_with_sweep(self, spec: RunSpec | InferSpec, row: Row, error: BaseException) -> None:
+        """A run in flight when the sweep itself failed: cancelled, and stored FAILED if the store
+        still takes writes (if not, the next sweep finds it STALE)."""
+        try:
+            self.store.fail(row, "FAILED", f"cancelled: the sweep stopped ({one_line(error)})")
+        except Exception:  # e.g. the full disk that stopped the sweep
+            pass
+        self.summary.outcomes.append((spec, Outcome("FAILED", None, "the sweep stopped")))
 
 
 def worker_start_bytes() -> int:

@@ -534,11 +534,15 @@ def stale_shown(rows: pd.DataFrame) -> pd.DataFrame:
 def with_executor(rows: pd.DataFrame) -> pd.DataFrame:
     """Add `executor`: where each run executed ("local", or the cluster executor its environment
     names; runs/ray_executor.py records it with the node and job id)."""
-    def executor(environment) -> str:
+    def executor(environment, machine: str) -> str:
         found = json.loads(environment).get("executor") if isinstance(environment, str) else None
-        return found["name"] if isinstance(found, dict) and "name" in found else "local"
+        if isinstance(found, dict) and "name" in found:
+            return found["name"]
+        # A run that ended without a result has no environment: its machine names the cluster.
+        return machine.split("@")[0] if "@" in machine else "local"
 
-    rows["executor"] = rows["environment"].map(executor) if len(rows) else pd.Series(dtype=object)
+    rows["executor"] = [executor(environment, machine) for environment, machine in
+                        zip(rows["environment"], rows["machine_id"])] if len(rows) else pd.Series(dtype=object)
     return rows
 
 
