@@ -248,9 +248,9 @@ def run_sweep(specs: list[RunSpec | InferSpec], db: str | Path, data_dir: str | 
               experiment: str | None = None, events: SweepEvents | None = None,
               save_weights: bool = False, memory_limit: int | None = None, executor=None) -> SweepSummary:
     """Run every spec not yet finished on this machine, each in its own worker process: here, one
-    after another, or with `executor` (ray_executor.RayExecutor) as tasks on a cluster, stored under
-    the executor's target as their machine. Inference specs that name a training run get its saved
-    weights from the store."""
+    after another, or with `executor` (ray_executor.RayExecutor, slurm_executor.SlurmExecutor) as
+    tasks or jobs on a cluster, stored under the executor's target as their machine. Inference
+    specs that name a training run get its saved weights from the store."""
     events = events or SweepEvents()
     heartbeat.timeout_seconds()  # a bad $BATCHLAB_WORKER_TIMEOUT is refused before anything is stored
     summary = SweepSummary(planned=len(specs))
