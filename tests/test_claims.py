@@ -191,3 +191,37 @@ def test_a_killed_sweep_leaves_a_stale_run_that_the_next_sweep_runs(synthetic_fo
     assert "1 run(s) left RUNNING by a sweep that was killed: stored as STALE" in rerun.stderr
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT status, error FROM runs").fetchall() == [("DONE", None)]
+
+
+def test_a_run_with_a_cluster_job_is_adopted_not_stale(tmp_path):
+    """A coordinator killed (or left with --detach) while its Slurm job runs: the run is not STALE
+    but adopted by the next sweep, which watches the same job; a live coordinator keeps it."""
+    spec = RunSpec(model="mlp", batch_size=8)
+    job = {"executor": "slurm", "job_id": "41", "folder": "/jobs"}
+    with Store(tmp_path / "s.db") as store:
+        store.record_machine(MACHINE, {})
+        row = store.start(spec, MACHINE, owner=gone_owner())
+        assert store.adopt(spec, MACHINE) is None  # no job named: nothing to adopt (it is merely stale)
+        store.attach_job(row, job)
+        assert store.mark_stale() == 0
+        adopted, stored = store.adopt(spec, MACHINE)
+        assert stored == job and adopted.owner == this_process() and adopted.run_id == row.run_id
+        store.finish(adopted, result_of(spec, 0.8))  # the adopter stores the job's result
+        assert store.runs_frame().loc[0, "status"] == "DONE"
+
+
+def test_a_detached_run_has_no_owner_and_a_live_watcher_keeps_its_job(tmp_path):
+    spec = RunSpec(model="mlp", batch_size=8)
+    live = Owner(this_process().host, os.getppid(), process_start_time(os.getppid()))
+    with Store(tmp_path / "s.db") as store:
+        store.record_machine(MACHINE, {})
+        row = store.start(spec, MACHINE, owner=live)
+        store.attach_job(row, {"executor": "slurm", "job_id": "7", "folder": "/jobs"})
+        with pytest.raises(RunHeldElsewhere, match="watched by another sweep"):
+            store.adopt(spec, MACHINE)
+        store.leave_running(row)
+        stored = store.db.execute("SELECT status, owner_pid, cluster_job FROM runs").fetchone()
+        assert stored["status"] == "RUNNING" and stored["owner_pid"] is None and stored["cluster_job"]
+        assert store.mark_stale() == 0 and store.adopt(spec, MACHINE)[1]["job_id"] == "7"
+        again = store.start(spec, MACHINE)  # a new attempt (a failed run run again) forgets the old job
+        assert store.db.execute("SELECT cluster_job FROM runs WHERE run_id = ?", (again.run_id,)).fetchone()[0] is None

@@ -31,6 +31,7 @@ RUN_VALUES = {
     "lr_scaling": "sqrt", "base_batch": 16, "warmup_epochs": 0.5, "schedule": "cosine", "eval_every": 2,
     "stop_at_target": False,  # the default, as --no-stop-at-target: it needs --strategy single
     "gns": True,  # measured by ddp from the ranks' gradients
+    "nodes": 1,  # the default: more nodes need --executor slurm (tests/test_slurm_executor.py)
     "seed": 3,
 }
 

@@ -146,6 +146,6 @@ def test_a_schema_1_store_is_migrated_keeping_its_runs(tmp_path):
     assert path.read_bytes() == before
     Store(path).close()  # a sweep's store migrates the file
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 10
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 11
     migrated = load_runs(path)  # its tables rebuilt by schema 10: the run keeps its epochs
     assert migrated.loc[0, "micro_batch"] == 256 and migrated.loc[0, "images_per_second"] == 500

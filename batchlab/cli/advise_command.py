@@ -16,7 +16,20 @@ from rich.markup import escape
 from ..core.errors import SpecError
 from ..report.screen import console
 from ..spec.run import RunSpec
-from .app import DataDirOpt, DbOpt, MemoryOpt, OversubscribeOpt, app, err, execute, preflight, user_errors
+from .app import (
+    DataDirOpt,
+    DbOpt,
+    ExecutorChoice,
+    MemoryOpt,
+    OversubscribeOpt,
+    app,
+    err,
+    execute,
+    opened_executor,
+    preflight,
+    user_errors,
+    with_executor_options,
+)
 from .options import flag_grid, with_spec_options
 
 # What advise sets unless the user does: a validation split to choose on (not the test set), the
@@ -60,6 +73,7 @@ def base_spec(fields: dict) -> tuple[RunSpec, list[int] | None, list[float] | No
 @app.command()
 @user_errors
 @with_spec_options(RunSpec, lists=True)
+@with_executor_options
 def advise(
     budget_minutes: Annotated[Optional[float], typer.Option("--budget-minutes", help="Wall minutes the study may take, "
                                                             "probes included (a resumed study: its new runs).")] = None,
@@ -74,19 +88,19 @@ def advise(
     oversubscribe: OversubscribeOpt = False,
     db: DbOpt = Path("batchlab.db"),
     data_dir: DataDirOpt = None,
+    executor: ExecutorChoice = ExecutorChoice(),
     **fields,
 ) -> None:
     """Which batch size and LR reach your target accuracy fastest here: probe the largest batch that
     fits, train powers-of-two batch sizes at 3 LRs each (scaled, with warm-up, runs stopping at the
     target) within the budget, fit the critical batch size, and recommend. Every run is stored; the
-    same command again resumes the study.
+    same command again resumes the study. With --executor ray or slurm, "here" is the cluster's
+    nodes: the probes run on one of them, the runs as a sweep's.
 
     Example: batchlab advise --dataset fashion-mnist --model seed-cnn --target-accuracy 0.85 --budget-minutes 15
     """
-    from ..core.records import FINISHED
-    from ..device.machine import fingerprint, machine_id, resolve_device
-    from ..runner.advise import WIDEN_ROUNDS, Budget, Plan, plan_key
-    from ..store.store import Store
+    from ..device.machine import resolve_device
+    from ..runner.advise import Budget, plan_key
 
     started = time.monotonic()
     if format not in ("table", "json"):
@@ -95,44 +109,25 @@ def advise(
         raise SpecError("advise needs --budget-minutes, the wall minutes the study may take, e.g. 15")
     if repeats < 1 or (max_epochs is not None and max_epochs < 1):
         raise SpecError("--repeats and --max-epochs must be at least 1")
+    if executor.detach:
+        raise SpecError("--detach is not for advise: it plans on its probes' results and advises on its runs', "
+                        "so it waits for them")
     base, batches, lrs = base_spec(fields)
-    resolve_device(base.device)
-    limit = preflight([base], data_dir, memory_limit, oversubscribe)
-    machine = machine_id(fingerprint())
-    key = plan_key(base, budget_minutes, batches, lrs, repeats, max_epochs, machine)
-    with Store(db) as store:
-        stored = store.advice_plan(key)
-    budget = budget_minutes * 60
-    if stored:
-        plan = Plan.from_dict(stored)
-        err.print(f"resuming the study planned in {db} ({len(plan.runs)} runs: batch sizes "
-                  f"{', '.join(map(str, plan.batches))} x LRs {', '.join(f'{lr:g}' for lr in plan.lrs)}, "
-                  f"{plan.epochs} epoch(s) at most)", highlight=False)
-    else:
-        plan = new_plan(base, key, machine, budget, batches, lrs, max_epochs, repeats, data_dir, limit, started, db)
-    with Store(db) as store:  # the runs finished before (a resumed study) are not ahead
-        ahead = [spec for spec in plan.specs() if store.status(spec, machine) not in FINISHED]
-    clock = Budget(budget, started, plan, ahead)
-
-    def time_left() -> str:
-        return f"at most {clock.at_most_left() / 60:.1f} min left"
-
-    failed = None
-    specs = plan.specs()
-    for widening in range(WIDEN_ROUNDS + 1):
-        try:
-            execute(specs, db, data_dir, f"advise-{key[:8]}", memory_limit=memory_limit,
-                    oversubscribe=oversubscribe, may_start=clock.may_start, left=time_left)
-        except typer.Exit as stopped:
-            if stopped.exit_code != 1:  # interrupted: said, stored; nothing to advise on yet
-                raise
-            failed = stopped
-        if not widen or widening == WIDEN_ROUNDS or failed is not None:
-            break
-        specs = widened(plan, key, db, clock)
-        if not specs:
-            break
-        clock.ahead.update({spec.key: spec for spec in specs})
+    here = executor.name == "local"
+    if here:  # on a cluster the nodes' devices and CPUs count, which its executor checks
+        resolve_device(base.device)
+    limit = preflight([base], data_dir, memory_limit, oversubscribe, here=here)
+    # One executor for the whole study, probes and every round of runs: a Ray started here starts
+    # once (execute's own opening finds it running, and leaves it so).
+    with opened_executor(executor, db) as cluster:
+        machine, info = study_machine(cluster)
+        key = plan_key(base, budget_minutes, batches, lrs, repeats, max_epochs, machine)
+        plan = stored_plan(key, db)
+        if plan is None:
+            plan = new_plan(base, key, (machine, info), budget_minutes * 60, batches, lrs, max_epochs, repeats,
+                            data_dir, limit, started, db, cluster)
+        clock = Budget(budget_minutes * 60, started, plan, plan_ahead(plan, machine, db), together=not here)
+        failed = run_study(plan, key, clock, widen, db, data_dir, memory_limit, oversubscribe, executor)
     found = show_advice(plan, db, format)
     if failed is not None:
         raise failed
@@ -141,12 +136,76 @@ def advise(
         raise typer.Exit(1)
 
 
-def new_plan(base: RunSpec, key: str, machine: str, budget: float, batches, lrs, max_epochs, repeats: int,
-             data_dir: Optional[Path], limit, started: float, db: Path):
-    """Probe and plan, say what was planned, and store the plan."""
-    from ..device.machine import fingerprint
+def study_machine(cluster) -> tuple[str, dict]:
+    """The machine the study's runs are stored under and its record: this one, or on a cluster its
+    target, recorded as run_sweep records it (so that the runs are found finished on resume)."""
+    from ..device.machine import fingerprint, machine_id
+
+    info = fingerprint()
+    if cluster is None:
+        return machine_id(info), info
+    return cluster.target, {"hostname": cluster.target, "executor": cluster.name, "coordinator": info.get("hostname")}
+
+
+def stored_plan(key: str, db: Path):
+    """The plan stored under `key` (the same command before), said; None if there is none."""
+    from ..runner.advise import Plan
+    from ..store.store import Store
+
+    with Store(db) as store:
+        stored = store.advice_plan(key)
+    if not stored:
+        return None
+    plan = Plan.from_dict(stored)
+    err.print(f"resuming the study planned in {db} ({len(plan.runs)} runs: batch sizes "
+              f"{', '.join(map(str, plan.batches))} x LRs {', '.join(f'{lr:g}' for lr in plan.lrs)}, "
+              f"{plan.epochs} epoch(s) at most)", highlight=False)
+    return plan
+
+
+def plan_ahead(plan, machine: str, db: Path) -> list[RunSpec]:
+    """The plan's runs not finished before (a resumed study)."""
+    from ..core.records import FINISHED
+    from ..store.store import Store
+
+    with Store(db) as store:
+        return [spec for spec in plan.specs() if store.status(spec, machine) not in FINISHED]
+
+
+def run_study(plan, key: str, clock, widen: bool, db: Path, data_dir: Optional[Path], memory_limit, oversubscribe: bool,
+              executor: ExecutorChoice) -> Optional[typer.Exit]:
+    """The plan's runs, then (with `widen`) rounds of runs beyond the LR grid's edge; returns the
+    exit of a round in which a run failed (the advice is still shown), None if none did."""
+    from ..runner.advise import WIDEN_ROUNDS
+
+    def time_left() -> str:
+        return f"at most {clock.at_most_left() / 60:.1f} min left"
+
+    specs = plan.specs()
+    for widening in range(WIDEN_ROUNDS + 1):
+        try:
+            execute(specs, db, data_dir, f"advise-{key[:8]}", memory_limit=memory_limit,
+                    oversubscribe=oversubscribe, may_start=clock.may_start, left=time_left, executor=executor)
+        except typer.Exit as stopped:
+            if stopped.exit_code != 1:  # interrupted: said, stored; nothing to advise on yet
+                raise
+            return stopped
+        finally:
+            clock.round_ended()
+        if not widen or widening == WIDEN_ROUNDS:
+            break
+        specs = widened(plan, key, db, clock)
+        if not specs:
+            break
+        clock.ahead.update({spec.key: spec for spec in specs})
+    return None
+
+
+def new_plan(base: RunSpec, key: str, machine: tuple[str, dict], budget: float, batches, lrs, max_epochs,
+             repeats: int, data_dir: Optional[Path], limit, started: float, db: Path, cluster=None):
+    """Probe (on a node of `cluster`, if given) and plan, say what was planned, and store the plan
+    with its machine (id, record)."""
     from ..runner.advise import make_plan, study_inputs
-    from ..runner.maxbatch import default_memory_limit
     from ..store.store import Store
 
     notes: list[str] = []
@@ -157,8 +216,9 @@ def new_plan(base: RunSpec, key: str, machine: str, budget: float, batches, lrs,
                      "noise-scale estimate; the critical batch size comes from the steps to target alone")
     for note in notes:
         err.print(f"note: {note}", highlight=False)
+    where = "here" if cluster is None else f"on a node of {cluster.target}"
     err.print(f"probing batch sizes from {min(batches) if batches else base.batch_size} for the largest that fits "
-              "and what a step costs here", highlight=False)
+              f"and what a step costs {where}", highlight=False)
 
     def said(probe) -> None:
         err.print(f"  batch {probe.batch_size:>7,}: {'fits' if probe.fits else 'does not fit'}"
@@ -166,9 +226,8 @@ def new_plan(base: RunSpec, key: str, machine: str, budget: float, batches, lrs,
 
     scaling = (f"at batch {base.base_batch}, {base.lr_scaling}-scaled to each batch" if base.lr_scaling != "none"
                else "unscaled")
-    plan = make_plan(base, key, machine, budget, sizes, str(data_dir) if data_dir else None,
-                     limit or default_memory_limit(base), batches, lrs,
-                     max_epochs, repeats, lambda: time.monotonic() - started, said, notes)
+    plan = make_plan(base, key, machine[0], budget, sizes, str(data_dir) if data_dir else None, limit, batches, lrs,
+                     max_epochs, repeats, lambda: time.monotonic() - started, said, notes, cluster)
     for note in plan.notes[len(notes):]:  # the plan's own
         err.print(f"note: {note}", highlight=False)
     err.print(f"plan: batch sizes {', '.join(f'{b:,}' for b in plan.batches)} x LRs "
@@ -177,8 +236,8 @@ def new_plan(base: RunSpec, key: str, machine: str, budget: float, batches, lrs,
               f"{base.target_accuracy:g}; {(time.monotonic() - started) / 60:.1f} of {budget / 60:.1f} min spent",
               highlight=False)
     with Store(db) as store:
-        store.record_machine(machine, fingerprint())
-        store.record_advice_plan(key, machine, dataclasses.asdict(plan))
+        store.record_machine(*machine)
+        store.record_advice_plan(key, machine[0], dataclasses.asdict(plan))
     return plan
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -20,9 +22,10 @@ from rich.table import Table
 from ..core.errors import UserError
 from ..core.records import FAILURES
 from ..report.screen import console
+from ..spec.experiment import EXECUTOR_KEYS, EXECUTORS
 from ..spec.kinds import kind_of
 from ..spec.run import InferSpec, RunSpec
-from .options import flag_grid, spec_values, with_spec_options
+from .options import flag_grid, spec_values, with_option_group, with_spec_options
 
 app = typer.Typer(help="Measure how batch size and parallelism shape neural-network training on your hardware.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -47,14 +50,35 @@ DbOpt = Annotated[Path, typer.Option("--db", help="SQLite results store.")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder holding the dataset files; when given, the only place looked in.")]
 MemoryOpt = Annotated[Optional[float], typer.Option("--memory-limit", help="GiB of address space per run process; beyond it a run ends as OOM.")]
 OversubscribeOpt = Annotated[bool, typer.Option("--oversubscribe", help="Run even where workers × threads exceed the available CPUs (timings then include contention).")]
-ExecutorOpt = Annotated[str, typer.Option("--executor", help="Where runs execute: local (one after another here) or ray (Ray tasks; needs batchlab[cluster]).")]
-RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="With --executor ray: the cluster's address (host:port, ray://…); none: a Ray started here for the sweep.")]
-SlurmPartitionOpt = Annotated[Optional[str], typer.Option("--slurm-partition", help="With --executor slurm: the partition (default: the cluster's).")]
-SlurmTimeOpt = Annotated[int, typer.Option("--slurm-time", help="With --executor slurm: each job's time limit, minutes.")]
-SlurmMemoryOpt = Annotated[Optional[float], typer.Option("--slurm-mem", help="With --executor slurm: memory per job, GB (default: the partition's).")]
-SlurmOptionOpt = Annotated[Optional[list[str]], typer.Option("--slurm-option", help="With --executor slurm: an extra sbatch option KEY=VALUE (repeatable), e.g. account=proj.")]
-SlurmFolderOpt = Annotated[Optional[Path], typer.Option("--slurm-folder", help="With --executor slurm: the job folder, on a file system the nodes share (default: slurm-jobs beside --db).")]
-EXECUTORS = ("local", "ray", "slurm")
+
+
+def unset_option(kind: type, flag: str, text: str):
+    """An option of `kind` that defaults to None: "not given", so that another source may fill it."""
+    return Annotated[Optional[kind], typer.Option(flag, help=text)]
+
+
+# Where the runs go (sweep, infer, advise: with_executor_options). Each defaults to None, so that an
+# experiment file's [executor] table fills what the command line leaves out.
+EXECUTOR_FLAGS = {
+    "executor": unset_option(str, "--executor", "Where runs execute: local (one after another here, the default), "
+                                                "ray (Ray tasks) or slurm (Slurm jobs); ray and slurm need "
+                                                "batchlab[cluster]."),
+    "ray_address": unset_option(str, "--ray-address", "With --executor ray: the cluster's address (host:port, "
+                                                      "ray://…); none: a Ray started here for the sweep."),
+    "slurm_partition": unset_option(str, "--slurm-partition", "With --executor slurm: the partition (default: the "
+                                                              "cluster's)."),
+    "slurm_time": unset_option(int, "--slurm-time", "With --executor slurm: each job's time limit, minutes "
+                                                    "(default 60)."),
+    "slurm_mem": unset_option(float, "--slurm-mem", "With --executor slurm: memory per job, GB (default: the "
+                                                    "partition's)."),
+    "slurm_option": unset_option(list[str], "--slurm-option", "With --executor slurm: an extra sbatch option "
+                                                              "KEY=VALUE (repeatable), e.g. account=proj."),
+    "slurm_folder": unset_option(Path, "--slurm-folder", "With --executor slurm: the job folder, on a file system the "
+                                                         "nodes share (default: slurm-jobs beside --db)."),
+    "detach": unset_option(bool, "--detach/--no-detach", "With --executor slurm: submit, store what has ended, and "
+                                                         "leave the other jobs running; the same command again "
+                                                         "collects them."),
+}
 
 
 def user_errors(command):
@@ -131,17 +155,51 @@ def progress_events(progress: Progress, may_start=None, left=None):
     return SweepEvents(started, epoch_done, ended, may_start or (lambda spec: True), warning)
 
 
+# ExecutorChoice's fields by the flag that sets each, and by the [executor] key (spec/experiment.py).
+FLAG_FIELDS = {"executor": "name", "ray_address": "ray_address", "slurm_partition": "slurm_partition",
+               "slurm_time": "slurm_time", "slurm_mem": "slurm_mem", "slurm_option": "slurm_options",
+               "slurm_folder": "slurm_folder", "detach": "detach"}
+TABLE_FIELDS = {"name": "name", "ray_address": "ray_address", "partition": "slurm_partition",
+                "time_minutes": "slurm_time", "mem_gb": "slurm_mem", "options": "slurm_options",
+                "folder": "slurm_folder", "detach": "detach"}
+
+
 @dataclass
 class ExecutorChoice:
-    """Where the runs go, as the command line said (see open_executor)."""
+    """Where the runs go: the command line's flags (`given`: the fields they set) over an
+    experiment file's [executor] table (with_table); opened by open_executor."""
 
     name: str = "local"
     ray_address: Optional[str] = None
     slurm_partition: Optional[str] = None
     slurm_time: int = 60
     slurm_mem: Optional[float] = None
-    slurm_options: list[str] = field(default_factory=list)
+    slurm_options: list[str] = field(default_factory=list)  # KEY=VALUE; of one KEY, the last wins
     slurm_folder: Optional[Path] = None
+    detach: bool = False
+    given: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_flags(cls, flags: dict) -> ExecutorChoice:
+        """The flags of EXECUTOR_FLAGS as a command received them (None, or an empty list: not given)."""
+        given = {FLAG_FIELDS[flag]: value for flag, value in flags.items() if value is not None and value != []}
+        return cls(**given, given=frozenset(given))
+
+    def with_table(self, table: dict) -> ExecutorChoice:
+        """These flags over an experiment file's [executor] table, key by key: a flag given wins, a
+        flag left out takes the file's value (sbatch options merge, a flag's winning for its key).
+        The file's keys for another executor than the one chosen are set aside: a file written for
+        Slurm can be tried here with --executor local."""
+        name = self.name if "name" in self.given else table.get("name", self.name)
+        mine = {key: value for key, value in table.items() if EXECUTOR_KEYS[key][1] in (None, name)}
+        values = {TABLE_FIELDS[key]: Path(value) if key == "folder" else value for key, value in mine.items()
+                  if key != "options" and TABLE_FIELDS[key] not in self.given}
+        options = [f"{option}={value}" for option, value in mine.get("options", {}).items()]
+        return dataclasses.replace(self, **values, slurm_options=options + self.slurm_options)
+
+
+# A command's parameter `executor: ExecutorChoice` becomes the options of EXECUTOR_FLAGS.
+with_executor_options = with_option_group("executor", EXECUTOR_FLAGS, ExecutorChoice.from_flags)
 
 
 def open_executor(choice: ExecutorChoice, db: Path):
@@ -153,8 +211,11 @@ def open_executor(choice: ExecutorChoice, db: Path):
     if choice.ray_address and choice.name != "ray":
         raise SpecError("--ray-address is for --executor ray")
     slurm_flags = choice.slurm_partition or choice.slurm_mem or choice.slurm_options or choice.slurm_folder
-    if slurm_flags and choice.name != "slurm":
+    if (slurm_flags or "slurm_time" in choice.given) and choice.name != "slurm":
         raise SpecError("--slurm-* options are for --executor slurm")
+    if choice.detach and choice.name != "slurm":
+        ends = "Ray tasks end" if choice.name == "ray" else "local runs end"
+        raise SpecError(f"--detach is for --executor slurm: {ends} with the sweep that started them")
     if choice.name == "local":
         return None
     if choice.name == "ray":
@@ -173,9 +234,20 @@ def open_executor(choice: ExecutorChoice, db: Path):
                 raise SpecError(f"--slurm-option {option!r}: give KEY=VALUE, e.g. account=proj")
             options[key.strip().lstrip("-").replace("-", "_")] = value
         executor = SlurmExecutor(choice.slurm_partition, choice.slurm_folder or db.resolve().parent / "slurm-jobs",
-                                 choice.slurm_time, choice.slurm_mem, options)
+                                 choice.slurm_time, choice.slurm_mem, options, detach=choice.detach)
     executor.open()
     return executor
+
+
+@contextlib.contextmanager
+def opened_executor(choice: ExecutorChoice, db: Path):
+    """open_executor's executor (None for local) for the block, closed after it whatever happens."""
+    cluster = open_executor(choice, db)
+    try:
+        yield cluster
+    finally:
+        if cluster is not None:
+            cluster.close()
 
 
 def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str], save_weights: bool = False,
@@ -184,15 +256,15 @@ def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str]
     """Run the specs with a progress bar; print what was skipped and how the runs ended. Exits 1
     when a run failed (FAILED, or ended by a signal; DIVERGED and OOM are results, not failures).
     `may_start`, `left`: see progress_events. On a cluster executor the runs' CPUs are the nodes'
-    (the executor checks them), not this machine's."""
+    (the executor checks them), not this machine's; runs left running on Slurm (--detach) are
+    said, with how to collect them, and are no failure."""
     from ..runner.sweep import SweepInterrupted, run_sweep
 
     executor = executor or ExecutorChoice()
     limit = preflight(specs, data_dir, memory_limit, oversubscribe, here=executor.name == "local")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    cluster = open_executor(executor, db)
     try:
-        with Progress(*columns, console=err, transient=True) as progress:
+        with opened_executor(executor, db) as cluster, Progress(*columns, console=err, transient=True) as progress:
             summary = run_sweep(specs, db, str(data_dir) if data_dir else None, experiment,
                                 progress_events(progress, may_start, left), save_weights, limit, cluster)
     except SweepInterrupted as stopped:
@@ -203,9 +275,6 @@ def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str]
     except KeyboardInterrupt:  # before any run started: nothing to store
         err.print("interrupted before any run started; nothing stored.", highlight=False)
         raise typer.Exit(130) from None
-    finally:
-        if cluster is not None:
-            cluster.close()
     for device, reason in summary.skipped_device.items():
         err.print(f"[yellow]skipped runs on {device}:[/yellow] {reason}", highlight=False)
     if summary.skipped_finished:
@@ -216,6 +285,9 @@ def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str]
     if summary.marked_stale:
         err.print(f"{summary.marked_stale} run(s) left RUNNING by a sweep that was killed: stored as STALE "
                   "(run again where planned).", highlight=False)
+    if summary.adopted:
+        err.print(f"{summary.adopted} run(s) submitted by an earlier sweep: their jobs watched and stored by this "
+                  "one, not submitted again.", highlight=False)
     if summary.held_elsewhere:
         err.print(f"[yellow]{len(summary.held_elsewhere)} run(s) skipped: another sweep is running them[/yellow] "
                   f"({escape(summary.held_elsewhere[0])}{', …' if len(summary.held_elsewhere) > 1 else ''}); "
@@ -228,11 +300,19 @@ def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str]
     if results:
         line += f" ({', '.join(results)}: a result)"
     err.print(f"{line}, stored in {db}.", highlight=False)
+    if summary.detached:
+        err.print(f"{len(summary.detached)} run(s) left running on Slurm (jobs {job_list(summary.detached)}): run the "
+                  "same command again to collect them.", highlight=False, soft_wrap=True)
     if failed:
         names = "; ".join(f"{spec.label()} ({outcome.status})" for spec, outcome in failed)
         err.print(f"[red]{len(failed)} run(s) failed:[/red] {escape(names)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     return summary
+
+
+def job_list(job_ids: list[str], shown: int = 5) -> str:
+    """The first job ids, then "…": the line stays short for hundreds of jobs."""
+    return ",".join(job_ids[:shown]) + (",…" if len(job_ids) > shown else "")
 
 
 def preflight(specs, data_dir: Optional[Path], memory_limit: Optional[float], oversubscribe: bool,
@@ -392,6 +472,7 @@ def maxbatch(
 @app.command()
 @user_errors
 @with_spec_options(RunSpec, lists=True)
+@with_executor_options
 def sweep(
     experiment: Annotated[Optional[Path], typer.Argument(help="TOML experiment file (flags override its values).")] = None,
     repeats: Annotated[Optional[int], typer.Option(help="Runs per grid point.")] = None,
@@ -400,17 +481,12 @@ def sweep(
     oversubscribe: OversubscribeOpt = False,
     db: DbOpt = Path("batchlab.db"),
     data_dir: DataDirOpt = None,
-    executor: ExecutorOpt = "local",
-    ray_address: RayAddressOpt = None,
-    slurm_partition: SlurmPartitionOpt = None,
-    slurm_time: SlurmTimeOpt = 60,
-    slurm_mem: SlurmMemoryOpt = None,
-    slurm_option: SlurmOptionOpt = None,
-    slurm_folder: SlurmFolderOpt = None,
+    executor: ExecutorChoice = ExecutorChoice(),
     **fields,
 ) -> None:
     """Run a grid of runs, each in a fresh process, every run stored as it finishes. Started
     again, it skips the runs already finished (resume); Ctrl-C stores the running run as KILLED.
+    Where the runs go: --executor and its options, else the experiment file's [executor] table.
 
     Example: batchlab sweep --batch-size 16,64,256,1024 --epochs 3 --repeats 2
     Example: batchlab sweep experiments/small-batches.toml
@@ -426,25 +502,19 @@ def sweep(
         raise SpecError("nothing to sweep: give an experiment file or grid flags, e.g. --batch-size 16,64,256")
     spec = base.with_overrides(overrides, repeats)
     execute(spec.runs() + spec.inferences(), db, data_dir, spec.name, save_weights, memory_limit, oversubscribe,
-            executor=ExecutorChoice(executor, ray_address, slurm_partition, slurm_time, slurm_mem, slurm_option or [],
-                                    slurm_folder))
+            executor=executor.with_table(spec.executor))
 
 
 @app.command()
 @user_errors
 @with_spec_options(InferSpec, lists=True)
+@with_executor_options
 def infer(
     memory_limit: MemoryOpt = None,
     oversubscribe: OversubscribeOpt = False,
     db: DbOpt = Path("batchlab.db"),
     data_dir: DataDirOpt = None,
-    executor: ExecutorOpt = "local",
-    ray_address: RayAddressOpt = None,
-    slurm_partition: SlurmPartitionOpt = None,
-    slurm_time: SlurmTimeOpt = 60,
-    slurm_mem: SlurmMemoryOpt = None,
-    slurm_option: SlurmOptionOpt = None,
-    slurm_folder: SlurmFolderOpt = None,
+    executor: ExecutorChoice = ExecutorChoice(),
     **fields,
 ) -> None:
     """Inference throughput and latency against batch size: compute only and with overheads
@@ -466,9 +536,7 @@ def infer(
                 keyed = store.weights(weights, name, dataset)[0]
         specs += ExperimentSpec(infer_grid={**grid, "model": [name], "weights": [keyed]}).inferences()
     try:
-        execute(specs, db, data_dir, None, memory_limit=memory_limit, oversubscribe=oversubscribe,
-                executor=ExecutorChoice(executor, ray_address, slurm_partition, slurm_time, slurm_mem, slurm_option or [],
-                                        slurm_folder))
+        execute(specs, db, data_dir, None, memory_limit=memory_limit, oversubscribe=oversubscribe, executor=executor)
     finally:  # the table of what was measured, failures or not
         if db.exists():
             measured = load_inference(db)

@@ -1,5 +1,6 @@
 """Command-line options derived from the spec fields (spec/fields.py), so that a new field is a
-flag of `train`, `sweep` and `infer` without being written out again here.
+flag of `train`, `sweep` and `infer` without being written out again here; and groups of options
+several commands share, reaching each as one object (with_option_group).
 
 Typer reads a command's options from its signature; `with_spec_options` gives the command one
 made of the spec's fields followed by the command's own parameters, and passes everything to the
@@ -71,6 +72,35 @@ def with_spec_options(spec_class: type, lists: bool = False) -> Callable:
         wrapper.__signature__ = inspect.Signature(parameters)
         wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
         del wrapper.__wrapped__  # Typer must read the signature above, not the command's own
+        return wrapper
+    return decorate
+
+
+def with_option_group(name: str, options: dict[str, Any], build: Callable[[dict[str, Any]], Any]) -> Callable:
+    """Decorate a command taking the parameter `name`: in its signature that parameter gives way to
+    `options` (parameter name → Annotated type; each defaults to None, "not given"), whose values
+    reach the command as one argument, build(values). Options that several commands share (where
+    their runs go: cli/app.py) are so written once. Goes below with_spec_options."""
+    def decorate(command: Callable) -> Callable:
+        parameters = []
+        for parameter in inspect.signature(command, eval_str=True).parameters.values():
+            if parameter.name == name:
+                parameters += [inspect.Parameter(option, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                                 annotation=annotation) for option, annotation in options.items()]
+            elif is_argument(parameter) or parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                parameters.append(parameter)
+            else:
+                parameters.append(parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+        parameters.sort(key=lambda parameter: parameter.kind)  # arguments, options, **fields (stable)
+
+        @functools.wraps(command)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            values = {option: kwargs.pop(option) for option in options}
+            return command(*args, **kwargs, **{name: build(values)})
+
+        wrapper.__signature__ = inspect.Signature(parameters)
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters if p.annotation is not p.empty}
+        del wrapper.__wrapped__  # the signature above is the command's, not the function's own
         return wrapper
     return decorate
 

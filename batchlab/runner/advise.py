@@ -20,7 +20,10 @@ The plan (made once, stored under a key of the user's inputs, so that the same c
 
 Runs go middle LR first at every batch size (largest batch first: the cheapest), then the other
 LRs, so that a budget cut short still leaves one LR at every batch size. Before each run, the budget
-left must cover the run's worst case (all epochs); else it is left unstarted and said so.
+left must cover the run's worst case (all epochs); else it is left unstarted and said so (Budget).
+
+On a cluster executor (--executor ray|slurm) the probes run on one node of it (executor.call), so
+that what a step costs is the nodes' cost, not the coordinator's; the runs go to it as a sweep's do.
 
 Then, while the budget allows (WIDEN_ROUNDS times at most), a batch size whose best LR sits at an
 end of the grid gets a run one grid step (x3) beyond it (`widen`): the best may lie there, and the
@@ -39,7 +42,8 @@ from typing import Callable
 
 from ..core.errors import SpecError
 from ..spec.run import RunSpec
-from .maxbatch import MaxBatch, Probe, find_max_batch
+from .maxbatch import MaxBatch, Probe, default_memory_limit, find_max_batch
+from .remote import needs
 
 SMALLEST_BATCH = 16
 MIN_STEPS_PER_EPOCH = 16
@@ -205,21 +209,14 @@ def plan_key(base: RunSpec, budget_minutes: float, batches: list[int] | None, lr
 def make_plan(base: RunSpec, key: str, machine: str, budget_seconds: float, sizes: tuple[int, int, int],
               data_dir: str | None, memory_limit: int | None, batches: list[int] | None, lrs: list[float] | None,
               max_epochs: int | None, repeats: int, elapsed: Callable[[], float],
-              on_probe: Callable[[Probe], None], notes: list[str]) -> Plan:
-    """Probe, then fit the study into the budget left (see the module's description)."""
+              on_probe: Callable[[Probe], None], notes: list[str], executor=None) -> Plan:
+    """Probe (here, or on a node of `executor`), then fit the study into the budget left (see the
+    module's description). `memory_limit` None: the RAM available where the probes run."""
     train_images, val_images, test_images = sizes
     smallest = min(batches) if batches else SMALLEST_BATCH
     top = max(batches) if batches else max(smallest, train_images // MIN_STEPS_PER_EPOCH)
     bound = "the largest --batch-size given" if batches else "a sixteenth of the training set"
-
-    def probed(probe: Probe) -> None:
-        on_probe(probe)
-        if elapsed() > budget_seconds:
-            raise SpecError(f"the budget ({budget_seconds:.0f} s) ran out while probing batch sizes "
-                            f"(the last probe, batch {probe.batch_size}, took {probe.elapsed_seconds:.0f} s); give "
-                            "a larger --budget-minutes")
-
-    found: MaxBatch = find_max_batch(base, top, data_dir, memory_limit, on_probe=probed, start=min(smallest, top))
+    found = probe(base, top, data_dir, memory_limit, min(smallest, top), budget_seconds, elapsed, on_probe, executor)
     costs = costs_from(found.probes, test_images)
     # The margin is for a batch at the edge of memory; a search that stopped at its bound has none.
     usable = found.usable_batch if found.limited_by == "memory" else found.max_batch
@@ -241,6 +238,58 @@ def make_plan(base: RunSpec, key: str, machine: str, budget_seconds: float, size
     return Plan(key, machine, runs, [RunSpec.from_dict(values).key for values in runs], chosen, grid, epochs, repeats,
                 base.target_accuracy, budget_seconds / 60, dataclasses.asdict(found), dataclasses.asdict(costs), sizes,
                 notes, bound)
+
+
+def probe(base: RunSpec, top: int, data_dir: str | None, memory_limit: int | None, start: int, budget_seconds: float,
+          elapsed: Callable[[], float], on_probe: Callable[[Probe], None], executor=None) -> MaxBatch:
+    """The max-batch search (search_max_batch) here, each probe said as it ends; or on one node of a
+    cluster executor, its probes said when it returns (a callback cannot cross to the node).
+    SpecError when the budget ran out while probing: on the node's clock during the search, or on
+    this one's after it (a cluster's queue wait counts here)."""
+    seconds_left = budget_seconds - elapsed()
+    if executor is None:
+        found, probes = search_max_batch(base, top, data_dir, memory_limit, start, seconds_left, on_probe)
+    else:
+        executor.check([base])  # a node that can hold the runs: one line now, not a task queued forever
+        wanted = needs(base)  # a probe is a run of the study's threads and device
+        found, probes = executor.call(search_max_batch, base, top, data_dir, memory_limit, start, seconds_left,
+                                      cpus=wanted["CPU"], gpus=wanted["GPU"])
+        for done in probes:
+            on_probe(done)
+    if found is None or elapsed() > budget_seconds:
+        raise SpecError(f"the budget ({budget_seconds:.0f} s) ran out while probing batch sizes "
+                        f"(the last probe, batch {probes[-1].batch_size}, took {probes[-1].elapsed_seconds:.0f} s); "
+                        "give a larger --budget-minutes")
+    return found
+
+
+class BudgetSpent(Exception):
+    """Raised from a probe's callback to end the search: the budget is spent."""
+
+
+def search_max_batch(base: RunSpec, top: int, data_dir: str | None, memory_limit: int | None, start: int,
+                     seconds_left: float, on_probe: Callable[[Probe], None] = lambda probe: None
+                     ) -> tuple[MaxBatch | None, list[Probe]]:
+    """find_max_batch from batch `start` up to `top`, on the machine this runs on: here, or a node
+    (through executor.call; hence module-level, its arguments and value picklable). It returns
+    early, (None, the probes made), once a probe ends more than `seconds_left` seconds after this
+    call began, on this machine's own clock (a queue wait before it is the caller's to count); else
+    (the search's result, its probes). `memory_limit` None: the RAM available on this machine."""
+    began = time.monotonic()
+    probes: list[Probe] = []
+
+    def probed(done: Probe) -> None:
+        probes.append(done)
+        on_probe(done)
+        if time.monotonic() - began > seconds_left:
+            raise BudgetSpent
+
+    try:
+        found = find_max_batch(base, top, data_dir, memory_limit or default_memory_limit(base), on_probe=probed,
+                               start=start)
+    except BudgetSpent:
+        return None, probes
+    return found, probes
 
 
 def widen(plan: Plan, edges: dict[int, tuple[float, str]], seconds: float) -> list[RunSpec]:
@@ -281,28 +330,45 @@ def study_inputs(base: RunSpec, data_dir: str | None) -> tuple[tuple[int, int, i
 
 class Budget:
     """The study's clock while its runs go: which run may start (its worst case within the budget
-    left), and at most how long the rest takes (the worst cases of the runs ahead, within the budget)."""
+    left), and at most how long the rest takes (the worst cases of the runs ahead, within the budget).
+
+    Here runs go one after another, and may_start is asked as each starts, the one before ended.
+    On a cluster (`together`) it is asked as each is submitted, all within seconds, and they then
+    run side by side as nodes allow, or one after another on a full cluster: a run may start there
+    only if its worst case fits the budget left after the worst cases of the runs submitted before
+    it (those of this round, see round_ended). This still holds the study to its budget if the
+    runs find no room to go side by side, and is the same test as here for the plan's first round
+    (the plan's epochs fit every run one after another). A queue's wait is not foreseen.
+    """
 
     def __init__(self, seconds: float, started: float, plan: Plan, ahead: list[RunSpec],
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, together: bool = False):
         self.seconds, self.started, self.plan, self.clock = seconds, started, plan, clock
         self.ahead = {spec.key: spec for spec in ahead}
-        self.current: tuple[RunSpec, float] | None = None
+        self.together = together
+        self.started_runs: list[tuple[RunSpec, float]] = []  # here: the run going; on a cluster: this round's
 
     def left(self) -> float:
         return self.seconds - (self.clock() - self.started)
 
     def may_start(self, spec: RunSpec) -> bool:
         self.ahead.pop(spec.key, None)
-        if self.plan.worst_case_seconds(spec) > self.left():
-            self.current = None
+        if not self.together:  # the run before has ended
+            self.started_runs = []
+        if self.plan.worst_case_seconds(spec) + self.still_to_come() > self.left():
             return False
-        self.current = (spec, self.clock())
+        self.started_runs.append((spec, self.clock()))
         return True
 
+    def still_to_come(self) -> float:
+        """The worst cases of the runs started, less the time they have run."""
+        now = self.clock()
+        return sum(max(0.0, self.plan.worst_case_seconds(spec) - (now - began)) for spec, began in self.started_runs)
+
+    def round_ended(self) -> None:
+        """Every run started has ended (a round of execute): none is still to come."""
+        self.started_runs = []
+
     def at_most_left(self) -> float:
-        rest = sum(self.plan.worst_case_seconds(spec) for spec in self.ahead.values())
-        if self.current is not None:
-            spec, began = self.current
-            rest += max(0.0, self.plan.worst_case_seconds(spec) - (self.clock() - began))
+        rest = sum(self.plan.worst_case_seconds(spec) for spec in self.ahead.values()) + self.still_to_come()
         return max(0.0, min(self.left(), rest))

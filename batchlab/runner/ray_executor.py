@@ -41,6 +41,9 @@ class RayExecutor:
     in_flight: dict = field(default_factory=dict)  # ObjectRef → what was submitted
 
     name = "ray"
+    # A Ray task ends with the driver that submitted it: there is no leaving runs behind
+    # (--detach) nor adopting them later; a restarted sweep runs them again (their runs are STALE).
+    detach = False
 
     @property
     def target(self) -> str:
@@ -83,13 +86,36 @@ class RayExecutor:
 
     def submit(self, spec: RunSpec | InferSpec, data_dir: str | None, weights_in: bytes | None, save_weights: bool,
                memory_limit: int | None, claim) -> None:
+        """Submit the run as a task (nothing to name in the store: see `detach`)."""
+        wanted = needs(spec)
+        ref = self.task(run_on_node, f"batchlab {spec.label()}", wanted["CPU"], wanted["GPU"]).remote(
+            spec, data_dir, weights_in, save_weights, memory_limit, time.time(), ray_placement)
+        self.in_flight[ref] = (spec, claim)
+
+    def submit_all(self, runs: list[tuple[RunSpec | InferSpec, bytes | None, object]], data_dir: str | None,
+                   save_weights: bool, memory_limit: int | None) -> list[None]:
+        """Submit (run, its input weights, its claim) each as a task; nothing names them in the store."""
+        return [self.submit(spec, data_dir, weights, save_weights, memory_limit, claim) for spec, weights, claim in runs]
+
+    @staticmethod
+    def task(function, name: str, cpus: float, gpus: float):
         import ray
 
-        wanted = needs(spec)
-        task = ray.remote(run_on_node).options(num_cpus=wanted["CPU"], num_gpus=wanted["GPU"], max_retries=0,
-                                               name=f"batchlab {spec.label()}")
-        ref = task.remote(spec, data_dir, weights_in, save_weights, memory_limit, time.time(), ray_placement)
-        self.in_flight[ref] = (spec, claim)
+        return ray.remote(function).options(num_cpus=cpus, num_gpus=gpus, max_retries=0, name=name)
+
+    def call(self, function, *args, cpus: float, gpus: float = 0):
+        """Run `function(*args)` as one task and return its value (advise's probes on a node):
+        ExecutorError with Ray's reason if it fails; Ctrl-C cancels it."""
+        import ray
+
+        ref = self.task(function, f"batchlab {getattr(function, '__name__', 'call')}", cpus, gpus).remote(*args)
+        try:
+            return ray.get(ref)
+        except KeyboardInterrupt:
+            ray.cancel(ref, force=True)
+            raise
+        except exceptions_of_ray() as error:
+            raise ExecutorError(f"--executor ray: {failure(error)[1]}") from None
 
     def finished(self) -> list[tuple[RunSpec | InferSpec, object, Outcome]]:
         """Runs that ended since the last call (waits up to POLL_SECONDS for one)."""
@@ -107,18 +133,12 @@ class RayExecutor:
     @staticmethod
     def outcome(ref) -> Outcome:
         import ray
-        from ray import exceptions
 
         try:
             return ray.get(ref)
-        except exceptions.TaskCancelledError:
-            return Outcome("KILLED", None, "cancelled on Ray")
-        except exceptions.WorkerCrashedError as error:
-            return Outcome("FAILED", None, f"its Ray worker died ({first_line(error)})")
-        except exceptions.NodeDiedError as error:
-            return Outcome("FAILED", None, f"its Ray node died ({first_line(error)})")
-        except exceptions.RayError as error:
-            return Outcome("FAILED", None, f"Ray: {first_line(error)}")
+        except exceptions_of_ray() as error:
+            status, why = failure(error)
+            return Outcome(status, None, why)
 
     def cancel_all(self) -> list[tuple[RunSpec | InferSpec, object]]:
         """Cancel every run in flight (Ctrl-C on the sweep: no orphan tasks); returns them."""
@@ -158,6 +178,28 @@ def refuse_unreachable(address: str) -> None:
     except OSError as error:
         raise ExecutorError(f"--executor ray: nothing answers at {address} ({error.strerror or error}); "
                             "is the Ray cluster up (ray start --head)?") from None
+
+
+def exceptions_of_ray() -> type:
+    from ray import exceptions
+
+    return exceptions.RayError
+
+
+def failure(error: BaseException) -> tuple[str, str]:
+    """How a Ray task that ended in `error` is stored: its status and why, in Ray's words."""
+    from ray import exceptions
+
+    if isinstance(error, exceptions.TaskCancelledError):
+        return "KILLED", "cancelled on Ray"
+    if isinstance(error, exceptions.WorkerCrashedError):
+        return "FAILED", f"its Ray worker died ({first_line(error)})"
+    if isinstance(error, exceptions.NodeDiedError):
+        return "FAILED", f"its Ray node died ({first_line(error)})"
+    if isinstance(error, exceptions.RayTaskError):  # the function raised: its traceback ends with what
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        return "FAILED", lines[-1][:300] if lines else type(error).__name__
+    return "FAILED", f"Ray: {first_line(error)}"
 
 
 def first_line(error: BaseException) -> str:

@@ -21,8 +21,9 @@ class ExecutorError(UserError, RuntimeError):
 
 
 def needs(spec: RunSpec | InferSpec) -> dict[str, float]:
-    """What one run takes of a node: a CPU per thread of each worker, a GPU per worker on cuda."""
-    workers = getattr(spec, "workers", 1)
+    """What one run takes of each of its nodes: a CPU per thread of each worker there, a GPU per
+    worker there on cuda (a ddp run over several nodes has workers / nodes on each)."""
+    workers = getattr(spec, "workers", 1) // getattr(spec, "nodes", 1)
     return {"CPU": float(max(1, spec.threads or 1) * workers),
             "GPU": float(workers if spec.device.startswith("cuda") else 0)}
 

@@ -39,7 +39,32 @@ def slurm_placement() -> dict:
     """Where on Slurm this job runs (called on the node)."""
     import os
 
-    return {"name": "slurm", "job_id": os.environ.get("SLURM_JOB_ID"), "partition": os.environ.get("SLURM_JOB_PARTITION")}
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    # A task of an array is known by ARRAY_TASK (as squeue, scancel and the store name it).
+    job_id = f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+    return {"name": "slurm", "job_id": job_id, "partition": os.environ.get("SLURM_JOB_PARTITION")}
+
+
+def rank_on_node(spec: RunSpec, data_dir: str | None, weights_in: bytes | None, save_weights: bool,
+                 memory_limit: int | None, submitted_at: float) -> Outcome | None:
+    """One task of a ddp run over several nodes: one rank. submitit's TorchDistributedEnvironment
+    sets the launcher's environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT from the job's first node,
+    LOCAL_RANK), which the run's worker inherits, so the run takes the torchrun code path
+    (train/ddp.run_rank). Rank 0's Outcome is the run's; a rank that fails raises, which ends its
+    task with an error, and srun (--kill-on-bad-exit) ends the others instead of leaving them
+    waiting for it in an all-reduce."""
+    from submitit.helpers import TorchDistributedEnvironment
+
+    ranks = TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+    def placement() -> dict:
+        return {**slurm_placement(), "nodes": spec.nodes, "master": ranks.master_addr, "rank": ranks.rank}
+
+    outcome = run_on_node(spec, data_dir, weights_in, save_weights, memory_limit, submitted_at, placement)
+    if outcome.result is None:
+        raise RuntimeError(f"rank {ranks.rank} on {ranks.master_addr if ranks.rank == 0 else 'its node'}: "
+                           f"{outcome.status}: {outcome.error}")
+    return outcome if ranks.rank == 0 else None
 
 
 @dataclass
@@ -49,6 +74,7 @@ class SlurmExecutor:
     time_limit_minutes: int = 60
     memory_gb: float | None = None
     sbatch_options: dict = field(default_factory=dict)  # extra sbatch options, e.g. {"account": "x"}
+    detach: bool = False  # --detach: the sweep submits, collects what has ended, and leaves the rest running
     in_flight: dict = field(default_factory=dict)  # job id → (job, spec, claim)
     gone_since: dict = field(default_factory=dict)  # job id → when squeue stopped knowing it
 
@@ -96,24 +122,108 @@ class SlurmExecutor:
                 raise ExecutorError(f"--executor slurm: no node of {self.target} has {wanted['CPU']:g} CPUs{gpus} "
                                     f"for {spec.label()} (the largest has {biggest[0]} CPUs, {biggest[1]} GPUs)")
 
-    def submit(self, spec: RunSpec | InferSpec, data_dir: str | None, weights_in: bytes | None, save_weights: bool,
-               memory_limit: int | None, claim) -> None:
+    def submitter(self, name: str, cpus: float, gpus: float, nodes: int = 1, tasks_per_node: int = 1):
+        """A submitit executor for jobs of `cpus` CPUs per task and `gpus` GPUs per node, on
+        `nodes` nodes with `tasks_per_node` tasks on each."""
         import submitit
 
-        wanted = needs(spec)
         executor = submitit.AutoExecutor(folder=self.folder, cluster="slurm")
-        parameters = {"timeout_min": self.time_limit_minutes, "cpus_per_task": int(wanted["CPU"]),
-                      "name": f"batchlab-{spec.key[:8]}", "slurm_additional_parameters": dict(self.sbatch_options)}
+        parameters = {"timeout_min": self.time_limit_minutes, "cpus_per_task": int(cpus), "name": name,
+                      "slurm_additional_parameters": dict(self.sbatch_options)}
+        if nodes > 1 or tasks_per_node > 1:
+            parameters.update(nodes=nodes, tasks_per_node=tasks_per_node, slurm_srun_args=["--kill-on-bad-exit=1"])
         if self.partition:
             parameters["slurm_partition"] = self.partition
-        if wanted["GPU"]:
-            parameters["gpus_per_node"] = int(wanted["GPU"])
+        if gpus:
+            parameters["gpus_per_node"] = int(gpus)
         if self.memory_gb:
             parameters["mem_gb"] = self.memory_gb
         executor.update_parameters(**parameters)
-        job = executor.submit(run_on_node, spec, data_dir, weights_in, save_weights, memory_limit, time.time(),
-                              slurm_placement)
+        return executor
+
+    def submit_all(self, runs: list[tuple[RunSpec | InferSpec, bytes | None, object]], data_dir: str | None,
+                   save_weights: bool, memory_limit: int | None) -> list[dict]:
+        """Submit (run, its input weights, its claim) each as a job: runs that ask for the same
+        resources on one node go as one job array (one sbatch, one entry in the queue per run for
+        the scheduler, which caps arrays' size by MaxArraySize), the others one by one. Returns,
+        for each run, what names its job in the store (store.attach_job)."""
+        groups: dict[tuple, list] = {}
+        for run in runs:  # a run over several nodes is a job of its own (its tasks are its ranks)
+            spec = run[0]
+            shape = (needs(spec)["CPU"], needs(spec)["GPU"]) if getattr(spec, "nodes", 1) == 1 else (spec.key,)
+            groups.setdefault(shape, []).append(run)
+        named = {}
+        for shape, members in groups.items():
+            if len(members) == 1 or len(shape) == 1:
+                for spec, weights, claim in members:
+                    named[id(claim)] = self.submit(spec, data_dir, weights, save_weights, memory_limit, claim)
+                continue
+            wanted = needs(members[0][0])
+            executor = self.submitter("batchlab-sweep", wanted["CPU"], wanted["GPU"])
+            with executor.batch():  # the jobs get their ids as the block ends
+                jobs = [executor.submit(run_on_node, spec, data_dir, weights, save_weights, memory_limit, time.time(),
+                                        slurm_placement) for spec, weights, _ in members]
+            for job, (spec, _, claim) in zip(jobs, members):
+                named[id(claim)] = self.watch(job, spec, claim)
+        return [named[id(claim)] for _, _, claim in runs]
+
+    def watch(self, job, spec: RunSpec | InferSpec, claim) -> dict:
+        """Put a submitted job in flight; returns what names it in the store."""
         self.in_flight[job.job_id] = (job, spec, claim)
+        return {"executor": self.name, "job_id": job.job_id, "folder": str(Path(self.folder).resolve()),
+                "tasks": job.num_tasks}
+
+    def submit(self, spec: RunSpec | InferSpec, data_dir: str | None, weights_in: bytes | None, save_weights: bool,
+               memory_limit: int | None, claim) -> dict:
+        """Submit the run as a job of its own; returns what names the job in the store."""
+        wanted = needs(spec)
+        name = f"batchlab-{spec.key[:8]}"
+        nodes = getattr(spec, "nodes", 1)
+        if nodes > 1:  # one task per rank, the ranks spread evenly; cpus per task: the rank's threads
+            per_node = spec.workers // nodes
+            executor = self.submitter(name, spec.threads, wanted["GPU"], nodes, per_node)
+            job = executor.submit(rank_on_node, spec, data_dir, weights_in, save_weights, memory_limit, time.time())
+        else:
+            executor = self.submitter(name, wanted["CPU"], wanted["GPU"])
+            job = executor.submit(run_on_node, spec, data_dir, weights_in, save_weights, memory_limit, time.time(),
+                                  slurm_placement)
+        return self.watch(job, spec, claim)
+
+    def adopt(self, spec: RunSpec | InferSpec, claim, stored: dict) -> None:
+        """Watch a job an earlier coordinator submitted (`stored`: store.attach_job's record), as
+        if this one had: its result is read from its folder when it ends."""
+        import submitit
+
+        job = submitit.SlurmJob(folder=stored["folder"], job_id=stored["job_id"], tasks=range(stored.get("tasks", 1)))
+        self.in_flight[job.job_id] = (job, spec, claim)
+
+    def leave(self) -> list[tuple[RunSpec | InferSpec, object, str]]:
+        """--detach: stop watching every job in flight, leaving it running; returns (run, claim, job id)."""
+        left = [(spec, claim, job_id) for job_id, (job, spec, claim) in self.in_flight.items()]
+        self.in_flight.clear()
+        return left
+
+    def call(self, function, *args, cpus: float, gpus: float = 0):
+        """Run `function(*args)` as one job and return its value (advise's probes on a node):
+        ExecutorError with Slurm's reason if the job fails or is cancelled; Ctrl-C cancels it."""
+        job = self.submitter(f"batchlab-{getattr(function, '__name__', 'call')}", cpus, gpus).submit(function, *args)
+        try:
+            while True:
+                time.sleep(POLL_SECONDS)
+                if Path(job.paths.result_pickle).exists():
+                    outcome, value = job._get_outcome_and_result()  # the result file; no accounting asked
+                    if outcome == "success":
+                        return value
+                    raise ExecutorError(f"Slurm job {job.job_id} failed: {last_line(value)}")
+                state = self.job_state(job.job_id)
+                if state in WAITING or (state is None and not self.gone_long(job.job_id)):
+                    continue
+                reason = stderr_reason(job)
+                raise ExecutorError(f"Slurm job {job.job_id} ended {state or 'without a result'}"
+                                    f"{f' ({reason})' if reason else ''}")
+        except KeyboardInterrupt:
+            slurm_output(["scancel", job.job_id], check=False)
+            raise
 
     def finished(self) -> list[tuple[RunSpec | InferSpec, object, Outcome]]:
         """Runs whose job ended since the last call (waits POLL_SECONDS first)."""
@@ -127,12 +237,22 @@ class SlurmExecutor:
                 ended.append((spec, claim, outcome))
         return ended
 
-    def queue_states(self) -> dict[str, str]:
-        """Slurm's state of each job in flight that it still knows (finished ones for MinJobAge)."""
-        if not self.in_flight:
+    def queue_states(self, job_ids=None) -> dict[str, str]:
+        """Slurm's state of each job (default: in flight) that it still knows (finished ones for MinJobAge)."""
+        job_ids = list(self.in_flight if job_ids is None else job_ids)
+        if not job_ids:
             return {}
-        text = slurm_output(["squeue", "-h", "-t", "all", "-o", "%i %T", "-j", ",".join(self.in_flight)], check=False)
+        # -r: an array's tasks one per line ("61_0 PENDING"), as their ids are, not folded ("61_[0-2]")
+        text = slurm_output(["squeue", "-h", "-r", "-t", "all", "-o", "%i %T", "-j", ",".join(job_ids)], check=False)
         return dict(line.split(maxsplit=1) for line in text.splitlines() if len(line.split()) == 2)
+
+    def job_state(self, job_id: str) -> str | None:
+        return self.queue_states([job_id]).get(job_id)
+
+    def gone_long(self, job_id: str) -> bool:
+        """The job has been unknown to squeue for RESULT_GRACE_SECONDS: its result is not coming."""
+        first = self.gone_since.setdefault(job_id, time.monotonic())
+        return time.monotonic() - first >= RESULT_GRACE_SECONDS
 
     def fate(self, job, state: str | None) -> Outcome | None:
         """The job's Outcome once it has ended, else None."""
@@ -144,13 +264,12 @@ class SlurmExecutor:
             return outcome
         if state in WAITING:
             return None
-        if state is None:  # squeue no longer knows it: its result may still be on its way
-            first = self.gone_since.setdefault(job.job_id, time.monotonic())
-            if time.monotonic() - first < RESULT_GRACE_SECONDS:
-                return None
+        if state is None and not self.gone_long(job.job_id):  # squeue no longer knows it: its result may be on its way
+            return None
         reason = stderr_reason(job)
         if state in KILLED_STATES or (state is None and "CANCELLED" in reason):
             return Outcome("KILLED", None, f"Slurm job {job.job_id} {reason or state.lower()}")
+        reason = reason or failed_task(job)
         return Outcome("FAILED", None, f"Slurm job {job.job_id} ended {state or 'without a result'}"
                                        f"{f' ({reason})' if reason else ''}")
 
@@ -170,11 +289,29 @@ class SlurmExecutor:
 
 def result_of(job) -> Outcome:
     """The Outcome the job left in its result file; the function's own error if it raised."""
-    outcome, value = job._get_outcome_and_result()  # reads the result file, asks no accounting
+    # Reads the result file, asks no accounting; a job of several tasks (ranks): rank 0's.
+    outcome, value = job.task(0)._get_outcome_and_result()
     if outcome == "success":
         return value
-    last = [line for line in str(value).strip().splitlines() if line.strip()][-1:]
-    return Outcome("FAILED", None, f"Slurm job {job.job_id}: {last[0] if last else 'failed'}")
+    return Outcome("FAILED", None, f"Slurm job {job.job_id}: {last_line(value)}")
+
+
+def failed_task(job) -> str:
+    """In a job of several tasks (the ranks of a ddp run), why the first task that failed did: the
+    others were ended by srun on its account, rank 0 without a result."""
+    for task in range(1, job.num_tasks):
+        sub = job.task(task)
+        if Path(sub.paths.result_pickle).exists():
+            outcome, value = sub._get_outcome_and_result()
+            if outcome != "success":
+                return f"task {task}: {last_line(value)}"
+    return ""
+
+
+def last_line(error: object) -> str:
+    """The last line of a job's error (submitit keeps the node's traceback text): what went wrong."""
+    last = [line for line in str(error).strip().splitlines() if line.strip()][-1:]
+    return last[0] if last else "failed"
 
 
 def stderr_reason(job) -> str:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..core import heartbeat
-from ..core.errors import RunAlreadyFinished, RunHeldElsewhere, one_line
+from ..core.errors import RunAlreadyFinished, RunHeldElsewhere, SpecError, one_line
 from ..core.records import FINISHED, EpochRecord, InferResult, RunResult
 from ..device.machine import fingerprint, machine_id, unavailable_reason
 from ..spec.kinds import KINDS, kind_of
@@ -71,6 +71,8 @@ class SweepSummary:
     not_started: list[RunSpec] = field(default_factory=list)  # left by SweepEvents.may_start
     held_elsewhere: list[str] = field(default_factory=list)  # runs another live sweep holds: why skipped
     marked_stale: int = 0  # RUNNING runs of killed sweeps, stored STALE as this sweep started
+    adopted: int = 0  # cluster jobs an earlier sweep submitted, watched (and stored) by this one
+    detached: list[str] = field(default_factory=list)  # --detach: job ids left running on the cluster
 
     def count(self, status: str) -> int:
         return sum(1 for _, outcome in self.outcomes if outcome.status == status)
@@ -253,6 +255,10 @@ def run_sweep(specs: list[RunSpec | InferSpec], db: str | Path, data_dir: str | 
     specs that name a training run get its saved weights from the store."""
     events = events or SweepEvents()
     heartbeat.timeout_seconds()  # a bad $BATCHLAB_WORKER_TIMEOUT is refused before anything is stored
+    spread = next((spec for spec in specs if getattr(spec, "nodes", 1) > 1), None)
+    if spread is not None and getattr(executor, "name", "local") != "slurm":
+        raise SpecError(f"--nodes {spread.nodes}: a run over several nodes is one Slurm job (--executor slurm); "
+                        f"{getattr(executor, 'name', 'local')} runs each run on one node")
     summary = SweepSummary(planned=len(specs))
     info = fingerprint()
     if executor is not None:  # the cluster is the machine; each run's node is in its environment
@@ -364,23 +370,37 @@ class Sweep:
 
     def run_on(self, executor, todo: list[RunSpec | InferSpec]) -> None:
         """Every run submitted to `executor` at once (it queues them by their resources), each
-        stored as it comes back. Ctrl-C cancels every run in flight (no orphan tasks or jobs) and
-        stores them KILLED; any other error on the way does the same, FAILED, then goes up."""
+        stored as it comes back. A run whose job an earlier sweep submitted and no live sweep
+        watches (it was left with --detach, or its sweep was killed) is adopted, not submitted
+        again. With --detach (executor.detach), what has ended is stored and the rest left
+        running, each RUNNING with its job for a later sweep to adopt. Ctrl-C cancels every run in
+        flight (no orphan tasks or jobs) and stores them KILLED; any other error on the way does
+        the same, FAILED, then goes up."""
         held: dict[Row, RunSpec | InferSpec] = {}  # claimed and not yet stored: their heartbeat goes on
         try:
             with Heartbeat(self.db, held.keys()):
-                for index, spec in enumerate(todo):
-                    weights = self.weights_for(spec)
-                    row = self.claim(spec)
+                fresh = []  # (run, its input weights, its claim): to submit, all at once
+                for spec in todo:
+                    row = self.adopt(executor, spec)
                     if row is None:
-                        continue
+                        weights = self.weights_for(spec)  # (a missing training run is refused before a claim)
+                        row = self.claim(spec)
+                        if row is None:
+                            continue
+                        fresh.append((spec, weights, row))
                     held[row] = spec
-                    executor.submit(spec, self.data_dir, weights, self.save_weights, self.memory_limit, row)
-                    self.events.run_started(spec, index, len(todo))
+                jobs = executor.submit_all(fresh, self.data_dir, self.save_weights, self.memory_limit)
+                for (_, _, row), job in zip(fresh, jobs):
+                    if job is not None:  # a job that may outlive this sweep: named, to be adopted later
+                        self.store.attach_job(row, job)
+                for index, spec in enumerate(held.values()):
+                    self.events.run_started(spec, index, len(held))
                 while executor.in_flight:
                     for spec, row, outcome in executor.finished():
                         self.store_outcome(spec, row, outcome)
                         del held[row]
+                    if executor.detach:
+                        self.leave_running(executor, held)
         except BaseException as error:
             interrupted = isinstance(error, KeyboardInterrupt)
             executor.cancel_all()
@@ -392,6 +412,31 @@ class Sweep:
             if interrupted and held:
                 raise SweepInterrupted(self.summary, next(iter(held.values()))) from None
             raise
+
+    def adopt(self, executor, spec: RunSpec | InferSpec) -> Row | None:
+        """The run's row, if its cluster job was submitted by an earlier sweep and is now watched
+        by this one (executor.adopt); None if the run has no such job."""
+        if not hasattr(executor, "adopt"):  # (its job runs already: whatever may_start would say)
+            return None
+        try:
+            adopted = self.store.adopt(spec, self.machine)
+        except RunHeldElsewhere as held:  # a live sweep watches its job
+            self.summary.held_elsewhere.append(str(held))
+            return None
+        if adopted is None:
+            return None
+        row, job = adopted
+        executor.adopt(spec, row, job)
+        self.summary.adopted += 1
+        return row
+
+    def leave_running(self, executor, held: dict[Row, RunSpec | InferSpec]) -> None:
+        """--detach, once what had ended is stored: every job still in flight is left running,
+        its run RUNNING without an owner (store.leave_running) for a later sweep to adopt."""
+        for spec, row, job_id in executor.leave():
+            self.store.leave_running(row)
+            del held[row]
+            self.summary.detached.append(job_id)
 
     def ended_with_sweep(self, spec: RunSpec | InferSpec, row: Row, error: BaseException) -> None:
         """A run in flight when the sweep itself failed: cancelled, and stored FAILED if the store

@@ -22,6 +22,14 @@ LINK = re.compile(r"=([a-z_]+)(?:\*(\d+))?")  # "=workers" or "=threads*2": anot
 # More runs than any sweep finishes: a typo such as batch_size = "1..100000000" or repeats = 10**9
 # is refused at once rather than filling the memory with millions of specs.
 MAX_RUNS = 100_000
+EXECUTORS = ("local", "ray", "slurm")
+# The [executor] table's keys: the TOML types each takes and the executor it is for (None: any).
+# The command line's --executor, --ray-address, --slurm-* and --detach override them key by key.
+EXECUTOR_KEYS: dict[str, tuple[tuple[type, ...], str | None]] = {
+    "name": ((str,), None), "ray_address": ((str,), "ray"), "partition": ((str,), "slurm"),
+    "time_minutes": ((int,), "slurm"), "mem_gb": ((int, float), "slurm"), "folder": ((str,), "slurm"),
+    "detach": ((bool,), "slurm"), "options": ((dict,), "slurm"),
+}
 
 
 @dataclass
@@ -35,6 +43,9 @@ class ExperimentSpec:
     - ranges: a whole-number field may be "1..8" or "1..cores" (this machine's available cores);
     - links: a field may be "=other" or "=other*k", e.g. batch_size = "=workers";
     - an [infer] table: inference measurements (InferSpec fields, lists multiply) next to training.
+
+    An [executor] table says where the runs go (EXECUTOR_KEYS; the sweep's flags override it): it
+    is kept as the file gave it, checked, and read by the command line.
     """
 
     name: str = "adhoc"
@@ -44,6 +55,8 @@ class ExperimentSpec:
     subgrids: list[dict[str, list[Any]]] = field(default_factory=list)
     # An [infer] table: a grid of inference measurements (InferSpec fields), run after training.
     infer_grid: dict[str, list[Any]] = field(default_factory=dict)
+    # An [executor] table (EXECUTOR_KEYS), as in the file: where the runs go unless flags say otherwise.
+    executor: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> ExperimentSpec:
@@ -73,12 +86,14 @@ class ExperimentSpec:
         infer = values.pop("infer", {})
         if not isinstance(infer, dict):
             raise SpecError(f"{path}: 'infer' must be an [infer] table")
+        executor = _executor_table(path, values.pop("executor", {}))
         if not values and not subgrids and not infer:  # the defaults would be a run nobody asked for
             raise SpecError(f"{path.name} sets nothing to run: an experiment file needs at least one run "
                             "setting, e.g. batch_size = [16, 64, 256]")
         experiment = cls.from_values(values, name=name, description=description, repeats=repeats)
         experiment.subgrids = [_as_lists(sub) for sub in subgrids]
         experiment.infer_grid = _as_lists(infer, InferSpec)
+        experiment.executor = executor
         return experiment
 
     @classmethod
@@ -97,7 +112,8 @@ class ExperimentSpec:
         infer_fields = set(field_types(InferSpec)) - {"batch_size"}
         infer_grid = {**self.infer_grid, **{k: v for k, v in overrides.items() if k in infer_fields}} \
             if self.infer_grid else {}
-        return dataclasses.replace(merged, grid={**self.grid, **overrides}, subgrids=subgrids, infer_grid=infer_grid)
+        return dataclasses.replace(merged, grid={**self.grid, **overrides}, subgrids=subgrids, infer_grid=infer_grid,
+                                   executor=self.executor)
 
     def runs(self) -> list[RunSpec]:
         """Every RunSpec of the experiment, validated, without duplicates, in a stable order
@@ -155,12 +171,57 @@ def _as_lists(values: dict[str, Any], kind: type = RunSpec) -> dict[str, list[An
         # A quoted TOML key may hold a line break: shown as repr, the error stays one line.
         shown = ", ".join(key if key.isprintable() else repr(key) for key in sorted(unknown))
         raise SpecError(f"unknown {where} setting(s): {shown}; "
-                        f"known: {', '.join(known)}" + (", repeats, grid, infer" if kind is RunSpec else ""))
+                        f"known: {', '.join(known)}" + (", repeats, grid, infer, executor" if kind is RunSpec else ""))
     grid = {k: (list(v) if isinstance(v, list) else [v]) for k, v in values.items()}
     empty = [k for k, v in grid.items() if not v]
     if empty:
         raise SpecError(f"empty list for {', '.join(empty)}")
     return grid
+
+
+def _executor_table(path: Path, table: Any) -> dict[str, Any]:
+    """The [executor] table, checked key by key: a mistake is one line naming the file and the key."""
+    if not isinstance(table, dict):
+        raise SpecError(f"{path}: 'executor' must be an [executor] table")
+    for key, value in table.items():
+        if key not in EXECUTOR_KEYS:
+            shown = key if key.isprintable() else repr(key)
+            raise SpecError(f"{path}: unknown [executor] key {shown}; known: {', '.join(EXECUTOR_KEYS)}")
+        types, _ = EXECUTOR_KEYS[key]
+        # TOML's true is no count of minutes or gigabytes (to Python, bool is an int)
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise SpecError(f"{path}: [executor] {key} must be {DESCRIBED[types[-1]]}, got {value!r}")
+    _check_executor_values(path, table)
+    return dict(table)
+
+
+DESCRIBED = {str: "a string", int: "a whole number", float: "a number", bool: "true or false",
+             dict: 'a table, e.g. {account = "proj"}'}
+SBATCH_OPTION = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _check_executor_values(path: Path, table: dict[str, Any]) -> None:
+    """Values of the right type that no executor takes, and keys for another executor than the table's name."""
+    name = table.get("name")
+    if name is not None and name not in EXECUTORS:
+        raise SpecError(f"{path}: [executor] name {name!r} is not an executor; choose one of {', '.join(EXECUTORS)}")
+    for key in table:
+        meant = EXECUTOR_KEYS[key][1]
+        if name is not None and meant is not None and meant != name:
+            raise SpecError(f'{path}: [executor] {key} is for name = "{meant}", not "{name}"')
+    if table.get("time_minutes", 1) < 1:
+        raise SpecError(f"{path}: [executor] time_minutes must be at least 1, got {table['time_minutes']}")
+    memory = table.get("mem_gb", 1)
+    if not math.isfinite(memory) or memory <= 0:
+        raise SpecError(f"{path}: [executor] mem_gb must be a positive number of GB, got {memory}")
+    for option, value in table.get("options", {}).items():
+        # Each goes into the job script as `#SBATCH --OPTION=VALUE`: anything else in a name, or a
+        # line break in a value, would be another option or line of the script.
+        if not SBATCH_OPTION.fullmatch(option):
+            raise SpecError(f"{path}: [executor] options: {option!r} is not an sbatch option name")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)) or not str(value).isprintable():
+            raise SpecError(f"{path}: [executor] options.{option} must be a string or a number on one line, "
+                            f"got {value!r}")
 
 
 def _expand(name: str, values: list[Any], kind: type) -> list[Any]:

@@ -75,6 +75,11 @@ def check_common(spec: RunSpec | InferSpec) -> None:
     need(spec.image_size >= 0, f"image size must be at least 1 (or 0 for the data's own), got {spec.image_size}")
 
 
+# Fields added after runs were stored, left out of the key at their default value: the runs
+# stored before them keep their keys (and so are found finished).
+UNKEYED_DEFAULTS = {"nodes": 1}
+
+
 class Keyed:
     """Identity and serialisation shared by the spec records."""
 
@@ -83,7 +88,11 @@ class Keyed:
     @property
     def key(self) -> str:
         """Stable identity: a hash over the kind and every field (so also repeat and seed)."""
-        payload = json.dumps({"kind": self.KIND, **dataclasses.asdict(self)}, sort_keys=True)
+        values = {"kind": self.KIND, **dataclasses.asdict(self)}
+        for name, default in UNKEYED_DEFAULTS.items():
+            if values.get(name) == default:
+                del values[name]
+        payload = json.dumps(values, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     @classmethod
@@ -115,6 +124,8 @@ class RunSpec(Keyed):
     device: str = setting("cpu", "cpu, cuda, cuda:N or mps (in a sweep, missing devices are skipped).")
     strategy: str = setting("single", "single, hogwild (async, shared memory) or ddp (sync all-reduce).")
     workers: int = setting(1, "Worker processes for hogwild/ddp (batch size is per worker).")
+    nodes: int = setting(1, "Nodes a ddp run's workers are spread over, workers/nodes on each (needs --executor "
+                            "slurm: one job whose tasks are the ranks).")
     # 0 means "available cores / workers", resolved by validated().
     threads: int = setting(0, "torch intra-op threads per process; 0 = cores / workers.")
     precision: str = setting("fp32", "fp32, bf16 or fp16 (autocast forward passes).")
@@ -153,7 +164,8 @@ class RunSpec(Keyed):
         precision = "" if self.precision == "fp32" else f" {self.precision}"
         loader = f" loader x{self.loader_workers}" if self.input == "loader" else ""
         return (f"{self.model} {self.dataset} bs={self.batch_size} {self.device}{precision}{loader}"
-                f"{' augment' if self.augment else ''} {self.strategy}x{self.workers} t={self.threads} r={self.repeat}")
+                f"{' augment' if self.augment else ''} {self.strategy}x{self.workers}"
+                f"{f' on {self.nodes} nodes' if self.nodes > 1 else ''} t={self.threads} r={self.repeat}")
 
     @property
     def effective_lr(self) -> float:
@@ -175,6 +187,10 @@ class RunSpec(Keyed):
         need(self.workers >= 1, f"workers must be at least 1, got {self.workers}")
         need(self.strategy != "single" or self.workers == 1,
              "strategy 'single' runs exactly 1 worker (use --threads, or --strategy hogwild/ddp)")
+        need(self.nodes >= 1, f"nodes must be at least 1, got {self.nodes}")
+        need(self.nodes == 1 or self.strategy == "ddp", "--nodes spreads the ranks of a ddp run: use --strategy ddp")
+        need(self.workers % self.nodes == 0,
+             f"--workers {self.workers} do not split evenly over --nodes {self.nodes} (workers per node must be equal)")
         need(self.strategy != "hogwild" or self.device == "cpu",
              "strategy 'hogwild' shares parameters in CPU memory: use --device cpu (or ddp on GPUs)")
         need(0.0 <= self.val_split < 1.0, f"val split must be in [0, 1), got {self.val_split}")

@@ -118,6 +118,16 @@ def _claims(db: sqlite3.Connection) -> None:
 
 
 STATUSES_10 = STATUSES_1 + ("STALE",)
+
+
+def _cluster_jobs(db: sqlite3.Connection) -> None:
+    """11: a run on a cluster names its job (JSON: executor, job id, job folder), so that a
+    coordinator started after the one that submitted it re-attaches to the job instead of
+    running the run twice; and a ddp run may span nodes (every run before ran on one)."""
+    for table in ("runs", "inference"):
+        db.execute(f"ALTER TABLE {table} ADD COLUMN cluster_job TEXT")
+    db.execute("ALTER TABLE runs ADD COLUMN nodes INTEGER")
+    db.execute("UPDATE runs SET nodes = 1")
 OWNER_COLUMNS = {"owner_host": "TEXT", "owner_pid": "INTEGER", "owner_started": "REAL", "heartbeat_at": "TEXT"}
 
 MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
@@ -231,6 +241,7 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     );
     """,
     _claims,
+    _cluster_jobs,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # The statuses the current schema allows are the ones a run can have.

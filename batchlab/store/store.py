@@ -309,11 +309,47 @@ class Store:
                 started = now()
                 self.db.execute(f"UPDATE {table} SET status = 'RUNNING', error = NULL, {blank}, environment = NULL, "
                                 "started_at = ?, finished_at = NULL, owner_host = ?, owner_pid = ?, owner_started = ?, "
-                                "heartbeat_at = ? WHERE run_id = ?",
+                                "heartbeat_at = ?, cluster_job = NULL WHERE run_id = ?",
                                 (started, owner.host, owner.pid, owner.started, started, row["run_id"]))
         except sqlite3.Error as error:
             raise self._error(error, "write failed") from None
         return Row(kind, row["run_id"], owner)
+
+    def attach_job(self, row: Row, job: dict) -> None:
+        """Name the cluster job that runs this RUNNING run (executor, job id, job folder): a later
+        coordinator re-attaches to it (adopt) instead of running the run again."""
+        self._write(f"UPDATE {row.table} SET cluster_job = ? WHERE run_id = ? AND status = 'RUNNING'",
+                    (json.dumps(job, sort_keys=True), row.run_id))
+
+    def leave_running(self, row: Row) -> None:
+        """`--detach`: the coordinator ends while the run's cluster job goes on. The run stays
+        RUNNING with its job and no owner, for a later sweep to adopt."""
+        self._write(f"UPDATE {row.table} SET owner_host = NULL, owner_pid = NULL, owner_started = NULL, "
+                    "heartbeat_at = NULL WHERE run_id = ? AND status = 'RUNNING' AND cluster_job IS NOT NULL",
+                    (row.run_id,))
+
+    def adopt(self, spec: RunSpec | InferSpec, machine_id: str, owner: Owner | None = None) -> tuple[Row, dict] | None:
+        """Take over a RUNNING run whose cluster job a coordinator submitted and no live one
+        watches (it was detached, or killed): the run becomes `owner`'s (default: this process),
+        and its job is returned to be watched. None if the run is not such a run; a live
+        coordinator's is refused (RunHeldElsewhere)."""
+        owner = owner or this_process()
+        table = kind_of(spec).table
+        try:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                row = self.db.execute(f"SELECT run_id, status, heartbeat_at, cluster_job, {OWNER_SELECT} FROM {table} "
+                                      "WHERE run_key = ? AND machine_id = ?", (spec.key, machine_id)).fetchone()
+                if row is None or row["status"] != "RUNNING" or row["cluster_job"] is None:
+                    return None
+                holder = owner_of(row)
+                if holder != owner and holds(holder, row["heartbeat_at"]):
+                    raise RunHeldElsewhere(f"{spec.label()} is watched by another sweep ({holder.describe()})")
+                self.db.execute(f"UPDATE {table} SET owner_host = ?, owner_pid = ?, owner_started = ?, heartbeat_at = ? "
+                                "WHERE run_id = ?", (owner.host, owner.pid, owner.started, now(), row["run_id"]))
+        except sqlite3.Error as error:
+            raise self._error(error, "write failed") from None
+        return Row(kind_of(spec), row["run_id"], owner), json.loads(row["cluster_job"])
 
     def beat(self, row: Row) -> None:
         """The owner's sign of life for its RUNNING run (runner/claims.py calls it periodically)."""
@@ -334,14 +370,15 @@ class Store:
     def mark_stale(self) -> int:
         """Store as STALE every RUNNING run whose owner is gone (its sweep was killed before it
         could store how the run ended); returns how many. Such runs are not finished: the next
-        sweep that plans them runs them again."""
+        sweep that plans them runs them again. A run with a cluster job is not stale: its job may
+        still run, and the next sweep on that cluster adopts it."""
         marked = 0
         try:
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
                 for table in RESULTS_OF:
                     for row in self.db.execute(f"SELECT run_id, heartbeat_at, {OWNER_SELECT} FROM {table} "
-                                               "WHERE status = 'RUNNING'").fetchall():
+                                               "WHERE status = 'RUNNING' AND cluster_job IS NULL").fetchall():
                         holder = owner_of(row)
                         if not holds(holder, row["heartbeat_at"]):
                             self.db.execute(f"UPDATE {table} SET status = 'STALE', error = ? WHERE run_id = ?",
