@@ -222,6 +222,7 @@ def test_a_detached_run_has_no_owner_and_a_live_watcher_keeps_its_job(tmp_path):
         store.leave_running(row)
         stored = store.db.execute("SELECT status, owner_pid, cluster_job FROM runs").fetchone()
         assert stored["status"] == "RUNNING" and stored["owner_pid"] is None and stored["cluster_job"]
+        assert store.runs_frame().loc[0, "status"] == "RUNNING"  # not STALE in a report: its job goes on
         assert store.mark_stale() == 0 and store.adopt(spec, MACHINE)[1]["job_id"] == "7"
         again = store.start(spec, MACHINE)  # a new attempt (a failed run run again) forgets the old job
         assert store.db.execute("SELECT cluster_job FROM runs WHERE run_id = ?", (again.run_id,)).fetchone()[0] is None

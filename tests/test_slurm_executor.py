@@ -174,3 +174,12 @@ def test_runs_asking_the_same_resources_go_as_one_job_array(synthetic_folder, tm
     ids = sorted(json.loads(job)["job_id"] for _, job in rows)
     assert [status for status, _ in rows] == ["DONE"] * 3
     assert len({job_id.split("_")[0] for job_id in ids}) == 1 and [i.split("_")[1] for i in ids] == ["0", "1", "2"]
+
+
+def test_a_job_sbatch_refuses_is_one_line_and_its_runs_are_not_left_running(synthetic_folder, tmp_path):
+    db = tmp_path / "slurm.db"
+    refused = subprocess.run(sweep_command(synthetic_folder, db, "1") + ["--slurm-option", "constraint=no-such-feature"],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stderr
+    assert "sbatch refused the job" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+    assert [status for status, *_ in stored_runs(db)] == ["FAILED", "FAILED"]  # run again by the next sweep

@@ -201,7 +201,7 @@ class Plan:
 def plan_key(base: RunSpec, budget_minutes: float, batches: list[int] | None, lrs: list[float] | None,
              repeats: int, max_epochs: int | None, machine: str) -> str:
     """The inputs a plan is made from: the same command on the same machine finds its plan again."""
-    payload = json.dumps({"spec": dataclasses.asdict(base), "budget": budget_minutes, "batches": batches, "lrs": lrs,
+    payload = json.dumps({"spec": base.identity(), "budget": budget_minutes, "batches": batches, "lrs": lrs,
                           "repeats": repeats, "max_epochs": max_epochs, "machine": machine}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

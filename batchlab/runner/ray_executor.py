@@ -93,9 +93,11 @@ class RayExecutor:
         self.in_flight[ref] = (spec, claim)
 
     def submit_all(self, runs: list[tuple[RunSpec | InferSpec, bytes | None, object]], data_dir: str | None,
-                   save_weights: bool, memory_limit: int | None) -> list[None]:
-        """Submit (run, its input weights, its claim) each as a task; nothing names them in the store."""
-        return [self.submit(spec, data_dir, weights, save_weights, memory_limit, claim) for spec, weights, claim in runs]
+                   save_weights: bool, memory_limit: int | None, submitted=None) -> None:
+        """Submit (run, its input weights, its claim) each as a task. Nothing names a task in the
+        store (`submitted` is not called): it cannot outlive this sweep."""
+        for spec, weights, claim in runs:
+            self.submit(spec, data_dir, weights, save_weights, memory_limit, claim)
 
     @staticmethod
     def task(function, name: str, cpus: float, gpus: float):

@@ -13,12 +13,14 @@ else the job's own stderr, where slurmstepd writes "CANCELLED AT … [DUE TO …
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ..spec.run import InferSpec, RunSpec
 from .remote import ExecutorError, needs, run_on_node
@@ -33,6 +35,7 @@ KILLED_STATES = {"CANCELLED", "PREEMPTED", "DEADLINE"}
 # After the result file, how long a job gone from squeue may take to leave its result (shared
 # file systems lag) before it counts as ended without one.
 RESULT_GRACE_SECONDS = 30.0
+DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
 
 
 def slurm_placement() -> dict:
@@ -50,9 +53,10 @@ def rank_on_node(spec: RunSpec, data_dir: str | None, weights_in: bytes | None, 
     """One task of a ddp run over several nodes: one rank. submitit's TorchDistributedEnvironment
     sets the launcher's environment (RANK, WORLD_SIZE, MASTER_ADDR/PORT from the job's first node,
     LOCAL_RANK), which the run's worker inherits, so the run takes the torchrun code path
-    (train/ddp.run_rank). Rank 0's Outcome is the run's; a rank that fails raises, which ends its
-    task with an error, and srun (--kill-on-bad-exit) ends the others instead of leaving them
-    waiting for it in an all-reduce."""
+    (train/ddp.run_rank). Rank 0's Outcome is the run's, whatever it is (OOM, KILLED by scancel:
+    stored as such). Another rank that fails raises, which ends its task with an error, and srun
+    (--kill-on-bad-exit) ends the others instead of leaving them waiting for it in an all-reduce;
+    rank 0 then leaves no result, and the run is stored FAILED with that rank's error (failed_task)."""
     from submitit.helpers import TorchDistributedEnvironment
 
     ranks = TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
@@ -61,10 +65,11 @@ def rank_on_node(spec: RunSpec, data_dir: str | None, weights_in: bytes | None, 
         return {**slurm_placement(), "nodes": spec.nodes, "master": ranks.master_addr, "rank": ranks.rank}
 
     outcome = run_on_node(spec, data_dir, weights_in, save_weights, memory_limit, submitted_at, placement)
+    if ranks.rank == 0:
+        return outcome
     if outcome.result is None:
-        raise RuntimeError(f"rank {ranks.rank} on {ranks.master_addr if ranks.rank == 0 else 'its node'}: "
-                           f"{outcome.status}: {outcome.error}")
-    return outcome if ranks.rank == 0 else None
+        raise RuntimeError(f"rank {ranks.rank}: {outcome.status}: {outcome.error}")
+    return None
 
 
 @dataclass
@@ -116,7 +121,12 @@ class SlurmExecutor:
         nodes = self.partition_nodes()
         for spec in specs:
             wanted = needs(spec)
-            if not any(cpus >= wanted["CPU"] and gpus >= wanted["GPU"] for cpus, gpus in nodes):
+            holding = sum(1 for cpus, gpus in nodes if cpus >= wanted["CPU"] and gpus >= wanted["GPU"])
+            spread = getattr(spec, "nodes", 1)
+            if holding and holding < spread:
+                raise ExecutorError(f"--executor slurm: {spec.label()} needs {spread} nodes with {wanted['CPU']:g} "
+                                    f"CPUs each; {self.target} has {holding}")
+            if not holding:
                 biggest = max(nodes, default=(0, 0))
                 gpus = f" and {wanted['GPU']:g} GPUs" if wanted["GPU"] else ""
                 raise ExecutorError(f"--executor slurm: no node of {self.target} has {wanted['CPU']:g} CPUs{gpus} "
@@ -142,30 +152,37 @@ class SlurmExecutor:
         return executor
 
     def submit_all(self, runs: list[tuple[RunSpec | InferSpec, bytes | None, object]], data_dir: str | None,
-                   save_weights: bool, memory_limit: int | None) -> list[dict]:
+                   save_weights: bool, memory_limit: int | None, submitted: Callable[[object, dict], None]) -> None:
         """Submit (run, its input weights, its claim) each as a job: runs that ask for the same
-        resources on one node go as one job array (one sbatch, one entry in the queue per run for
-        the scheduler, which caps arrays' size by MaxArraySize), the others one by one. Returns,
-        for each run, what names its job in the store (store.attach_job)."""
+        resources on one node go as job arrays (one sbatch for up to MaxArraySize runs), the
+        others one by one. `submitted(claim, job)` is called as each sbatch returns, with what
+        names the job in the store (store.attach_job): a sweep killed during a long submission
+        leaves as few unnamed jobs as can be."""
         groups: dict[tuple, list] = {}
         for run in runs:  # a run over several nodes is a job of its own (its tasks are its ranks)
             spec = run[0]
             shape = (needs(spec)["CPU"], needs(spec)["GPU"]) if getattr(spec, "nodes", 1) == 1 else (spec.key,)
             groups.setdefault(shape, []).append(run)
-        named = {}
+        largest = self.max_array_size() if any(len(members) > 1 for members in groups.values()) else 1
         for shape, members in groups.items():
             if len(members) == 1 or len(shape) == 1:
                 for spec, weights, claim in members:
-                    named[id(claim)] = self.submit(spec, data_dir, weights, save_weights, memory_limit, claim)
+                    submitted(claim, self.submit(spec, data_dir, weights, save_weights, memory_limit, claim))
                 continue
             wanted = needs(members[0][0])
             executor = self.submitter("batchlab-sweep", wanted["CPU"], wanted["GPU"])
-            with executor.batch():  # the jobs get their ids as the block ends
-                jobs = [executor.submit(run_on_node, spec, data_dir, weights, save_weights, memory_limit, time.time(),
-                                        slurm_placement) for spec, weights, _ in members]
-            for job, (spec, _, claim) in zip(jobs, members):
-                named[id(claim)] = self.watch(job, spec, claim)
-        return [named[id(claim)] for _, _, claim in runs]
+            for first in range(0, len(members), largest):
+                chunk = members[first:first + largest]
+                with sbatch_errors(), executor.batch():  # the jobs get their ids as the block ends
+                    jobs = [executor.submit(run_on_node, spec, data_dir, weights, save_weights, memory_limit,
+                                            time.time(), slurm_placement) for spec, weights, _ in chunk]
+                for job, (spec, _, claim) in zip(jobs, chunk):
+                    submitted(claim, self.watch(job, spec, claim))
+
+    def max_array_size(self) -> int:
+        """The most tasks one job array may have here (Slurm's MaxArraySize: ids 0 … size - 1)."""
+        found = re.search(r"^MaxArraySize\s*=\s*(\d+)", slurm_output(["scontrol", "show", "config"], check=False), re.M)
+        return max(1, int(found[1]) if found else DEFAULT_MAX_ARRAY_SIZE)
 
     def watch(self, job, spec: RunSpec | InferSpec, claim) -> dict:
         """Put a submitted job in flight; returns what names it in the store."""
@@ -179,14 +196,15 @@ class SlurmExecutor:
         wanted = needs(spec)
         name = f"batchlab-{spec.key[:8]}"
         nodes = getattr(spec, "nodes", 1)
-        if nodes > 1:  # one task per rank, the ranks spread evenly; cpus per task: the rank's threads
-            per_node = spec.workers // nodes
-            executor = self.submitter(name, spec.threads, wanted["GPU"], nodes, per_node)
-            job = executor.submit(rank_on_node, spec, data_dir, weights_in, save_weights, memory_limit, time.time())
-        else:
-            executor = self.submitter(name, wanted["CPU"], wanted["GPU"])
-            job = executor.submit(run_on_node, spec, data_dir, weights_in, save_weights, memory_limit, time.time(),
-                                  slurm_placement)
+        with sbatch_errors():
+            if nodes > 1:  # one task per rank, the ranks spread evenly; cpus per task: the rank's threads
+                per_node = spec.workers // nodes
+                executor = self.submitter(name, spec.threads, wanted["GPU"], nodes, per_node)
+                job = executor.submit(rank_on_node, spec, data_dir, weights_in, save_weights, memory_limit, time.time())
+            else:
+                executor = self.submitter(name, wanted["CPU"], wanted["GPU"])
+                job = executor.submit(run_on_node, spec, data_dir, weights_in, save_weights, memory_limit, time.time(),
+                                      slurm_placement)
         return self.watch(job, spec, claim)
 
     def adopt(self, spec: RunSpec | InferSpec, claim, stored: dict) -> None:
@@ -197,16 +215,19 @@ class SlurmExecutor:
         job = submitit.SlurmJob(folder=stored["folder"], job_id=stored["job_id"], tasks=range(stored.get("tasks", 1)))
         self.in_flight[job.job_id] = (job, spec, claim)
 
-    def leave(self) -> list[tuple[RunSpec | InferSpec, object, str]]:
-        """--detach: stop watching every job in flight, leaving it running; returns (run, claim, job id)."""
-        left = [(spec, claim, job_id) for job_id, (job, spec, claim) in self.in_flight.items()]
-        self.in_flight.clear()
-        return left
+    def running(self) -> list[tuple[RunSpec | InferSpec, object, str]]:
+        """(run, claim, job id) of every job in flight."""
+        return [(spec, claim, job_id) for job_id, (job, spec, claim) in self.in_flight.items()]
+
+    def forget(self, job_id: str) -> None:
+        """--detach: stop watching the job, leaving it running."""
+        self.in_flight.pop(job_id, None)
 
     def call(self, function, *args, cpus: float, gpus: float = 0):
         """Run `function(*args)` as one job and return its value (advise's probes on a node):
         ExecutorError with Slurm's reason if the job fails or is cancelled; Ctrl-C cancels it."""
-        job = self.submitter(f"batchlab-{getattr(function, '__name__', 'call')}", cpus, gpus).submit(function, *args)
+        with sbatch_errors():
+            job = self.submitter(f"batchlab-{getattr(function, '__name__', 'call')}", cpus, gpus).submit(function, *args)
         try:
             while True:
                 time.sleep(POLL_SECONDS)
@@ -215,8 +236,9 @@ class SlurmExecutor:
                     if outcome == "success":
                         return value
                     raise ExecutorError(f"Slurm job {job.job_id} failed: {last_line(value)}")
-                state = self.job_state(job.job_id)
-                if state in WAITING or (state is None and not self.gone_long(job.job_id)):
+                states = self.queue_states([job.job_id])
+                state = None if states is None else states.get(job.job_id)
+                if states is None or state in WAITING or (state is None and not self.gone_long(job.job_id)):
                     continue
                 reason = stderr_reason(job)
                 raise ExecutorError(f"Slurm job {job.job_id} ended {state or 'without a result'}"
@@ -231,23 +253,30 @@ class SlurmExecutor:
         states = self.queue_states()
         ended = []
         for job_id, (job, spec, claim) in list(self.in_flight.items()):
-            outcome = self.fate(job, states.get(job_id))
+            if states is None and not Path(job.paths.result_pickle).exists():
+                continue  # squeue did not answer this time: no news is not an end
+            outcome = self.fate(job, (states or {}).get(job_id))
             if outcome is not None:
                 del self.in_flight[job_id]
                 ended.append((spec, claim, outcome))
         return ended
 
-    def queue_states(self, job_ids=None) -> dict[str, str]:
-        """Slurm's state of each job (default: in flight) that it still knows (finished ones for MinJobAge)."""
+    def queue_states(self, job_ids=None) -> dict[str, str] | None:
+        """Slurm's state of each job (default: in flight) that it still knows (finished ones for
+        MinJobAge); None when squeue did not answer (a busy controller: ask again next poll)."""
         job_ids = list(self.in_flight if job_ids is None else job_ids)
         if not job_ids:
             return {}
         # -r: an array's tasks one per line ("61_0 PENDING"), as their ids are, not folded ("61_[0-2]")
-        text = slurm_output(["squeue", "-h", "-r", "-t", "all", "-o", "%i %T", "-j", ",".join(job_ids)], check=False)
-        return dict(line.split(maxsplit=1) for line in text.splitlines() if len(line.split()) == 2)
-
-    def job_state(self, job_id: str) -> str | None:
-        return self.queue_states([job_id]).get(job_id)
+        command = ["squeue", "-h", "-r", "-t", "all", "-o", "%i %T", "-j", ",".join(job_ids)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        # squeue exits 1 with "Invalid job id specified" once all the jobs asked about are gone
+        if done.returncode != 0 and "Invalid job id" not in done.stderr:
+            return None
+        return dict(line.split(maxsplit=1) for line in done.stdout.splitlines() if len(line.split()) == 2)
 
     def gone_long(self, job_id: str) -> bool:
         """The job has been unknown to squeue for RESULT_GRACE_SECONDS: its result is not coming."""
@@ -269,6 +298,8 @@ class SlurmExecutor:
         reason = stderr_reason(job)
         if state in KILLED_STATES or (state is None and "CANCELLED" in reason):
             return Outcome("KILLED", None, f"Slurm job {job.job_id} {reason or state.lower()}")
+        if state is None and not Path(job.paths.stderr).exists():  # never started (a cancelled array task leaves no trace)
+            return Outcome("KILLED", None, f"Slurm job {job.job_id} left the queue before it started (cancelled?)")
         reason = reason or failed_task(job)
         return Outcome("FAILED", None, f"Slurm job {job.job_id} ended {state or 'without a result'}"
                                        f"{f' ({reason})' if reason else ''}")
@@ -285,6 +316,17 @@ class SlurmExecutor:
 
     def close(self) -> None:
         pass
+
+
+@contextlib.contextmanager
+def sbatch_errors():
+    """sbatch's refusal (a wrong --slurm-option, an array over the cluster's limits) as one line."""
+    from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+    try:
+        yield
+    except (FailedJobError, FailedSubmissionError) as error:
+        raise ExecutorError(f"--executor slurm: sbatch refused the job: {last_line(error)}") from None
 
 
 def result_of(job) -> Outcome:

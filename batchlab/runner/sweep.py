@@ -295,6 +295,9 @@ def run_sweep(specs: list[RunSpec | InferSpec], db: str | Path, data_dir: str | 
     return summary
 
 
+HELD_ELSEWHERE = object()  # Sweep.adopt's answer for a run another live sweep watches: skip it
+
+
 @dataclass
 class Sweep:
     """One sweep's runs, claimed and stored by this process (the store's only writer)."""
@@ -382,6 +385,8 @@ class Sweep:
                 fresh = []  # (run, its input weights, its claim): to submit, all at once
                 for spec in todo:
                     row = self.adopt(executor, spec)
+                    if row is HELD_ELSEWHERE:
+                        continue
                     if row is None:
                         weights = self.weights_for(spec)  # (a missing training run is refused before a claim)
                         row = self.claim(spec)
@@ -389,10 +394,8 @@ class Sweep:
                             continue
                         fresh.append((spec, weights, row))
                     held[row] = spec
-                jobs = executor.submit_all(fresh, self.data_dir, self.save_weights, self.memory_limit)
-                for (_, _, row), job in zip(fresh, jobs):
-                    if job is not None:  # a job that may outlive this sweep: named, to be adopted later
-                        self.store.attach_job(row, job)
+                # A job that may outlive this sweep is named in the store as soon as it is submitted.
+                executor.submit_all(fresh, self.data_dir, self.save_weights, self.memory_limit, self.store.attach_job)
                 for index, spec in enumerate(held.values()):
                     self.events.run_started(spec, index, len(held))
                 while executor.in_flight:
@@ -403,6 +406,10 @@ class Sweep:
                         self.leave_running(executor, held)
         except BaseException as error:
             interrupted = isinstance(error, KeyboardInterrupt)
+            if not interrupted and hasattr(executor, "forget"):
+                # Not asked to stop: the jobs go on, for the next sweep to adopt (a failed squeue or
+                # a full disk here must not cost hours of runs on the cluster).
+                self.leave_running(executor, held)
             executor.cancel_all()
             for row, spec in held.items():
                 if interrupted:
@@ -415,14 +422,15 @@ class Sweep:
 
     def adopt(self, executor, spec: RunSpec | InferSpec) -> Row | None:
         """The run's row, if its cluster job was submitted by an earlier sweep and is now watched
-        by this one (executor.adopt); None if the run has no such job."""
+        by this one (executor.adopt); None if the run has no such job; HELD_ELSEWHERE if a live
+        sweep watches it (and the summary says so)."""
         if not hasattr(executor, "adopt"):  # (its job runs already: whatever may_start would say)
             return None
         try:
             adopted = self.store.adopt(spec, self.machine)
         except RunHeldElsewhere as held:  # a live sweep watches its job
             self.summary.held_elsewhere.append(str(held))
-            return None
+            return HELD_ELSEWHERE
         if adopted is None:
             return None
         row, job = adopted
@@ -432,10 +440,16 @@ class Sweep:
 
     def leave_running(self, executor, held: dict[Row, RunSpec | InferSpec]) -> None:
         """--detach, once what had ended is stored: every job still in flight is left running,
-        its run RUNNING without an owner (store.leave_running) for a later sweep to adopt."""
-        for spec, row, job_id in executor.leave():
-            self.store.leave_running(row)
-            del held[row]
+        its run RUNNING without an owner (store.leave_running) for a later sweep to adopt. One at
+        a time, each first released in the store: an interrupt part-way leaves every job either
+        released or still in flight (then cancelled), never cancelled with its run released."""
+        for spec, row, job_id in executor.running():
+            try:
+                self.store.leave_running(row)
+            except Exception:  # the store takes no writes (a full disk): its owner, gone, lets the next sweep adopt it
+                pass
+            executor.forget(job_id)
+            held.pop(row, None)
             self.summary.detached.append(job_id)
 
     def ended_with_sweep(self, spec: RunSpec | InferSpec, row: Row, error: BaseException) -> None:

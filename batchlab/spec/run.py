@@ -88,12 +88,14 @@ class Keyed:
     @property
     def key(self) -> str:
         """Stable identity: a hash over the kind and every field (so also repeat and seed)."""
-        values = {"kind": self.KIND, **dataclasses.asdict(self)}
-        for name, default in UNKEYED_DEFAULTS.items():
-            if values.get(name) == default:
-                del values[name]
-        payload = json.dumps(values, sort_keys=True)
+        payload = json.dumps({"kind": self.KIND, **self.identity()}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def identity(self) -> dict[str, Any]:
+        """Every field, but those of UNKEYED_DEFAULTS at their default: what identifies the spec."""
+        values = dataclasses.asdict(self)
+        return {name: value for name, value in values.items()
+                if name not in UNKEYED_DEFAULTS or value != UNKEYED_DEFAULTS[name]}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]):

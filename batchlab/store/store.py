@@ -562,6 +562,8 @@ def stale_shown(rows: pd.DataFrame) -> pd.DataFrame:
     tells a run still going from one whose sweep was killed, before the next sweep stores it so."""
     for index in rows.index[rows["status"] == "RUNNING"]:
         row = rows.loc[index]
+        if not pd.isna(row["cluster_job"]):  # its job may still run: the next sweep on its cluster adopts it
+            continue
         holder = owner_of(row)
         if not holds(holder, None if pd.isna(row["heartbeat_at"]) else row["heartbeat_at"]):
             rows.loc[index, ["status", "error"]] = ["STALE", gone_reason(holder)]
