@@ -36,7 +36,7 @@ import plain_torch  # noqa: E402
 import batchlab  # noqa: E402
 from batchlab.core.cpus import available_cores  # noqa: E402
 from batchlab.core.stats import images_per_second  # noqa: E402
-from batchlab.device.machine import fingerprint  # noqa: E402
+from batchlab.device.machine import fingerprint, precision_units  # noqa: E402
 from batchlab.infer.measure import measure  # noqa: E402
 from batchlab.spec.run import InferSpec, RunSpec  # noqa: E402
 from batchlab.train.engine import (  # noqa: E402
@@ -96,11 +96,12 @@ def write_results(results: dict, suffix: str = "") -> None:
     print(f"written {out}")
 
 
-def batchlab_train(prep, batch: int, repeats: int, record: bool = True, gns: bool = False) -> list[float]:
+def batchlab_train(prep, batch: int, repeats: int, record: bool = True, gns: bool = False,
+                   precision: str = "fp32") -> list[float]:
     """images/s of the engine's hot loop (StepLoop.train, as `batchlab train` runs it); with
     record=False the same steps without keeping each step's results (the measurement's cost);
-    with gns=True measuring the gradient noise scale as `--gns` does."""
-    spec = RunSpec(batch_size=batch, gns=gns)
+    with gns=True measuring the gradient noise scale as `--gns` does; at `precision`."""
+    spec = RunSpec(batch_size=batch, gns=gns, precision=precision)
     rates = []
     for _ in range(repeats):
         torch.manual_seed(0)
@@ -109,7 +110,7 @@ def batchlab_train(prep, batch: int, repeats: int, record: bool = True, gns: boo
         slices = slice_size_for(spec, model, prep.dd)
         slices = gns_slices(spec, model, slices) if gns else slices
         optimizer = make_optimizer("momentum", model.parameters(), 0.01)
-        loop = StepLoop(model, optimizer, prep.dd, batch, slice_size=slices)
+        loop = StepLoop(model, optimizer, prep.dd, batch, precision, slice_size=slices)
         loop.noise = NoiseScale(model) if gns else None
         indices = torch.randperm(prep.dd.train_count)[:images_for(batch)]
         loop.train(indices[:2 * batch])  # warm-up
@@ -120,7 +121,7 @@ def batchlab_train(prep, batch: int, repeats: int, record: bool = True, gns: boo
             for step in range(0, len(indices), batch):
                 index = indices[step:step + batch]
                 train_step(model, optimizer, prep.dd.normalize(prep.dd.train_images[index]), prep.dd.train_labels[index],
-                           slice_size=slices)
+                           precision, slice_size=slices)
         rates.append(len(indices) / (time.perf_counter() - start))
     return rates
 
@@ -182,6 +183,32 @@ class KerasPeer:
 
 
 ACCURACY_SEEDS = (0, 1, 2)
+BF16_SIZES = [64, 256, 1024]
+
+
+def bf16_check(prep, data_dir: str | None, repeats: int, quick: bool) -> dict:
+    """--precision bf16 against fp32: training images/s at BF16_SIZES (the two alternating run by
+    run), and test accuracy after 2 epochs at batch 256 over ACCURACY_SEEDS (weights, gradients
+    and the optimizer stay fp32: autocast runs the forward pass in bf16)."""
+    units = precision_units("bf16", torch.device("cpu"))
+    print(f"bf16 instructions of this CPU: {', '.join(units) if units else 'none (bf16 is emulated here)'}")
+    found = {"precision_units": units, "train": {}}
+    for batch in BF16_SIZES:
+        pairs = [(batchlab_train(prep, batch, 1)[0], batchlab_train(prep, batch, 1, precision="bf16")[0])
+                 for _ in range(max(repeats, 3))]
+        fp32, bf16 = spread([p[0] for p in pairs]), spread([p[1] for p in pairs])
+        found["train"][batch] = {"fp32": fp32, "bf16": bf16, "ratio": bf16["median"] / fp32["median"]}
+        print(f"train bs={batch:>5}: fp32 {fp32['median']:>8,.0f} img/s  bf16 {bf16['median']:>8,.0f}  "
+              f"bf16 ÷ fp32 {bf16['median'] / fp32['median']:.2f}x", flush=True)
+    if not quick:
+        accuracy = {}
+        for precision in ("fp32", "bf16"):
+            accuracy[precision] = spread([batchlab.run(RunSpec(batch_size=256, epochs=2, optimizer="momentum", lr=0.01,
+                                                               seed=seed, precision=precision), data_dir)
+                                          .epochs[-1].test_accuracy for seed in ACCURACY_SEEDS])
+        found["accuracy_after_2_epochs_bs256"] = accuracy
+        print("test accuracy after 2 epochs at batch 256:", accuracy)
+    return found
 
 
 def accuracy_check(prep, data_dir: str | None) -> dict:
@@ -205,12 +232,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer batch sizes, 1 repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--only-bf16", action="store_true", help="only the bf16-against-fp32 part")
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
     train_sizes = [1, 64, 1024] if args.quick else TRAIN_SIZES
     infer_sizes = [1, 256, 10000] if args.quick else INFER_SIZES
     torch.set_num_threads(available_cores())
     prep = prepare(RunSpec(), args.data_dir)
+    if args.only_bf16:
+        write_results({"machine": fingerprint(), "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                       "bf16": bf16_check(prep, args.data_dir, repeats, args.quick)}, "-bf16")
+        return
 
     gemm = gemm_flops()
     ceiling = max(gemm.values())
@@ -271,6 +303,7 @@ def main() -> None:
     if not args.quick:
         results["accuracy_after_2_epochs_bs64"] = accuracy_check(prep, args.data_dir)
         print("test accuracy after 2 epochs at batch 64:", results["accuracy_after_2_epochs_bs64"])
+    results["bf16"] = bf16_check(prep, args.data_dir, repeats, args.quick)
     write_results(results)
 
 

@@ -575,6 +575,7 @@ def report(
     from ..report.critical_batch import fit_lines
     from ..report.inference import comparison_lines, load_inference, with_best
     from ..report.noise import noise_lines
+    from ..report.precision import precision_lines
     from ..report.terminal import inference_table, runs_table, training_table, tuned_table
     from ..report.training import aggregate, json_rows, load_runs, merged
     from ..report.tuning import tuned
@@ -620,11 +621,14 @@ def report(
             screen.print(inference_table(measured, screen.width))
             for line in comparison_lines(measured):
                 screen.print(line, highlight=False)
+        for line in precision_lines(training, measured):  # a bf16 slowdown that is the CPU's, said so
+            screen.print(line, highlight=False, markup=False)
 
 
 def write_figures(sources: list[Path], training, measured, html: Optional[Path], png: Optional[Path]) -> None:
     from ..report.figures import all_figures
     from ..report.html import page
+    from ..report.precision import precision_lines
     from ..report.training import aggregate, load_epochs, load_evaluations, load_machines, merged
 
     rows = aggregate(training) if len(training) else training
@@ -638,7 +642,8 @@ def write_figures(sources: list[Path], training, measured, html: Optional[Path],
 
         machines = {k: v for source in sources for k, v in load_machines(source).items()}
         studies = [study for source in sources for study in stored_advice(source)]
-        html.write_text(page(figures, rows, measured, machines, [str(s) for s in sources], studies))
+        notes = precision_lines(training, measured)
+        html.write_text(page(figures, rows, measured, machines, [str(s) for s in sources], studies, notes))
         err.print(f"report written to {html}")
 
 

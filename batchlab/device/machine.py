@@ -29,6 +29,32 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# CPU instructions that run bf16/fp16 arithmetic in hardware (x86 /proc/cpuinfo "flags", Arm
+# "Features"). Without them oneDNN emulates bf16 through fp32, slower than fp32 itself.
+PRECISION_UNITS = {"bf16": ("avx512_bf16", "amx_bf16", "bf16"), "fp16": ("avx512_fp16", "amx_fp16", "fphp")}
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def precision_units(precision: str, device: torch.device) -> list[str] | None:
+    """For a bf16/fp16 run on the CPU, the CPU's instructions for that precision (empty: none,
+    the arithmetic is emulated); None where it does not apply (fp32, GPUs) or cannot be told
+    (no /proc/cpuinfo: not Linux)."""
+    if precision not in PRECISION_UNITS or device.type != "cpu":
+        return None
+    flags = cpu_flags()
+    return sorted(flags & set(PRECISION_UNITS[precision])) if flags else None
+
+
 def gpus() -> list[dict[str, Any]]:
     found = []
     if torch.cuda.is_available():

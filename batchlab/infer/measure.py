@@ -27,7 +27,7 @@ from ..core.cpus import available_cores
 from ..core.records import InferResult
 from ..data import registry as data
 from ..data.device import Normalize, channel_stats
-from ..device.machine import THREAD_ENV, resolve_device
+from ..device.machine import THREAD_ENV, precision_units, resolve_device
 from ..device.timing import Region, peak_memory_bytes, reset_peak_memory
 from ..nn import microbatch, models
 from ..nn.placement import autocast, place
@@ -85,7 +85,8 @@ def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None 
         result.weights_source = spec.weights
     model = place(model, device).eval()
     models.check_output(model, normalized(host_images[:2].to(device)), dataset.classes, spec.model, spec.dataset)
-    slice_size = microbatch.slice_size(spec.micro_batch, spec.batch_size, model, normalized(host_images[:1].to(device)))
+    slice_size = microbatch.slice_size(spec.micro_batch, spec.batch_size, model, normalized(host_images[:1].to(device)),
+                                       spec.precision)
     reset_peak_memory(device)
 
     def forward(images: torch.Tensor) -> torch.Tensor:
@@ -112,5 +113,6 @@ def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None 
     result.environment = {"torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                           "thread_env": {name: os.environ.get(name) for name in THREAD_ENV},
                           "device_name": str(device), "dataset_checksum": dataset.checksum,
-                          "micro_batch": slice_size, "data_notes": list(dataset.notes)}
+                          "micro_batch": slice_size, "data_notes": list(dataset.notes),
+                          "precision_units": precision_units(spec.precision, device)}
     return result

@@ -205,11 +205,15 @@ def advice_html(plan: dict, rows: pd.DataFrame, found: dict) -> str:
 
 
 def page(figures: dict[str, Figure], rows: pd.DataFrame, measured: pd.DataFrame, machines: dict[str, dict],
-         sources: list[str], advice: list[tuple[dict, pd.DataFrame, dict]] = ()) -> str:
-    """The whole report as one HTML string (`advice`: advise's studies, report/advice.stored_advice)."""
+         sources: list[str], advice: list[tuple[dict, pd.DataFrame, dict]] = (), notes: list[str] = ()) -> str:
+    """The whole report as one HTML string (`advice`: advise's studies, report/advice.stored_advice;
+    `notes`: what a reader must know before reading the numbers, e.g. report/precision.py's)."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sections = [f"<h1>batchlab report</h1><p>From {html.escape(', '.join(sources))}; written {stamp} by "
                 f"batchlab {__version__}.</p>"]
+    if notes:
+        sections.append('<ul class="notes">' + "".join(f"<li>&#9888; {html.escape(note)}</li>" for note in notes)
+                        + "</ul>")
     if advice:
         sections.append("<h2>Advice: the batch size and LR fastest to the target</h2>"
                         + "".join(advice_html(*study) for study in advice))

@@ -39,7 +39,7 @@ from ..data import registry as data
 from ..data.batches import DeviceBatches, LoaderBatches, batch_source
 from ..data.device import DeviceData, ddp_order, hogwild_order, single_order, to_device
 from ..data.input_path import choose_input, dataset_bytes
-from ..device.machine import THREAD_ENV, resolve_device
+from ..device.machine import THREAD_ENV, precision_units, resolve_device
 from ..device.timing import Region, peak_memory_bytes, reset_peak_memory
 from ..nn import microbatch, models
 from ..nn.placement import autocast, place
@@ -343,7 +343,7 @@ def build_model(spec: RunSpec, dd: DeviceData, device: torch.device) -> nn.Modul
 
 def slice_size_for(spec: RunSpec, model: nn.Module, dd: DeviceData) -> int:
     """Images per micro-batch for this run (microbatch.slice_size, probed with one image)."""
-    return microbatch.slice_size(spec.micro_batch, spec.batch_size, model, dd.normalize(dd.head(1)))
+    return microbatch.slice_size(spec.micro_batch, spec.batch_size, model, dd.normalize(dd.head(1)), spec.precision)
 
 
 def run_epochs(prep: Prepared, train_one_epoch: Callable[[torch.Tensor], EpochWork],
@@ -419,6 +419,7 @@ def finish(prep: Prepared, loop: StepLoop | None = None) -> RunResult:
         "device_name": str(prep.device),
         "micro_batch": prep.slice_size,
         "class_names": list(prep.dd.class_names),  # label i is class_names[i]
+        "precision_units": precision_units(prep.spec.precision, prep.device),
     }
     if loop is not None:
         result.environment |= loop.step_spread()

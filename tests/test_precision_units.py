@@ -1,0 +1,43 @@
+"""bf16 on a CPU without bf16 instructions is emulated (slower than fp32): each run records its
+CPU's instructions for its precision, and the report says where a slowdown is the CPU's (issue:
+performance, item 2). Automatic micro-batches count activations at the run's precision."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import torch
+
+from batchlab.device import machine
+from batchlab.nn import microbatch, models
+from batchlab.nn.placement import place
+from batchlab.report.precision import precision_lines
+
+
+def test_a_cpu_run_records_its_instructions_for_its_precision(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_bf16"})
+    assert machine.precision_units("bf16", cpu) == ["avx512_bf16"]
+    assert machine.precision_units("fp16", cpu) == []  # no AVX512-FP16: emulated
+    assert machine.precision_units("fp32", cpu) is None
+    assert machine.precision_units("bf16", torch.device("meta")) is None  # not a CPU: not judged here
+    monkeypatch.setattr(machine, "cpu_flags", lambda: set())  # no /proc/cpuinfo: unknown, not "none"
+    assert machine.precision_units("bf16", cpu) is None
+
+
+def test_the_report_says_which_runs_ran_emulated():
+    env = lambda units: json.dumps({"precision_units": units})  # noqa: E731
+    training = pd.DataFrame({"precision": ["bf16", "bf16", "fp32"], "environment": [env([]), env(["amx_bf16"]), env(None)]})
+    inference = pd.DataFrame({"precision": ["bf16", "fp16"], "environment": [env([]), None]})
+    lines = precision_lines(training, inference)
+    assert len(lines) == 1 and lines[0].startswith("bf16: 2 run(s) on a CPU without bf16 instructions"), lines
+    assert precision_lines(training.iloc[1:], pd.DataFrame()) == []
+
+
+def test_automatic_slices_hold_twice_the_images_in_bf16():
+    model = place(models.build("seed-cnn", input_shape=(1, 28, 28), classes=10), torch.device("cpu"))
+    sample = torch.randn(1, 1, 28, 28)
+    fp32 = microbatch.slice_size(0, 4096, model, sample)
+    assert microbatch.slice_size(0, 4096, model, sample, "bf16") == 2 * fp32
+    assert microbatch.slice_size(0, 64, model, sample, "bf16") == 64  # never more than the batch
