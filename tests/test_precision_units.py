@@ -41,3 +41,33 @@ def test_automatic_slices_hold_twice_the_images_in_bf16():
     fp32 = microbatch.slice_size(0, 4096, model, sample)
     assert microbatch.slice_size(0, 4096, model, sample, "bf16") == 2 * fp32
     assert microbatch.slice_size(0, 64, model, sample, "bf16") == 64  # never more than the batch
+
+
+class Tiny(torch.nn.Module):
+    """Logits a ten-millionth of the layer's output: the gradients reaching the layer are too."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return inputs * 1e-7
+
+
+def test_fp16_training_scales_its_loss_so_small_gradients_survive():
+    """fp16 weight gradients of a tiny loss underflow to zero without loss scaling; the run's
+    scaler (engine.loss_scaler) keeps them, and fp32/bf16 runs get none."""
+    from batchlab.train.engine import loss_scaler, train_step
+
+    cpu = torch.device("cpu")
+    assert loss_scaler("fp32", cpu) is None and loss_scaler("bf16", cpu) is None
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4), Tiny())
+    images, labels = torch.randn(8, 1, 4, 4) * 1e-2, torch.randint(0, 4, (8,))
+    before = model[1].weight.detach().clone()
+
+    def moved(scaler) -> bool:
+        trained = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4), Tiny())
+        trained.load_state_dict(model.state_dict())
+        optimizer = torch.optim.SGD(trained.parameters(), lr=1.0)
+        train_step(trained, optimizer, images, labels, "fp16", scaler=scaler)
+        return not torch.equal(trained[1].weight, before)
+
+    assert not moved(None)  # unscaled: every weight gradient underflowed in fp16
+    assert moved(loss_scaler("fp16", cpu))

@@ -55,22 +55,37 @@ SKIPPED_EXAMPLES = 5  # undecodable images listed by name in the run record (all
 
 
 def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
+    """The run's optimizer. On a GPU its fused form: one kernel updates every parameter, instead of
+    several per parameter (the same update). On the CPU the fused SGD measured within 2% of the
+    plain one at batch 1-256 (docs/performance.md), so the CPU keeps the plain one."""
+    parameters = list(parameters)
+    fused = {"fused": True} if parameters and parameters[0].device.type == "cuda" else {}
     if name == "sgd":
-        return torch.optim.SGD(parameters, lr=lr)
+        return torch.optim.SGD(parameters, lr=lr, **fused)
     if name == "momentum":
-        return torch.optim.SGD(parameters, lr=lr, momentum=0.9)
+        return torch.optim.SGD(parameters, lr=lr, momentum=0.9, **fused)
     if name == "adam":
-        return torch.optim.Adam(parameters, lr=lr)
+        return torch.optim.Adam(parameters, lr=lr, **fused)
     raise ValueError(f"unknown optimizer {name!r}")
+
+
+def loss_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 training's loss scaling: fp16 gradients of small losses underflow to zero, so the loss
+    is scaled up before backward and the gradients down before the step (a step whose gradients
+    overflowed is skipped and the scale lowered: torch.amp.GradScaler). bf16 has fp32's range and
+    fp32 needs none."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                labels: torch.Tensor, precision: str = "fp32", slice_size: int | None = None,
-               on_slice: Callable[[int, int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               on_slice: Callable[[int, int, int], None] | None = None,
+               scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on the batch, run through the network in slices of `slice_size` images
     (default: whole) whose gradients accumulate (see microbatch.py); returns (mean loss, number
     correct) as device tensors (no host sync). `on_slice(start, stop, count)` runs after each
-    slice's backward (--gns reads the gradients there)."""
+    slice's backward (--gns reads the gradients there: scaled by `scaler` in fp16, which B_simple,
+    a ratio of squared gradient norms, does not see). `scaler`: fp16's loss scaling (loss_scaler)."""
     count = len(labels)
     optimizer.zero_grad(set_to_none=True)
     loss_sum = correct = None  # set by the first slice: a whole batch costs no accumulator ops
@@ -82,13 +97,17 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
             with autocast(images.device, precision):
                 logits = model(images[start:stop])
             loss = F.cross_entropy(logits.float(), labels[start:stop], reduction="sum") / count
-            loss.backward()
+            (loss if scaler is None else scaler.scale(loss)).backward()
         if on_slice is not None:
             on_slice(start, stop, count)
         hits = (logits.argmax(1) == labels[start:stop]).sum()
         loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
         correct = hits if correct is None else correct + hits
-    optimizer.step()
+    if scaler is None:
+        optimizer.step()
+    else:
+        scaler.step(optimizer)
+        scaler.update()
     return loss_sum, correct
 
 
@@ -101,12 +120,13 @@ def warm_up(model: nn.Module, spec: RunSpec, dd: DeviceData, source: DeviceBatch
     heartbeat.beat()
     scratch = wrap(copy.deepcopy(model))
     optimizer = make_optimizer(spec.optimizer, scratch.parameters(), spec.effective_lr)
+    scaler = loss_scaler(spec.precision, dd.device)
     batch = min(spec.batch_size, dd.train_count)
     # WARMUP_STEPS whole batches (a partial one could be 1 image, which batch norm refuses)
     batches = source.epoch(torch.arange(batch, device=dd.device).repeat(WARMUP_STEPS), warm_up=True)
     for images, labels in batches:
         heartbeat.beat()
-        train_step(scratch, optimizer, dd.normalize(images), labels, spec.precision, slice_size)
+        train_step(scratch, optimizer, dd.normalize(images), labels, spec.precision, slice_size, scaler=scaler)
 
 
 @dataclass
@@ -141,6 +161,7 @@ class StepLoop:
                  source: DeviceBatches | LoaderBatches | None = None, scheduler: LRScheduler | None = None):
         self.model, self.optimizer, self.dd, self.batch_size = model, optimizer, dd, batch_size
         self.precision, self.slice_size, self.scheduler = precision, slice_size, scheduler
+        self.scaler = loss_scaler(precision, dd.device)
         self.source = source or batch_source(dd, batch_size, loader_workers=0, augment=False, seed=0)
         self.every, self.checkpoint, self.steps_done = 0, None, 0
         self.noise: NoiseScale | None = None  # --gns: fed every slice's gradient
@@ -150,7 +171,7 @@ class StepLoop:
 
     def train(self, indices: torch.Tensor) -> EpochWork:
         model, optimizer, normalize = self.model, self.optimizer, self.dd.normalize
-        precision, slice_size, scheduler = self.precision, self.slice_size, self.scheduler
+        precision, slice_size, scheduler, scaler = self.precision, self.slice_size, self.scheduler, self.scaler
         on_slice = self.noise.after_slice if self.noise is not None else None
         step_losses, step_correct = [], []
         beat, clock = heartbeat.beat, time.perf_counter
@@ -166,7 +187,8 @@ class StepLoop:
             waited += clock() - asked
             if batch is None:
                 break
-            loss, correct = train_step(model, optimizer, normalize(batch[0]), batch[1], precision, slice_size, on_slice)
+            loss, correct = train_step(model, optimizer, normalize(batch[0]), batch[1], precision, slice_size, on_slice,
+                                       scaler)
             if scheduler is not None:
                 scheduler.step()
             step_losses.append(loss)
@@ -239,6 +261,9 @@ def prepare(spec: RunSpec, data_dir: str | None = None, device: str | None = Non
     device = resolve_device(device or spec.device)
     if device.type == "cuda":  # the current device of this process: its pinned-memory thread, DDP's NCCL
         torch.cuda.set_device(device)
+        # A run's shapes are fixed (its batch, its slices): let cuDNN time its convolution
+        # algorithms once, in the warm-up steps before anything is timed, and keep the fastest.
+        torch.backends.cudnn.benchmark = True
     result = RunResult(spec=spec)
 
     load_start = time.perf_counter()
