@@ -8,7 +8,8 @@ from batchlab.nn import layers
 
 
 @pytest.mark.parametrize("rows", [1, 2, 102])
-def test_linear_matches_torch_linear_with_gradients(rows):
+def test_linear_matches_torch_linear_with_gradients(rows, monkeypatch):
+    monkeypatch.setattr(layers, "ONEDNN_LINEAR", layers._onednn_linear is not None)  # the oneDNN path on any CPU
     torch.manual_seed(0)
     ours = layers.Linear(1024, 500)
     reference = nn.Linear(1024, 500)
@@ -24,6 +25,11 @@ def test_linear_matches_torch_linear_with_gradients(rows):
     for mine, theirs in zip(*results):
         assert torch.allclose(mine, theirs, rtol=1e-4, atol=1e-4)
     assert results[0][2].abs().sum() > 0
+
+
+def test_linear_layers_multiply_on_mkl_on_intel_cpus_and_on_onednn_elsewhere():
+    assert not layers.uses_onednn_linear("GenuineIntel")
+    assert layers.uses_onednn_linear("AuthenticAMD") == (layers._onednn_linear is not None)
 
 
 def test_dropout_keeps_the_fraction_and_scales():

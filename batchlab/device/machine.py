@@ -12,21 +12,14 @@ from typing import Any
 import psutil
 import torch
 
-from ..core.cpus import available_cores
+from ..core.cpus import available_cores, cpuinfo_value
 from ..core.errors import DeviceUnavailable
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpuinfo_value("model name") or platform.processor() or platform.machine()
 
 
 # CPU instructions that run bf16/fp16 arithmetic in hardware (x86 /proc/cpuinfo "flags", Arm
@@ -35,14 +28,7 @@ PRECISION_UNITS = {"bf16": ("avx512_bf16", "amx_bf16", "bf16"), "fp16": ("avx512
 
 
 def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+    return set((cpuinfo_value("flags", "Features") or "").split())
 
 
 def precision_units(precision: str, device: torch.device) -> list[str] | None:

@@ -11,9 +11,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.cpus import cpu_vendor
+
 # oneDNN's matrix product, as PyTorch's own compiler (inductor) calls it on CPUs; absent in
 # builds without oneDNN, where Linear falls back to torch.nn.Linear.
 _onednn_linear = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+
+
+
+def uses_onednn_linear(vendor: str | None) -> bool:
+    """Whether the fp32 linear layers multiply on oneDNN on a CPU of this `vendor`. MKL, PyTorch's
+    default for these products, is Intel's library and was the slower one on an AMD EPYC, where
+    oneDNN ran seed-cnn's 1024→500 layer 2.2x faster at 102 rows. On an Intel Xeon (5th generation,
+    AVX-512) MKL was as fast or faster at every batch, measured side by side: training at batch 2
+    805 vs 672 img/s, 4: 1,690 vs 1,462, 8: 2,854 vs 2,485, 16-1,024: 1.00-1.09x; inference at
+    batch 4 1.38x, 16-4,096 0.96-1.03x (docs/performance.md)."""
+    return _onednn_linear is not None and vendor != "GenuineIntel"
+
+
+ONEDNN_LINEAR = uses_onednn_linear(cpu_vendor())
 
 # With a single row (batch 1) MKL's matrix-vector products made the training step faster than
 # oneDNN's (1.01 vs 1.07 ms); from 2 rows on oneDNN's did (batch 4: 1.74 vs 2.09 ms).
@@ -45,11 +61,12 @@ class _OneDNNLinear(torch.autograd.Function):
 
 class Linear(nn.Linear):
     """nn.Linear whose fp32 CPU products run on oneDNN (the library of PyTorch's convolutions)
-    instead of MKL: 2.2x faster for seed-cnn's 1024→500 layer at 102 rows on an AMD CPU, where
-    MKL takes a slower path; elsewhere (GPU, autocast, one row) it is nn.Linear."""
+    instead of MKL on CPUs not made by Intel (ONEDNN_LINEAR): 2.2x faster for seed-cnn's 1024→500
+    layer at 102 rows on an AMD CPU, where MKL takes a slower path; elsewhere (Intel CPUs, GPU,
+    autocast, one row) it is nn.Linear."""
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if (_onednn_linear is None or inputs.device.type != "cpu" or inputs.dtype != torch.float32
+        if (not ONEDNN_LINEAR or inputs.device.type != "cpu" or inputs.dtype != torch.float32
                 or inputs.dim() != 2 or len(inputs) < ONEDNN_MIN_ROWS or torch.is_autocast_enabled("cpu")):
             return F.linear(inputs, self.weight, self.bias)
         return _OneDNNLinear.apply(inputs, self.weight, self.bias)
