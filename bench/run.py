@@ -59,12 +59,12 @@ HERE = Path(__file__).parent
 TF_PYTHON = HERE / ".venv-tf" / "bin" / "python"
 
 
-def gemm_flops(side: int = 4096, seconds: float = 2.0) -> dict[str, float]:
-    """fp32 FLOP/s of a side² matrix product through both of PyTorch's CPU GEMM libraries: MKL
+def gemm_flops(side: int = 4096, seconds: float = 2.0, dtype: torch.dtype = torch.float32) -> dict[str, float]:
+    """FLOP/s of a side² matrix product in `dtype` through both of PyTorch's CPU GEMM libraries: MKL
     (torch.mm) and oneDNN (which runs the convolutions). They differ 2x on some CPUs (MKL takes a
     slower path on AMD), so the ceiling is the faster one."""
-    a, b = torch.randn(side, side), torch.randn(side, side)
-    out = torch.empty(side, side)
+    a, b = torch.randn(side, side, dtype=dtype), torch.randn(side, side, dtype=dtype)
+    out = torch.empty(side, side, dtype=dtype)
     a_onednn, b_onednn = a.to_mkldnn(), b.t().contiguous().to_mkldnn()
     products = {"mkl": lambda: torch.mm(a, b, out=out),
                 "onednn": lambda: torch._C._nn.mkldnn_linear(a_onednn, b_onednn, None)}
@@ -192,7 +192,13 @@ def bf16_check(prep, data_dir: str | None, repeats: int, quick: bool) -> dict:
     and the optimizer stay fp32: autocast runs the forward pass in bf16)."""
     units = precision_units("bf16", torch.device("cpu"))
     print(f"bf16 instructions of this CPU: {', '.join(units) if units else 'none (bf16 is emulated here)'}")
-    found = {"precision_units": units, "train": {}}
+    # The hardware's own ratio, for the training ratios to be read against: a bf16 unit that
+    # multiplies slower than fp32's (measured: a Xeon whose AMX a VM hid) makes bf16 training slower too.
+    gemm = {str(dtype).removeprefix("torch."): max(gemm_flops(dtype=dtype).values())
+            for dtype in (torch.float32, torch.bfloat16)}
+    print(f"GEMM 4096²: fp32 {gemm['float32'] / 1e9:,.0f} GFLOP/s, bf16 {gemm['bfloat16'] / 1e9:,.0f}: "
+          f"bf16 ÷ fp32 {gemm['bfloat16'] / gemm['float32']:.2f}x")
+    found = {"precision_units": units, "gemm_flops": gemm, "train": {}}
     for batch in BF16_SIZES:
         pairs = [(batchlab_train(prep, batch, 1)[0], batchlab_train(prep, batch, 1, precision="bf16")[0])
                  for _ in range(max(repeats, 3))]
