@@ -31,7 +31,8 @@ def needs(spec: RunSpec | InferSpec) -> dict[str, float]:
 def run_on_node(spec: RunSpec | InferSpec, data_dir: str | None, weights_in: bytes | None, save_weights: bool,
                 memory_limit: int | None, submitted_at: float, placement: Callable[[], dict]) -> Outcome:
     """One run on the node this executes on, as a local sweep runs it. Its environment gets
-    `executor`: `placement()` (the executor's name and job id), the node, and the wait in the
+    `executor`: the node (its hostname, or the name `placement()` gives it), `placement()` (the
+    executor's name and job id), and the wait in the
     queue (submission on the coordinator's clock to start on the node's)."""
     from .machine_noise import NoiseWatch
     from .sweep import run_in_worker
@@ -41,6 +42,6 @@ def run_on_node(spec: RunSpec | InferSpec, data_dir: str | None, weights_in: byt
         outcome = run_in_worker(spec, data_dir, lambda record: None, weights_in, save_weights, memory_limit)
     if outcome.result is not None:
         outcome.result.environment["machine_noise"] = watch.summary
-        outcome.result.environment["executor"] = {**placement(), "node": socket.gethostname(),
+        outcome.result.environment["executor"] = {"node": socket.gethostname(), **placement(),
                                                   "queue_wait_seconds": max(0.0, started_at - submitted_at)}
     return outcome

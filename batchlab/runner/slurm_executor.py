@@ -45,7 +45,9 @@ def slurm_placement() -> dict:
     array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     # A task of an array is known by ARRAY_TASK (as squeue, scancel and the store name it).
     job_id = f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
-    return {"name": "slurm", "job_id": job_id, "partition": os.environ.get("SLURM_JOB_PARTITION")}
+    # The node by Slurm's name for it (the one squeue and sacct show), which is not always its hostname.
+    node = {"node": os.environ["SLURMD_NODENAME"]} if os.environ.get("SLURMD_NODENAME") else {}
+    return {"name": "slurm", "job_id": job_id, "partition": os.environ.get("SLURM_JOB_PARTITION"), **node}
 
 
 def rank_on_node(spec: RunSpec, data_dir: str | None, weights_in: bytes | None, save_weights: bool,
