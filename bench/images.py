@@ -41,7 +41,7 @@ from batchlab.core.cpus import available_cores  # noqa: E402
 from batchlab.data.dataset import Dataset as BatchlabDataset  # noqa: E402
 from batchlab.data.device import to_device  # noqa: E402
 from batchlab.device.machine import fingerprint  # noqa: E402
-from batchlab.device.threads import use_compute_threads  # noqa: E402
+from batchlab.device.threads import flush_denormals  # noqa: E402
 from batchlab.spec.run import RunSpec  # noqa: E402
 from batchlab.train.engine import StepLoop, build_model, input_source, make_optimizer, slice_size_for  # noqa: E402
 
@@ -139,7 +139,8 @@ def main() -> None:
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
     sizes = [128] if args.quick else BATCH_SIZES
-    use_compute_threads(available_cores())  # as a run does: denormals flushed in every thread (peers too)
+    flush_denormals()  # as in a run's own process, for every loop timed here (peers too)
+    torch.set_num_threads(available_cores())
     dataset = synthetic_cifar()
     images = torch.from_numpy(dataset.train_images)
     labels = torch.from_numpy(dataset.train_labels)

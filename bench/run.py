@@ -37,7 +37,7 @@ import batchlab  # noqa: E402
 from batchlab.core.cpus import available_cores  # noqa: E402
 from batchlab.core.stats import images_per_second  # noqa: E402
 from batchlab.device.machine import fingerprint, precision_units  # noqa: E402
-from batchlab.device.threads import use_compute_threads  # noqa: E402
+from batchlab.device.threads import flush_denormals  # noqa: E402
 from batchlab.infer.measure import measure  # noqa: E402
 from batchlab.spec.run import InferSpec, RunSpec  # noqa: E402
 from batchlab.train.engine import (  # noqa: E402
@@ -244,7 +244,8 @@ def main() -> None:
     repeats = 1 if args.quick else args.repeats
     train_sizes = [1, 64, 1024] if args.quick else TRAIN_SIZES
     infer_sizes = [1, 256, 10000] if args.quick else INFER_SIZES
-    use_compute_threads(available_cores())  # as a run does: denormals flushed in every thread (peers too)
+    flush_denormals()  # as in a run's own process, for every loop timed here (peers too)
+    torch.set_num_threads(available_cores())
     prep = prepare(RunSpec(), args.data_dir)
     if args.only_bf16:
         write_results({"machine": fingerprint(), "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -28,7 +28,7 @@ from ..core.records import InferResult
 from ..data import registry as data
 from ..data.device import Normalize, channel_stats
 from ..device.machine import THREAD_ENV, precision_units, resolve_device
-from ..device.threads import use_compute_threads
+from ..device.threads import denormals_flushed
 from ..device.timing import Region, peak_memory_bytes, reset_peak_memory
 from ..nn import microbatch, models
 from ..nn.placement import autocast, place
@@ -65,7 +65,7 @@ def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None 
     """Measure one inference configuration in this process."""
     spec = spec.validated()
     device = resolve_device(spec.device)
-    use_compute_threads(spec.threads)
+    torch.set_num_threads(spec.threads)
     result = InferResult(spec=spec)
 
     load_start = time.perf_counter()
@@ -115,5 +115,6 @@ def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None 
                           "thread_env": {name: os.environ.get(name) for name in THREAD_ENV},
                           "device_name": str(device), "dataset_checksum": dataset.checksum,
                           "micro_batch": slice_size, "data_notes": list(dataset.notes),
-                          "precision_units": precision_units(spec.precision, device)}
+                          "precision_units": precision_units(spec.precision, device),
+                          "denormals_flushed": denormals_flushed()}
     return result

@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..core.errors import SpecError
 from ..core.records import EpochRecord, RunResult
 from ..data.device import ddp_order
-from ..device.threads import use_compute_threads
+from ..device.threads import flush_denormals
 from ..device.timing import Region
 from ..spec.run import RunSpec
 from .engine import (
@@ -77,7 +77,7 @@ def run_rank(spec: RunSpec, data_dir: str | None, keep_weights: bool = False,
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if world != spec.workers:
         raise SpecError(f"ddp: the launcher started {world} ranks but the run asks for --workers {spec.workers}")
-    use_compute_threads(spec.threads)
+    torch.set_num_threads(spec.threads)
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     device = f"cuda:{local_rank}" if spec.device.startswith("cuda") else spec.device
     backend = "nccl" if device.startswith("cuda") else "gloo"
@@ -138,7 +138,8 @@ def free_port() -> int:
 def train_ddp(spec: RunSpec, data_dir: str | None = None,
               on_epoch: Callable[[EpochRecord], None] | None = None, keep_weights: bool = False) -> RunResult:
     spec = spec.validated()
-    if launched_externally():
+    if launched_externally():  # this process is one rank that `batchlab` was started as
+        flush_denormals()
         return run_rank(spec, data_dir, keep_weights, on_epoch)
     started = time.perf_counter()
 

@@ -40,6 +40,7 @@ from ..data.batches import DeviceBatches, LoaderBatches, batch_source
 from ..data.device import DeviceData, ddp_order, hogwild_order, single_order, to_device
 from ..data.input_path import choose_input, dataset_bytes
 from ..device.machine import THREAD_ENV, precision_units, resolve_device
+from ..device.threads import denormals_flushed
 from ..device.timing import Region, peak_memory_bytes, reset_peak_memory
 from ..nn import microbatch, models
 from ..nn.placement import autocast, place
@@ -445,6 +446,7 @@ def finish(prep: Prepared, loop: StepLoop | None = None) -> RunResult:
         "micro_batch": prep.slice_size,
         "class_names": list(prep.dd.class_names),  # label i is class_names[i]
         "precision_units": precision_units(prep.spec.precision, prep.device),
+        "denormals_flushed": denormals_flushed(),
     }
     if loop is not None:
         result.environment |= loop.step_spread()

@@ -16,7 +16,6 @@ import torch
 from ..core.cpus import available_cores
 from ..core.records import EpochRecord, RunResult
 from ..data.device import DeviceData, hogwild_order
-from ..device.threads import use_compute_threads
 from ..device.timing import Region
 from ..spec.run import RunSpec
 from .engine import (
@@ -35,7 +34,7 @@ from .team import Team
 
 def hogwild_worker(rank: int, spec: RunSpec, dd: DeviceData, model: torch.nn.Module, slice_size: int,
                    order: torch.Tensor, commands, results) -> None:
-    use_compute_threads(spec.threads)
+    torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed * 1009 + rank + 1)  # each worker its own dropout masks
     optimizer = make_optimizer(spec.optimizer, model.parameters(), spec.effective_lr)
     source = input_source(spec, dd, stream=rank)
@@ -65,7 +64,7 @@ def train_hogwild(spec: RunSpec, data_dir: str | None = None,
                   on_epoch: Callable[[EpochRecord], None] | None = None, keep_weights: bool = False) -> RunResult:
     spec = spec.validated()
     # The coordinator evaluates while the workers wait, so it may use all their threads.
-    use_compute_threads(min(available_cores(), spec.workers * spec.threads))
+    torch.set_num_threads(min(available_cores(), spec.workers * spec.threads))
     prep = prepare(spec, data_dir)
     prep.dd.share_memory_()
     prep.model.share_memory()

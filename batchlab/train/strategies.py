@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
+
 from ..core.records import EpochRecord, RunResult
 from ..data.device import single_order
-from ..device.threads import use_compute_threads
 from ..device.timing import Region
 from ..spec.run import RunSpec
 from .engine import StepLoop, input_source, keep, make_optimizer, make_scheduler, prepare, run_epochs, warm_up
@@ -29,7 +30,7 @@ Strategy = Callable[..., RunResult]
 def train_single(spec: RunSpec, data_dir: str | None = None,
                  on_epoch: Callable[[EpochRecord], None] | None = None, keep_weights: bool = False) -> RunResult:
     spec = spec.validated()
-    use_compute_threads(spec.threads)
+    torch.set_num_threads(spec.threads)
     prep = prepare(spec, data_dir)
     optimizer = make_optimizer(spec.optimizer, prep.model.parameters(), spec.effective_lr)
     source = input_source(spec, prep.dd)

@@ -24,6 +24,7 @@ import torch.multiprocessing as mp
 from ..core import heartbeat
 from ..core.errors import WorkerFailed, one_line
 from ..core.parent import exit_with_parent
+from ..device.threads import flush_denormals
 
 STOP_GRACE_SECONDS = 10
 POLL_SECONDS = 0.2  # how often the coordinator looks at its workers while none speaks
@@ -40,6 +41,7 @@ def _entry(target: Callable, rank: int, args: tuple, commands, results) -> None:
         # silent stretches are short (a DDP rank's data load, ~1 s) or waiting in a collective
         # for a peer (DDP), which Team.collect allows for.
         heartbeat.beat()
+        flush_denormals()  # a worker process of batchlab's own: before its first tensor work
         target(rank, *args, commands=commands, results=results)
     except BaseException as error:  # reported to the coordinator, which fails the run
         results.put(("error", rank, one_line(error)))
