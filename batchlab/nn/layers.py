@@ -18,7 +18,6 @@ from ..core.cpus import cpu_vendor
 _onednn_linear = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
 
 
-
 def uses_onednn_linear(vendor: str | None) -> bool:
     """Whether the fp32 linear layers multiply on oneDNN on a CPU of this `vendor`. MKL, PyTorch's
     default for these products, is Intel's library and was the slower one on an AMD EPYC, where

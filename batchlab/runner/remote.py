@@ -32,8 +32,8 @@ def run_on_node(spec: RunSpec | InferSpec, data_dir: str | None, weights_in: byt
                 memory_limit: int | None, submitted_at: float, placement: Callable[[], dict]) -> Outcome:
     """One run on the node this executes on, as a local sweep runs it. Its environment gets
     `executor`: the node (its hostname, or the name `placement()` gives it), `placement()` (the
-    executor's name and job id), and the wait in the
-    queue (submission on the coordinator's clock to start on the node's)."""
+    executor's name and job id), and the wait in the queue (submission on the coordinator's clock
+    to start on the node's)."""
     from .machine_noise import NoiseWatch
     from .sweep import run_in_worker
 
