@@ -33,6 +33,8 @@ def test_the_report_says_which_runs_ran_emulated():
     lines = precision_lines(training, inference)
     assert len(lines) == 1 and lines[0].startswith("bf16: 2 run(s) on a CPU without bf16 instructions"), lines
     assert precision_lines(training.iloc[1:], pd.DataFrame()) == []
+    fp16 = precision_lines(pd.DataFrame({"precision": ["fp16"], "environment": [env([])]}))
+    assert len(fp16) == 1 and "AVX512-FP16" in fp16[0] and "BF16" not in fp16[0], fp16  # its own instructions
 
 
 def test_automatic_slices_hold_twice_the_images_in_bf16():

@@ -9,6 +9,10 @@ import json
 
 import pandas as pd
 
+# The instructions each precision runs on, as users know them (the flags are device/machine.py's
+# PRECISION_UNITS; reports do not import torch, so not from there).
+INSTRUCTION_EXAMPLES = {"bf16": "AVX512-BF16, AMX or Arm's BF16", "fp16": "AVX512-FP16, AMX-FP16 or Arm's FP16"}
+
 
 def emulated(environment) -> bool:
     """Whether a run's environment says its precision had no instructions on its CPU."""
@@ -29,6 +33,7 @@ def precision_lines(*frames: pd.DataFrame) -> list[str]:
         for precision, environment in zip(rows["precision"], rows["environment"]):
             if emulated(environment):
                 counts[precision] = counts.get(precision, 0) + 1
-    return [f"{precision}: {count} run(s) on a CPU without {precision} instructions (such as AVX512-BF16, AMX or "
-            f"Arm's BF16): emulated through fp32 and so slower than fp32 there; that is this CPU, not what "
-            f"{precision} does on CPUs that have them." for precision, count in sorted(counts.items())]
+    return [f"{precision}: {count} run(s) on a CPU without {precision} instructions (such as "
+            f"{INSTRUCTION_EXAMPLES.get(precision, 'its hardware units')}): emulated through fp32 and so slower than "
+            f"fp32 there; that is this CPU, not what {precision} does on CPUs that have them."
+            for precision, count in sorted(counts.items())]
