@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 
+from batchlab.core import cpus
 from batchlab.nn import microbatch, models
 from batchlab.nn.placement import place
 from batchlab.train.engine import make_optimizer, train_step
@@ -41,12 +42,35 @@ def test_automatic_slice_size():
     seed_cnn = models.build("seed-cnn")
     largest = 32 * 22 * 22 * 4  # the first convolution's output on the 25×25 crop, fp32
     assert microbatch.largest_activation_bytes(seed_cnn, cpu_sample) == largest
-    assert microbatch.slice_size(0, 4096, seed_cnn, cpu_sample) == microbatch.CACHE_BUDGET_BYTES // largest
+    assert microbatch.slice_size(0, 4096, seed_cnn, cpu_sample) == microbatch.cache_budget_bytes() // largest
     assert microbatch.slice_size(0, 16, seed_cnn, cpu_sample) == 16  # never more than the batch
     assert microbatch.slice_size(7, 4096, seed_cnn, cpu_sample) == 7  # asked for
     with_batch_norm = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
                                           torch.nn.Linear(4 * 26 * 26, 10))
     assert microbatch.slice_size(0, 4096, with_batch_norm, cpu_sample) == 4096  # batch statistics: whole
+
+
+def write_cache(folder, index: str, level: str, kind: str, size: str) -> None:
+    entry = folder / index
+    entry.mkdir(parents=True)
+    for name, value in {"level": level, "type": kind, "size": size}.items():
+        (entry / name).write_text(value + "\n")
+
+
+def test_slice_budget_follows_the_l2_cache(tmp_path, monkeypatch):
+    """The budget is 8 × one core's L2 (sysfs), the 8 MB default where it cannot be read."""
+    write_cache(tmp_path, "index0", "1", "Data", "48K")
+    write_cache(tmp_path, "index1", "1", "Instruction", "32K")
+    write_cache(tmp_path, "index2", "2", "Unified", "2048K")
+    write_cache(tmp_path, "index3", "3", "Unified", "266240K")
+    assert cpus.l2_cache_bytes(str(tmp_path)) == 2 * 2**20
+    assert cpus.l2_cache_bytes(str(tmp_path / "missing")) is None
+    monkeypatch.setattr(microbatch, "l2_cache_bytes", lambda: 2 * 2**20)
+    assert microbatch.cache_budget_bytes() == 16 * 2**20
+    seed_cnn, sample = models.build("seed-cnn"), torch.zeros(1, 1, 28, 28)
+    assert microbatch.slice_size(0, 4096, seed_cnn, sample) == 16 * 2**20 // (32 * 22 * 22 * 4)  # 270 images
+    monkeypatch.setattr(microbatch, "l2_cache_bytes", lambda: None)
+    assert microbatch.slice_size(0, 4096, seed_cnn, sample) == 8 * 2**20 // (32 * 22 * 22 * 4)  # 135 images
 
 
 def test_the_probe_leaves_the_random_stream_and_mode_alone():

@@ -41,7 +41,7 @@ def test_automatic_slices_hold_twice_the_images_in_bf16():
     model = place(models.build("seed-cnn", input_shape=(1, 28, 28), classes=10), torch.device("cpu"))
     sample = torch.randn(1, 1, 28, 28)
     fp32 = microbatch.slice_size(0, 4096, model, sample)
-    assert microbatch.slice_size(0, 4096, model, sample, "bf16") == 2 * fp32
+    assert microbatch.slice_size(0, 4096, model, sample, "bf16") in (2 * fp32, 2 * fp32 + 1)  # floor division
     assert microbatch.slice_size(0, 64, model, sample, "bf16") == 64  # never more than the batch
 
 

@@ -29,3 +29,21 @@ def cpuinfo_value(*names: str) -> str | None:
 def cpu_vendor() -> str | None:
     """The CPU's vendor string, e.g. GenuineIntel or AuthenticAMD (None where it cannot be told)."""
     return cpuinfo_value("vendor_id")
+
+
+def l2_cache_bytes(cpu_root: str = "/sys/devices/system/cpu/cpu0/cache") -> int | None:
+    """Bytes of the level-2 data cache of one core, from Linux's sysfs (None where it cannot be
+    read: not Linux, or a VM that hides its caches)."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    try:
+        for index in sorted(os.listdir(cpu_root)):
+            folder = os.path.join(cpu_root, index)
+            with open(os.path.join(folder, "level")) as level, open(os.path.join(folder, "type")) as kind:
+                if level.read().strip() != "2" or kind.read().strip() == "Instruction":
+                    continue
+            with open(os.path.join(folder, "size")) as size_file:
+                size = size_file.read().strip()
+            return int(size[:-1]) * units[size[-1]] if size[-1] in units else int(size)
+    except (OSError, ValueError):
+        pass
+    return None

@@ -12,7 +12,7 @@ from typing import Any
 import psutil
 import torch
 
-from ..core.cpus import available_cores, cpuinfo_value
+from ..core.cpus import available_cores, cpuinfo_value, l2_cache_bytes
 from ..core.errors import DeviceUnavailable
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -65,6 +65,7 @@ def fingerprint() -> dict[str, Any]:
         "physical_cores": psutil.cpu_count(logical=False),
         "logical_cores": psutil.cpu_count(logical=True),
         "available_cores": available_cores(),
+        "l2_cache_bytes": l2_cache_bytes(),  # sets the automatic micro-batch size (nn/microbatch.py)
         "memory_bytes": psutil.virtual_memory().total,
         "gpus": gpus(),
         "os": platform.platform(),

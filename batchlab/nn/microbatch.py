@@ -25,14 +25,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..core.cpus import l2_cache_bytes
 from .placement import autocast
 
-# Largest activation of one slice, in bytes, that the automatic choice aims for. Measured on a
-# 2-core AVX-512 CPU with 1 MB of L2 per core and 32 MB of L3 (docs/performance.md): with
-# seed-cnn's largest activation at 80 KB per image, slices of 64-128 images were fastest at
-# batch 1,024 and 4,096 (training 1.5x, inference 2.5x the whole batch); at 62 KB per image
-# (after its input crop) 104-135. Other CPUs may prefer other sizes: --micro-batch sets it.
-CACHE_BUDGET_BYTES = 8 * 2**20
+# Largest activation of one slice, in bytes, that the automatic choice aims for: 8 times one
+# core's L2 cache. Measured on two 2-core AVX-512 CPUs (docs/performance.md): an AMD EPYC with 1 MB
+# of L2 per core trained and inferred fastest with 5-10 MB slices of seed-cnn (64-128 images at 80
+# KB per image; 1.5x and 2.5x the whole batch at 1,024-4,096), an Intel Xeon with 2 MB of L2 with
+# 10-16 MB (160-256 images at 62 KB; 3-10% faster than at 8 MB). Where the cache size cannot be
+# read, the EPYC's 8 MB. Other CPUs may prefer other sizes: --micro-batch sets it.
+L2_MULTIPLE = 8
+DEFAULT_BUDGET_BYTES = 8 * 2**20
+
+
+def cache_budget_bytes() -> int:
+    """Bytes of the largest activation of one slice that the automatic choice aims for on this CPU."""
+    l2 = l2_cache_bytes()
+    return L2_MULTIPLE * l2 if l2 else DEFAULT_BUDGET_BYTES
+
 
 AUTOMATIC = 0  # the spec value that asks for the automatic choice
 
@@ -77,7 +87,7 @@ def slice_size(requested: int, batch_size: int, model: nn.Module, sample: torch.
     if sample.device.type != "cpu" or has_batch_statistics(model):
         return batch_size
     per_image = largest_activation_bytes(model, sample, precision)
-    return max(1, min(batch_size, CACHE_BUDGET_BYTES // per_image))
+    return max(1, min(batch_size, cache_budget_bytes() // per_image))
 
 
 def bounds(count: int, size: int) -> list[tuple[int, int]]:
