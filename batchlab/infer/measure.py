@@ -27,6 +27,7 @@ from ..core.cpus import available_cores
 from ..core.records import InferResult
 from ..data import registry as data
 from ..data.device import Normalize, channel_stats
+from ..device.fp32_math import set_cuda_fp32_math
 from ..device.machine import THREAD_ENV, precision_units, resolve_device
 from ..device.threads import denormals_flushed
 from ..device.timing import Region, peak_memory_bytes, reset_peak_memory
@@ -67,6 +68,8 @@ def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None 
     device = resolve_device(spec.device)
     torch.set_num_threads(spec.threads)
     result = InferResult(spec=spec)
+    # Before the first op: fp32 is IEEE unless the measurement asks for tf32.
+    cuda_math = {"cuda_fp32_math": set_cuda_fp32_math(spec.precision, device)} if device.type == "cuda" else {}
 
     load_start = time.perf_counter()
     dataset = data.load(spec.dataset, data_dir, spec.image_size, spec.strict_images)
@@ -116,5 +119,5 @@ def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None 
                           "device_name": str(device), "dataset_checksum": dataset.checksum,
                           "micro_batch": slice_size, "data_notes": list(dataset.notes),
                           "precision_units": precision_units(spec.precision, device),
-                          "denormals_flushed": denormals_flushed()}
+                          "denormals_flushed": denormals_flushed(), **cuda_math}
     return result

@@ -11,9 +11,10 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def autocast(device: torch.device, precision: str):
-    """Mixed precision for the forward pass: fp32 runs as is (no autocast context at all: even a
-    disabled one costs microseconds per step); bf16/fp16 through torch.autocast (weights and
-    optimizer stay fp32). fp16 is used without loss scaling."""
+    """Mixed precision for the forward pass: fp32 and tf32 run as is (no autocast context at all:
+    even a disabled one costs microseconds per step; tf32 is fp32 tensors whose matmuls and
+    convolutions the GPU rounds, device/fp32_math.py); bf16/fp16 through torch.autocast (weights
+    and optimizer stay fp32). fp16 is used without loss scaling."""
     if precision not in AUTOCAST_DTYPES:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])

@@ -39,6 +39,7 @@ from ..data import registry as data
 from ..data.batches import DeviceBatches, LoaderBatches, batch_source
 from ..data.device import DeviceData, ddp_order, hogwild_order, single_order, to_device
 from ..data.input_path import choose_input, dataset_bytes
+from ..device.fp32_math import set_cuda_fp32_math
 from ..device.machine import THREAD_ENV, precision_units, resolve_device
 from ..device.threads import denormals_flushed
 from ..device.timing import Region, peak_memory_bytes, reset_peak_memory
@@ -266,6 +267,8 @@ def prepare(spec: RunSpec, data_dir: str | None = None, device: str | None = Non
         # algorithms once, in the warm-up steps before anything is timed, and keep the fastest.
         torch.backends.cudnn.benchmark = True
     result = RunResult(spec=spec)
+    if device.type == "cuda":  # before the run's first op: fp32 is IEEE unless the run asks for tf32
+        result.environment["cuda_fp32_math"] = set_cuda_fp32_math(spec.precision, device)
 
     load_start = time.perf_counter()
     dataset = data.load(spec.dataset, data_dir, spec.image_size, spec.strict_images)
