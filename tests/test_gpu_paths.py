@@ -92,3 +92,24 @@ def test_tf32_has_no_cpu_instructions_to_record_or_report():
     assert machine.precision_units("tf32", torch.device("cuda")) is None
     environment = json.dumps({"precision_units": None, "cuda_fp32_math": "tf32"})
     assert precision_lines(pd.DataFrame({"precision": ["tf32"], "environment": [environment]})) == []
+
+
+@pytest.mark.parametrize("device_type, precision, layout", [
+    ("cpu", "fp32", torch.channels_last), ("cpu", "bf16", torch.channels_last),
+    ("cuda", "fp32", torch.contiguous_format), ("cuda", "tf32", torch.channels_last),
+    ("cuda", "bf16", torch.channels_last), ("cuda", "fp16", torch.channels_last),
+    ("mps", "bf16", torch.contiguous_format),
+])
+def test_the_layout_follows_the_device_and_the_tensor_core_precisions(device_type, precision, layout):
+    from batchlab.nn.placement import memory_format_for
+
+    assert memory_format_for(device_type, precision) == layout
+
+
+def test_placed_on_the_cpu_the_convolutions_are_channels_last():
+    from batchlab.nn import models
+    from batchlab.nn.placement import place
+
+    model = place(models.build("seed-cnn", input_shape=(1, 28, 28), classes=10), torch.device("cpu"), "fp32")
+    weights = [parameter for parameter in model.parameters() if parameter.dim() == 4]
+    assert weights and all(weight.is_contiguous(memory_format=torch.channels_last) for weight in weights)

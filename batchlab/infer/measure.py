@@ -87,7 +87,7 @@ def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None 
         model.load_state_dict(saved["state_dict"])
         normalized = Normalize(saved["mean"], saved["std"], device)  # as the weights were trained
         result.weights_source = spec.weights
-    model = place(model, device).eval()
+    model = place(model, device, spec.precision).eval()
     models.check_output(model, normalized(host_images[:2].to(device)), dataset.classes, spec.model, spec.dataset)
     slice_size = microbatch.slice_size(spec.micro_batch, spec.batch_size, model, normalized(host_images[:1].to(device)),
                                        spec.precision)

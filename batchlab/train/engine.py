@@ -367,7 +367,7 @@ def data_notes(dataset, input_note: str | None = None) -> dict:
 
 def build_model(spec: RunSpec, dd: DeviceData, device: torch.device) -> nn.Module:
     """The run's model (seeded by the caller) on its device, in the device's layout."""
-    return place(models.build(spec.model, input_shape=dd.input_shape, classes=dd.classes), device)
+    return place(models.build(spec.model, input_shape=dd.input_shape, classes=dd.classes), device, spec.precision)
 
 
 def slice_size_for(spec: RunSpec, model: nn.Module, dd: DeviceData) -> int:
