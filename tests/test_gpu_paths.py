@@ -113,3 +113,113 @@ def test_placed_on_the_cpu_the_convolutions_are_channels_last():
     model = place(models.build("seed-cnn", input_shape=(1, 28, 28), classes=10), torch.device("cpu"), "fp32")
     weights = [parameter for parameter in model.parameters() if parameter.dim() == 4]
     assert weights and all(weight.is_contiguous(memory_format=torch.channels_last) for weight in weights)
+
+
+CUDA = "cuda"
+
+
+@pytest.mark.parametrize("changes, slice_size, reason", [
+    ({}, 64, None),
+    ({"precision": "bf16"}, 64, None),
+    ({"precision": "tf32"}, 64, None),
+    ({"batch_size": 1}, 1, None),
+    ({"strategy": "ddp", "workers": 2}, 64, "strategy ddp: only single-process runs are graphed"),
+    ({"strategy": "hogwild", "workers": 2}, 64, "strategy hogwild: only single-process runs are graphed"),
+    ({"gns": True}, 32, "--gns reads the gradients of each slice of a batch"),
+    ({"precision": "fp16"}, 64, "fp16: its loss scaling may skip steps, kept eager"),
+    ({}, 16, "micro-batches of 16 images: only whole batches are graphed"),
+])
+def test_which_training_runs_are_graphed(changes, slice_size, reason):
+    from batchlab.train.graphs import decide
+
+    spec = RunSpec(device="cuda", **changes)
+    used, why = decide(spec, CUDA, slice_size)
+    assert used == (reason is None) and (reason is None or why == reason), why
+    assert decide(RunSpec(**changes), "cpu", slice_size) == (False, "CUDA graphs need a CUDA device")
+    assert decide(spec, torch.device("cuda:1").type, slice_size)[0] == (reason is None)
+
+
+def test_a_batch_of_the_captured_shape_replays_the_graph_any_other_runs_eagerly():
+    from batchlab.train.graphs import GraphedModel
+
+    calls = []
+
+    def called(name: str):
+        return lambda images: calls.append(name) or images
+
+    graphed = GraphedModel(called("graph"), called("eager"), torch.Size((4, 1, 8, 8)))
+    for count in (4, 4, 2, 4, 1):
+        graphed(torch.zeros(count, 1, 8, 8))
+    assert calls == ["graph", "graph", "eager", "graph", "eager"]
+
+
+def test_the_step_loop_trains_through_the_graphed_forward_and_the_same_weights():
+    """The loop sends its full batches through `graphed` and the epoch's last, smaller batch
+    through the model; both paths update the model's one set of weights, as an eager loop does."""
+    from batchlab.data.device import DeviceData, Normalize
+    from batchlab.train.engine import StepLoop, make_optimizer
+    from batchlab.train.graphs import GraphedModel
+
+    torch.manual_seed(0)
+    images, labels = torch.randint(0, 256, (10, 1, 8, 8), dtype=torch.uint8), torch.randint(0, 3, (10,))
+    empty = torch.empty(0, 1, 8, 8, dtype=torch.uint8), torch.empty(0, dtype=torch.int64)
+    dd = DeviceData(images, labels, *empty, *empty, Normalize(0.5, 0.25), 3, ("a", "b", "c"), torch.device("cpu"))
+    first = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    second = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+    second.load_state_dict(first.state_dict())
+    shapes = []
+
+    def graph_stand_in(batch: torch.Tensor) -> torch.Tensor:
+        shapes.append(len(batch))
+        return second(batch)
+
+    eager = StepLoop(first, make_optimizer("momentum", first.parameters(), 0.1), dd, batch_size=4)
+    graphed = StepLoop(second, make_optimizer("momentum", second.parameters(), 0.1), dd, batch_size=4)
+    graphed.graphed = GraphedModel(graph_stand_in, second, torch.Size((4, 1, 8, 8)))
+    order = torch.randperm(10)
+    plain, through_graph = eager.train(order), graphed.train(order)
+    assert (plain.loss_sum, plain.correct, plain.steps) == (through_graph.loss_sum, through_graph.correct, 3)
+    assert shapes == [4, 4]  # the last batch, of 2, ran eagerly
+    for name, tensor in first.state_dict().items():
+        assert torch.equal(tensor, second.state_dict()[name]), name
+
+
+def test_capture_leaves_batch_statistics_as_they_were():
+    from batchlab.train.graphs import kept_buffers
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4)).train()
+    before = {name: buffer.clone() for name, buffer in model.named_buffers()}
+    places = [buffer.data_ptr() for buffer in model.buffers()]
+    with kept_buffers(model):
+        model(torch.randn(8, 1, 6, 6))
+        assert not torch.equal(model[1].running_mean, before["1.running_mean"])  # the pass did update them
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, before[name]), name
+    assert [buffer.data_ptr() for buffer in model.buffers()] == places  # in place: a graph holds these tensors
+
+
+def test_a_failed_capture_is_said_by_its_first_error():
+    from batchlab.device.graph_capture import capture_failure
+
+    try:
+        try:
+            raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nmore")
+        except RuntimeError:
+            raise RuntimeError("CUDA error: operation failed due to a previous error during capture") from None
+    except RuntimeError as ended:
+        assert capture_failure(ended) == ("capture failed: RuntimeError: CUDA error: operation not permitted "
+                                          "when stream is capturing")
+
+
+def test_only_cuda_runs_record_cuda_graphs():
+    """CPU runs capture and record nothing; a CUDA run that decide() keeps eager records why,
+    without asking the GPU anything."""
+    from batchlab.train.graphs import graphed_steps
+
+    model = torch.nn.Linear(2, 2)
+    environment: dict = {}
+    assert graphed_steps(model, RunSpec(), SimpleNamespace(device=torch.device("cpu")), 64, environment) is None
+    assert environment == {}
+    ddp = RunSpec(device="cuda", strategy="ddp", workers=2)
+    assert graphed_steps(model, ddp, SimpleNamespace(device=torch.device("cuda:0")), 64, environment) is None
+    assert environment == {"cuda_graphs": "not used: strategy ddp: only single-process runs are graphed"}

@@ -10,14 +10,17 @@ from torch import nn
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str, cache: bool = True):
     """Mixed precision for the forward pass: fp32 and tf32 run as is (no autocast context at all:
     even a disabled one costs microseconds per step; tf32 is fp32 tensors whose matmuls and
     convolutions the GPU rounds, device/fp32_math.py); bf16/fp16 through torch.autocast (weights
-    and optimizer stay fp32). fp16 is used without loss scaling."""
+    and optimizer stay fp32). fp16 is used without loss scaling. `cache=False` for a CUDA graph's
+    capture: autocast's cache of low-precision weight copies lives only as long as the context,
+    so a graph must capture the casts themselves (torch.cuda.make_graphed_callables refuses
+    otherwise)."""
     if precision not in AUTOCAST_DTYPES:
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision], cache_enabled=cache)
 
 
 # Precisions whose convolutions run on a CUDA GPU's tensor cores, which cuDNN implements natively

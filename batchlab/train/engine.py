@@ -79,15 +79,16 @@ def loss_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | 
     return torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               labels: torch.Tensor, precision: str = "fp32", slice_size: int | None = None,
+def train_step(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+               images: torch.Tensor, labels: torch.Tensor, precision: str = "fp32", slice_size: int | None = None,
                on_slice: Callable[[int, int, int], None] | None = None,
                scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on the batch, run through the network in slices of `slice_size` images
     (default: whole) whose gradients accumulate (see microbatch.py); returns (mean loss, number
     correct) as device tensors (no host sync). `on_slice(start, stop, count)` runs after each
     slice's backward (--gns reads the gradients there: scaled by `scaler` in fp16, which B_simple,
-    a ratio of squared gradient norms, does not see). `scaler`: fp16's loss scaling (loss_scaler)."""
+    a ratio of squared gradient norms, does not see). `scaler`: fp16's loss scaling (loss_scaler).
+    `model` may be the run's graphed forward (graphs.GraphedModel), which the backward follows."""
     count = len(labels)
     optimizer.zero_grad(set_to_none=True)
     loss_sum = correct = None  # set by the first slice: a whole batch costs no accumulator ops
@@ -153,7 +154,8 @@ class StepLoop:
     steps: it is kept (one append to an array of doubles, ~30 ns, no further clock read) and a step's
     seconds are from its read to the next one's, taken apart only when the run ends (step_spread);
     steps that paused for a mid-epoch evaluation are left out. On a GPU these are the host's seconds
-    per step (the loop never synchronises), not the device's. `scheduler`, if any, steps the LR
+    per step (the loop never synchronises), not the device's. With `graphed` set (graphs.py: CUDA
+    only), the steps run the model through it. `scheduler`, if any, steps the LR
     after every update. With `every` > 0, `checkpoint(steps, images)` is called after every `every`-th step of the run
     (counted across epochs) but an epoch's last, with this epoch's steps and images so far (the
     epoch loop evaluates there)."""
@@ -167,12 +169,14 @@ class StepLoop:
         self.source = source or batch_source(dd, batch_size, loader_workers=0, augment=False, seed=0)
         self.every, self.checkpoint, self.steps_done = 0, None, 0
         self.noise: NoiseScale | None = None  # --gns: fed every slice's gradient
+        self.graphed: Callable[[torch.Tensor], torch.Tensor] | None = None  # CUDA graphs: graphs.py
         # The clock at every step's start and every epoch's end, over the run (8 bytes a step), and
         # the positions in it after which comes no step: an epoch's end, a mid-epoch evaluation.
         self.step_clock, self.not_steps = array("d"), set()
 
     def train(self, indices: torch.Tensor) -> EpochWork:
-        model, optimizer, normalize = self.model, self.optimizer, self.dd.normalize
+        model = self.model if self.graphed is None else self.graphed
+        optimizer, normalize = self.optimizer, self.dd.normalize
         precision, slice_size, scheduler, scaler = self.precision, self.slice_size, self.scheduler, self.scaler
         on_slice = self.noise.after_slice if self.noise is not None else None
         step_losses, step_correct = [], []
