@@ -223,3 +223,15 @@ def test_only_cuda_runs_record_cuda_graphs():
     ddp = RunSpec(device="cuda", strategy="ddp", workers=2)
     assert graphed_steps(model, ddp, SimpleNamespace(device=torch.device("cuda:0")), 64, environment) is None
     assert environment == {"cuda_graphs": "not used: strategy ddp: only single-process runs are graphed"}
+
+
+def test_only_an_indexed_cuda_device_is_made_current(monkeypatch):
+    from batchlab.device.current import make_current
+
+    with pytest.raises(ValueError, match="specified index"):  # why: torch refuses "cuda" alone
+        torch.cuda.set_device(torch.device("cuda"))
+    made = []
+    monkeypatch.setattr(torch.cuda, "set_device", made.append)
+    for device in ("cuda", "cuda:1", "cpu"):
+        make_current(torch.device(device))
+    assert made == [torch.device("cuda:1")]

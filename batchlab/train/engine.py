@@ -39,6 +39,7 @@ from ..data import registry as data
 from ..data.batches import DeviceBatches, LoaderBatches, batch_source
 from ..data.device import DeviceData, ddp_order, hogwild_order, single_order, to_device
 from ..data.input_path import choose_input, dataset_bytes
+from ..device.current import make_current
 from ..device.fp32_math import set_cuda_fp32_math
 from ..device.machine import THREAD_ENV, precision_units, resolve_device
 from ..device.threads import denormals_flushed
@@ -266,7 +267,7 @@ def prepare(spec: RunSpec, data_dir: str | None = None, device: str | None = Non
     spec = spec.validated()
     device = resolve_device(device or spec.device)
     if device.type == "cuda":  # the current device of this process: its pinned-memory thread, DDP's NCCL
-        torch.cuda.set_device(device)
+        make_current(device)
         # A run's shapes are fixed (its batch, its slices): let cuDNN time its convolution
         # algorithms once, in the warm-up steps before anything is timed, and keep the fastest.
         torch.backends.cudnn.benchmark = True
