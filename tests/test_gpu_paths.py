@@ -235,3 +235,29 @@ def test_only_an_indexed_cuda_device_is_made_current(monkeypatch):
     for device in ("cuda", "cuda:1", "cpu"):
         make_current(torch.device(device))
     assert made == [torch.device("cuda:1")]
+
+
+@pytest.mark.parametrize("device_type, batch_size, slice_size, reason", [
+    ("cuda", 1, 1, None), ("cuda", 4096, 4096, None),
+    ("cuda", 4096, 512, "micro-batches of 512 images: only whole batches are graphed"),
+    ("cpu", 64, 64, "CUDA graphs need a CUDA device"),
+])
+def test_which_inference_measurements_are_graphed(device_type, batch_size, slice_size, reason):
+    from batchlab.infer.graphs import decide
+
+    used, why = decide(device_type, batch_size, slice_size)
+    assert used == (reason is None) and (reason is None or why == reason), why
+
+
+def test_only_cuda_measurements_record_cuda_graphs():
+    from batchlab.infer.graphs import graphed_forward
+
+    def eager(images):
+        return images
+
+    environment: dict = {}
+    assert graphed_forward(eager, eager, torch.zeros(4, 1, 8, 8), "fp32", 4, environment) is eager
+    assert environment == {}
+    on_cuda = SimpleNamespace(device=torch.device("cuda"), shape=(4096, 1, 8, 8))  # no GPU asked: decide() says no
+    assert graphed_forward(eager, eager, on_cuda, "fp32", 512, environment) is eager
+    assert environment == {"cuda_graphs": "not used: micro-batches of 512 images: only whole batches are graphed"}
