@@ -13,13 +13,15 @@ from ..core.errors import one_line
 
 @contextlib.contextmanager
 def stream_kept(device: torch.device) -> Iterator[None]:
-    """CUDA only: the current stream after the block is the one before it. When a capture breaks
-    (a host sync inside it), ending the capture raises in torch.cuda.graph's exit before it
-    restores the previous stream, which would leave the rest of the run on the capture stream."""
+    """CUDA only: after the block, the work queued inside it (on any stream) has finished and the
+    current stream is the one before it. When a capture breaks (a host sync inside it), ending the
+    capture raises in torch.cuda.graph's exit before it restores the previous stream, which would
+    leave the rest of the run on the capture stream. Once per capture, so the sync costs nothing."""
     stream = torch.cuda.current_stream(device)
     try:
         yield
     finally:
+        torch.cuda.synchronize(device)
         torch.cuda.set_stream(stream)
 
 

@@ -266,13 +266,13 @@ def prepare(spec: RunSpec, data_dir: str | None = None, device: str | None = Non
     started = time.perf_counter()
     spec = spec.validated()
     device = resolve_device(device or spec.device)
+    result = RunResult(spec=spec)
     if device.type == "cuda":  # the current device of this process: its pinned-memory thread, DDP's NCCL
         make_current(device)
         # A run's shapes are fixed (its batch, its slices): let cuDNN time its convolution
         # algorithms once, in the warm-up steps before anything is timed, and keep the fastest.
         torch.backends.cudnn.benchmark = True
-    result = RunResult(spec=spec)
-    if device.type == "cuda":  # before the run's first op: fp32 is IEEE unless the run asks for tf32
+        # Before the run's first op: fp32 is IEEE unless the run asks for tf32.
         result.environment["cuda_fp32_math"] = set_cuda_fp32_math(spec.precision, device)
 
     load_start = time.perf_counter()

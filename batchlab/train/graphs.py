@@ -82,7 +82,8 @@ def capture(model: nn.Module, sample: torch.Tensor, precision: str) -> tuple[Gra
     the graph's draws at every replay."""
     model.train()  # the graph serves the state it was captured in; evaluation runs the eager model
     try:
-        with stream_kept(sample.device), kept_buffers(model), autocast(sample.device, precision, cache=False):
+        # The buffers are put back last: on the run's stream, once the capture's work has finished.
+        with kept_buffers(model), stream_kept(sample.device), autocast(sample.device, precision, cache=False):
             # allow_unused_input: a parameter the forward does not use gets no gradient, as eagerly.
             torch.cuda.make_graphed_callables(model, (sample,), allow_unused_input=True)
         graphed = model.forward  # make_graphed_callables set the graphed forward on the module itself
