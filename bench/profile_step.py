@@ -66,7 +66,7 @@ def main() -> None:
     batch = args.batch_size
     device = torch.device("cpu")
     torch.manual_seed(0)
-    model = place(models.build("seed-cnn"), device)
+    model = place(models.build("seed-cnn"), device, "fp32")
     images, labels = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
     slices = microbatch.slice_size(microbatch.AUTOMATIC, batch, model, images[:1])
     optimizer = make_optimizer("momentum", model.parameters(), 0.01)

@@ -32,6 +32,10 @@ def invoke(*args):
     (["train", "--device", "tpu"], "error: unknown device 'tpu'"),
     (["train", "--micro-batch", "-1"], "error: micro-batch must be at least 1 (or 0 for automatic), got -1"),
     (["infer", "--micro-batch", "-3"], "error: micro-batch must be at least 1 (or 0 for automatic), got -3"),
+    (["train", "--precision", "tf32"], "error: tf32 needs an NVIDIA GPU of compute capability 8.0 or newer "
+                                       "(Ampere); this run's device is cpu"),
+    (["infer", "--precision", "fp32,tf32"], "error: tf32 needs an NVIDIA GPU of compute capability 8.0 or newer "
+                                            "(Ampere); this run's device is cpu"),
     (["sweep", "--batch-size", "16,x"], "error: --batch-size: cannot read '16,x' as int values"),
     (["sweep", "missing.toml"], "error: experiment file not found: missing.toml"),
     (["sweep"], "error: nothing to sweep: give an experiment file or grid flags"),

@@ -27,6 +27,7 @@ def test_short_run_learns(synthetic_dataset):
     assert result.wall_seconds > result.train_seconds  # includes load, warm-up, eval
     assert result.peak_memory_bytes > 100e6
     assert result.environment["torch_threads"] == result.spec.threads
+    assert not {"cuda_graphs", "cuda_fp32_math"} & set(result.environment)  # CUDA runs' records only
 
 
 @pytest.mark.real_data

@@ -53,6 +53,7 @@ def test_measure_one_configuration(synthetic_dataset):
     assert result.status == "DONE" and result.weights_source == "random" and result.accuracy is None
     assert len(result.compute_seconds) >= 3 and sum(result.compute_seconds) >= 1.0
     assert len(result.overhead_seconds) >= 3 and result.first_call_seconds > 0
+    assert not {"cuda_graphs", "cuda_fp32_math"} & set(result.environment)  # CUDA measurements' records only
 
 
 @pytest.mark.slow

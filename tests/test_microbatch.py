@@ -20,7 +20,7 @@ def test_slices_are_few_and_even():
 
 def test_sliced_step_is_the_whole_batch_step():
     torch.manual_seed(0)
-    model = place(models.build("mlp"), torch.device("cpu"))  # no dropout: the step is deterministic
+    model = place(models.build("mlp"), torch.device("cpu"), "fp32")  # no dropout: the step is deterministic
     images, labels = torch.randn(96, 1, 28, 28), torch.randint(0, 10, (96,))
     results = {}
     for size in (96, 10):

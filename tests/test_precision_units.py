@@ -38,7 +38,7 @@ def test_the_report_says_which_runs_ran_emulated():
 
 
 def test_automatic_slices_hold_twice_the_images_in_bf16():
-    model = place(models.build("seed-cnn", input_shape=(1, 28, 28), classes=10), torch.device("cpu"))
+    model = place(models.build("seed-cnn", input_shape=(1, 28, 28), classes=10), torch.device("cpu"), "fp32")
     sample = torch.randn(1, 1, 28, 28)
     fp32 = microbatch.slice_size(0, 4096, model, sample)
     assert microbatch.slice_size(0, 4096, model, sample, "bf16") in (2 * fp32, 2 * fp32 + 1)  # floor division

@@ -26,6 +26,9 @@ def test_key_is_stable_and_covers_every_field():
     ({"optimizer": "lbfgs"}, "unknown optimizer 'lbfgs'"),
     ({"val_split": 1.0}, "val split must be in [0, 1)"),
     ({"epochs": 0}, "epochs must be at least 1"),
+    ({"precision": "tf32"}, "tf32 needs an NVIDIA GPU of compute capability 8.0 or newer (Ampere); this run's "
+                            "device is cpu"),
+    ({"precision": "tf32", "device": "mps"}, "tf32 needs an NVIDIA GPU"),
 ])
 def test_validation_names_the_problem(changes, message):
     with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):

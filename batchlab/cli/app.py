@@ -329,8 +329,9 @@ def preflight(specs, data_dir: Optional[Path], memory_limit: Optional[float], ov
         if not dataset.startswith(FOLDER_PREFIX):  # a folder's images are decoded by each run, with notes
             verify(dataset, data_dir)
     timeout_seconds()  # a bad $BATCHLAB_WORKER_TIMEOUT is one line, before anything is stored
-    if here:  # on a cluster the nodes' CPUs count, which its executor checks
+    if here:  # on a cluster the nodes' CPUs and GPUs count, which its executor checks
         check_cores(specs, oversubscribe)
+        check_gpu_precisions(specs)
     return memory_limit_bytes(memory_limit)
 
 
@@ -369,6 +370,19 @@ def check_cores(specs, oversubscribe: bool) -> None:
                         "them anyway")
     err.print(f"[yellow]warning:[/yellow] {what} (--oversubscribe): their timings include contention for cores.",
               highlight=False)
+
+
+def check_gpu_precisions(specs) -> None:
+    """Refuse tf32 runs on a CUDA GPU here that has no TF32 (older than Ampere), before any run
+    starts or is stored (a device missing here is skipped by the sweep, said so)."""
+    from ..core.errors import SpecError
+    from ..device.fp32_math import cuda_precision_problem
+    from ..device.machine import unavailable_reason
+
+    for device in sorted({spec.device for spec in specs if spec.precision == "tf32"}):
+        problem = None if unavailable_reason(device) else cuda_precision_problem("tf32", device)
+        if problem:
+            raise SpecError(problem)
 
 
 @app.command()

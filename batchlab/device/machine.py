@@ -33,8 +33,9 @@ def cpu_flags() -> set[str]:
 
 def precision_units(precision: str, device: torch.device) -> list[str] | None:
     """For a bf16/fp16 run on the CPU, the CPU's instructions for that precision (empty: none,
-    the arithmetic is emulated); None where it does not apply (fp32, GPUs) or cannot be told
-    (no /proc/cpuinfo: not Linux)."""
+    the arithmetic is emulated); None where it does not apply (fp32; GPUs; tf32, which only runs
+    on GPUs whose tensor cores have it, device/fp32_math.py) or cannot be told (no /proc/cpuinfo:
+    not Linux)."""
     if precision not in PRECISION_UNITS or device.type != "cpu":
         return None
     flags = cpu_flags()

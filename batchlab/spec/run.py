@@ -28,7 +28,7 @@ MICRO_BATCH_HELP = ("Images per slice of a batch (gradients accumulate to one up
                     "(cache-sized on CPU, whole on GPU), ≥ batch size = whole batches.")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 STRATEGIES = ("single", "hogwild", "ddp")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 INPUTS = ("auto", "device", "loader")  # data/batches.py, data/input_path.py
 LR_SCALINGS = ("none", "linear", "sqrt")  # train/schedule.py
 SCHEDULES = ("constant", "cosine", "step")
@@ -71,6 +71,10 @@ def check_common(spec: RunSpec | InferSpec) -> None:
     need(spec.threads >= 0, f"threads must be at least 1 (or 0 for all cores), got {spec.threads}")
     need(spec.precision in PRECISIONS,
          f"unknown precision {spec.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    # TF32 is a mode of NVIDIA tensor cores; the GPU's generation is judged where torch can ask
+    # it (device/fp32_math.py).
+    need(spec.precision != "tf32" or spec.device.startswith("cuda"),
+         f"tf32 needs an NVIDIA GPU of compute capability 8.0 or newer (Ampere); this run's device is {spec.device}")
     need(spec.micro_batch >= 0, f"micro-batch must be at least 1 (or 0 for automatic), got {spec.micro_batch}")
     need(spec.image_size >= 0, f"image size must be at least 1 (or 0 for the data's own), got {spec.image_size}")
 
@@ -130,7 +134,8 @@ class RunSpec(Keyed):
                             "slurm: one job whose tasks are the ranks).")
     # 0 means "available cores / workers", resolved by validated().
     threads: int = setting(0, "torch intra-op threads per process; 0 = cores / workers.")
-    precision: str = setting("fp32", "fp32, bf16 or fp16 (autocast forward passes).")
+    precision: str = setting("fp32", "fp32 (IEEE, also on GPUs), tf32 (fp32 matmuls and convolutions on tensor "
+                                     "cores: CUDA, Ampere or newer), bf16 or fp16 (autocast forward passes).")
     val_split: float = setting(0.0, "Fraction of the training set held out (seeded) for validation.")
     limit_train: int = setting(0, "Train on N training images, a fixed sample stratified by class; 0 = all.")
     # False: the last, smaller batch of an epoch is trained on (every image once per epoch).
@@ -240,7 +245,7 @@ class InferSpec(Keyed):
                               cli_default="1,16,256,4096,40000")
     device: str = setting("cpu", "Devices, e.g. cpu,cuda (missing ones are skipped).", cli_default="cpu")
     threads: int = setting(0, "Intra-op thread counts; 0 = all available cores.", cli_default="0")
-    precision: str = setting("fp32", "fp32, bf16, fp16.", cli_default="fp32")
+    precision: str = setting("fp32", "fp32, tf32 (CUDA, Ampere or newer), bf16, fp16.", cli_default="fp32")
     # A stored training run whose saved weights are used (and accuracy reported); "" = fresh weights.
     weights: str = setting("", "'' = fresh seeded weights; a training run's key (prefix) or 'latest' "
                                "(needs --save-weights on train).", grid=False, cli_default="")

@@ -44,6 +44,7 @@ from .engine import (
     warm_up,
 )
 from .gns import RankNoiseScale
+from .graphs import graphed_steps
 from .team import Team
 
 NO_BAD_STEP = 2**62  # stands for "every loss finite" in the MIN all-reduce of first bad steps
@@ -90,6 +91,7 @@ def run_rank(spec: RunSpec, data_dir: str | None, keep_weights: bool = False,
         with Region(prep.device) as warmup_region:
             warm_up(prep.model, spec, prep.dd, source, prep.slice_size, wrap)
         prep.result.warmup_seconds = warmup_region.seconds
+        graphed_steps(prep.model, spec, prep.dd, prep.slice_size, prep.result.environment)  # records why not
         model = wrap(prep.model)  # broadcasts rank 0's initial weights (identical anyway: same seed)
         optimizer = make_optimizer(spec.optimizer, model.parameters(), spec.effective_lr)
         torch.manual_seed(spec.seed * 1009 + rank + 1)  # each rank its own dropout masks

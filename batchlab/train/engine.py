@@ -39,6 +39,8 @@ from ..data import registry as data
 from ..data.batches import DeviceBatches, LoaderBatches, batch_source
 from ..data.device import DeviceData, ddp_order, hogwild_order, single_order, to_device
 from ..data.input_path import choose_input, dataset_bytes
+from ..device.current import make_current
+from ..device.fp32_math import set_cuda_fp32_math
 from ..device.machine import THREAD_ENV, precision_units, resolve_device
 from ..device.threads import denormals_flushed
 from ..device.timing import Region, peak_memory_bytes, reset_peak_memory
@@ -78,15 +80,16 @@ def loss_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | 
     return torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               labels: torch.Tensor, precision: str = "fp32", slice_size: int | None = None,
+def train_step(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+               images: torch.Tensor, labels: torch.Tensor, precision: str = "fp32", slice_size: int | None = None,
                on_slice: Callable[[int, int, int], None] | None = None,
                scaler: torch.amp.GradScaler | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on the batch, run through the network in slices of `slice_size` images
     (default: whole) whose gradients accumulate (see microbatch.py); returns (mean loss, number
     correct) as device tensors (no host sync). `on_slice(start, stop, count)` runs after each
     slice's backward (--gns reads the gradients there: scaled by `scaler` in fp16, which B_simple,
-    a ratio of squared gradient norms, does not see). `scaler`: fp16's loss scaling (loss_scaler)."""
+    a ratio of squared gradient norms, does not see). `scaler`: fp16's loss scaling (loss_scaler).
+    `model` may be the run's graphed forward (graphs.GraphedModel), which the backward follows."""
     count = len(labels)
     optimizer.zero_grad(set_to_none=True)
     loss_sum = correct = None  # set by the first slice: a whole batch costs no accumulator ops
@@ -152,7 +155,8 @@ class StepLoop:
     steps: it is kept (one append to an array of doubles, ~30 ns, no further clock read) and a step's
     seconds are from its read to the next one's, taken apart only when the run ends (step_spread);
     steps that paused for a mid-epoch evaluation are left out. On a GPU these are the host's seconds
-    per step (the loop never synchronises), not the device's. `scheduler`, if any, steps the LR
+    per step (the loop never synchronises), not the device's. With `graphed` set (graphs.py: CUDA
+    only), the steps run the model through it. `scheduler`, if any, steps the LR
     after every update. With `every` > 0, `checkpoint(steps, images)` is called after every `every`-th step of the run
     (counted across epochs) but an epoch's last, with this epoch's steps and images so far (the
     epoch loop evaluates there)."""
@@ -166,12 +170,14 @@ class StepLoop:
         self.source = source or batch_source(dd, batch_size, loader_workers=0, augment=False, seed=0)
         self.every, self.checkpoint, self.steps_done = 0, None, 0
         self.noise: NoiseScale | None = None  # --gns: fed every slice's gradient
+        self.graphed: Callable[[torch.Tensor], torch.Tensor] | None = None  # CUDA graphs: graphs.py
         # The clock at every step's start and every epoch's end, over the run (8 bytes a step), and
         # the positions in it after which comes no step: an epoch's end, a mid-epoch evaluation.
         self.step_clock, self.not_steps = array("d"), set()
 
     def train(self, indices: torch.Tensor) -> EpochWork:
-        model, optimizer, normalize = self.model, self.optimizer, self.dd.normalize
+        model = self.model if self.graphed is None else self.graphed
+        optimizer, normalize = self.optimizer, self.dd.normalize
         precision, slice_size, scheduler, scaler = self.precision, self.slice_size, self.scheduler, self.scaler
         on_slice = self.noise.after_slice if self.noise is not None else None
         step_losses, step_correct = [], []
@@ -260,12 +266,14 @@ def prepare(spec: RunSpec, data_dir: str | None = None, device: str | None = Non
     started = time.perf_counter()
     spec = spec.validated()
     device = resolve_device(device or spec.device)
+    result = RunResult(spec=spec)
     if device.type == "cuda":  # the current device of this process: its pinned-memory thread, DDP's NCCL
-        torch.cuda.set_device(device)
+        make_current(device)
         # A run's shapes are fixed (its batch, its slices): let cuDNN time its convolution
         # algorithms once, in the warm-up steps before anything is timed, and keep the fastest.
         torch.backends.cudnn.benchmark = True
-    result = RunResult(spec=spec)
+        # Before the run's first op: fp32 is IEEE unless the run asks for tf32.
+        result.environment["cuda_fp32_math"] = set_cuda_fp32_math(spec.precision, device)
 
     load_start = time.perf_counter()
     dataset = data.load(spec.dataset, data_dir, spec.image_size, spec.strict_images)
@@ -364,7 +372,7 @@ def data_notes(dataset, input_note: str | None = None) -> dict:
 
 def build_model(spec: RunSpec, dd: DeviceData, device: torch.device) -> nn.Module:
     """The run's model (seeded by the caller) on its device, in the device's layout."""
-    return place(models.build(spec.model, input_shape=dd.input_shape, classes=dd.classes), device)
+    return place(models.build(spec.model, input_shape=dd.input_shape, classes=dd.classes), device, spec.precision)
 
 
 def slice_size_for(spec: RunSpec, model: nn.Module, dd: DeviceData) -> int:

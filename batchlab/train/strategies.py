@@ -23,6 +23,7 @@ from ..device.timing import Region
 from ..spec.run import RunSpec
 from .engine import StepLoop, input_source, keep, make_optimizer, make_scheduler, prepare, run_epochs, warm_up
 from .gns import NoiseScale
+from .graphs import graphed_steps
 
 Strategy = Callable[..., RunResult]
 
@@ -37,10 +38,13 @@ def train_single(spec: RunSpec, data_dir: str | None = None,
     try:
         with Region(prep.device) as warmup_region:
             warm_up(prep.model, spec, prep.dd, source, prep.slice_size)
+            # On the real model, warm (its capture is an overhead of the warm-up, not timed steps).
+            graphed = graphed_steps(prep.model, spec, prep.dd, prep.slice_size, prep.result.environment)
         prep.result.warmup_seconds = warmup_region.seconds
         loop = StepLoop(prep.model, optimizer, prep.dd, spec.batch_size, spec.precision, prep.slice_size, source,
                         make_scheduler(spec, optimizer, prep.dd.train_count))
         loop.noise = NoiseScale(prep.model) if spec.gns else None
+        loop.graphed = graphed
         prep.model.train()
         result = run_epochs(prep, lambda order: loop.train(single_order(order, spec.batch_size, spec.drop_last)),
                             on_epoch, loop=loop)
