@@ -100,5 +100,8 @@ def test_the_fused_optimizer_makes_the_plain_update(name):
         fused.step()
         plain.step()
     for fused_weight, plain_weight in zip(fused_weights, plain_weights):
-        assert torch.allclose(fused_weight, plain_weight, rtol=1e-6, atol=1e-7)
-        assert (fused_weight - plain_weight).abs().max() < 1e-6
+        # Typically at most 1.5e-8 apart; in 2 of ~80 suite runs Adam's differed beyond 1e-7 + 1e-6·|w|
+        # (not reproduced in isolation). A wrong update would be off by ~lr = 0.01.
+        difference = (fused_weight - plain_weight).abs().max().item()
+        assert torch.allclose(fused_weight, plain_weight, rtol=1e-5, atol=1e-6), difference
+        assert difference < 1e-5

@@ -73,3 +73,64 @@ def test_dropout_of_everything_gives_zeros():
     assert torch.equal(out, torch.zeros(4, 4))
     out.sum().backward()
     assert torch.equal(inputs.grad, torch.zeros(4, 4))
+
+
+def conv_results(layer: nn.Module, images: torch.Tensor, grad_out: torch.Tensor) -> list[torch.Tensor]:
+    images = images.detach().requires_grad_()
+    out = layer(images)
+    out.backward(grad_out)
+    results = [out.detach(), images.grad, layer.weight.grad, layer.bias.grad]
+    layer.zero_grad(set_to_none=True)
+    return results
+
+
+@pytest.mark.parametrize("images, channels, size, stride, padding", [
+    (1, 1, 25, 1, 0),  # seed-cnn's conv1 at batch 1: im2col
+    (4, 32, 11, 1, 0),  # its conv2 at batch 4: im2col in training
+    (2, 3, 9, 2, 1),  # strided and padded: im2col
+    (16, 32, 11, 1, 0),  # 1,024 output positions: oneDNN
+])
+def test_conv_matches_torch_conv_with_gradients_in_channels_last(images, channels, size, stride, padding):
+    torch.manual_seed(0)
+    ours = layers.Conv2d(channels, 8, kernel_size=4, stride=stride, padding=padding)
+    reference = nn.Conv2d(channels, 8, kernel_size=4, stride=stride, padding=padding)
+    reference.load_state_dict(ours.state_dict())
+    ours, reference = (layer.to(memory_format=torch.channels_last) for layer in (ours, reference))
+    batch = torch.randn(images, channels, size, size).contiguous(memory_format=torch.channels_last)
+    grad_out = torch.randn_like(reference(batch))
+    for mine, theirs in zip(conv_results(ours, batch, grad_out), conv_results(reference, batch, grad_out)):
+        assert mine.shape == theirs.shape
+        assert torch.allclose(mine, theirs, rtol=1e-4, atol=1e-4)
+    assert ours.weight.grad is None  # conv_results cleared it
+
+
+def count_im2col_calls(monkeypatch) -> list[int]:
+    calls = []
+    real = layers._im2col_convolution
+
+    def counted(*args):
+        calls.append(len(args[0]))
+        return real(*args)
+    monkeypatch.setattr(layers, "_im2col_convolution", counted)
+    return calls
+
+
+def test_small_convolutions_run_as_im2col_and_large_ones_on_torch(monkeypatch):
+    calls = count_im2col_calls(monkeypatch)
+    conv = layers.Conv2d(32, 64, kernel_size=4)  # seed-cnn's conv2: 64 output positions per image
+    for images in (1, 4, 15, 16, 64):
+        conv(torch.randn(images, 32, 11, 11)).sum().backward()
+    assert calls == [1, 4, 15]  # training: up to IM2COL_MAX_POSITIONS (1,000)
+    calls.clear()
+    with torch.inference_mode():
+        for images in (1, 2, 3, 4):
+            conv(torch.randn(images, 32, 11, 11))
+    assert calls == [1, 2]  # without a backward, up to 65,536 unfolded elements: 2 × 64 × 512
+    calls.clear()
+    for odd in (layers.Conv2d(32, 64, 4, dilation=2), layers.Conv2d(32, 64, 4, groups=2),
+                layers.Conv2d(32, 64, 3, padding="same"), layers.Conv2d(32, 64, 4, padding=1, padding_mode="reflect")):
+        odd(torch.randn(1, 32, 11, 11))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        conv(torch.randn(1, 32, 11, 11))
+    conv.double()(torch.randn(1, 32, 11, 11, dtype=torch.float64))
+    assert calls == []  # the odd ones, autocast and float64 ran as nn.Conv2d

@@ -71,6 +71,60 @@ class Linear(nn.Linear):
         return _OneDNNLinear.apply(inputs, self.weight, self.bias)
 
 
+# PyTorch's own im2col convolution ("thnn": each image unfolded into a matrix, then one matrix
+# product), which it runs when oneDNN is off; absent in builds without it.
+_im2col_convolution = getattr(torch._C._nn, "thnn_conv2d", None)
+
+# Largest convolution call, in output positions (images × output rows × output columns), that runs
+# as im2col: below it oneDNN's fixed cost per call dominates. Measured forward + backward on a 2-core
+# Xeon (5th generation), channels-last, oneDNN against im2col (µs): seed-cnn's conv2 at 64 positions
+# (1 image) 345 vs 154, 256 (4) 479 vs 361, 512 (8) 663 vs 643, 1,024 (16) 1,033 vs 1,210; its
+# conv1 at 484 (1) 160 vs 85, 968 (2) 180 vs 134, 1,936 (4) 199 vs 230; a 3×3 conv 32→64 at 576
+# (1) 404 vs 399, 1,152 (2) 569 vs 783; a 4×4 conv 3→32 at 676 (1) 226 vs 146, 1,352 (2) 274 vs 192.
+IM2COL_MAX_POSITIONS = 1000
+# Without a backward (inference, evaluation) the gain is smaller, and the unfolded matrix (positions
+# × input channels × kernel rows × columns) bounds it too: seed-cnn's conv2 at 4 images (131k
+# elements) made inference 5% slower, at 2 images (65k) together with conv1 30% faster.
+IM2COL_MAX_UNFOLDED_FORWARD = 2**16
+
+
+def output_positions(inputs: torch.Tensor, conv: nn.Conv2d) -> int:
+    """Images × output rows × output columns of `conv` on a 4-d batch (zero padding, no dilation)."""
+    (kernel_h, kernel_w), (stride_h, stride_w), (pad_h, pad_w) = conv.kernel_size, conv.stride, conv.padding
+    batch, _, height, width = inputs.shape
+    return batch * ((height + 2 * pad_h - kernel_h) // stride_h + 1) * ((width + 2 * pad_w - kernel_w) // stride_w + 1)
+
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d whose small fp32 CPU calls run as PyTorch's im2col convolution instead of oneDNN's,
+    whose fixed cost per call is most of such a call (IM2COL_MAX_POSITIONS: seed-cnn's conv1 at 1-2
+    images, its conv2 at up to 15). Measured in whole steps, alternating, on a 2-core Xeon: seed-cnn
+    trained 1.25x as fast at batch 1 and 2, 1.07x at 4, and inferred 1.46x at batch 1, 1.30x at 2;
+    keras-cnn trained 1.09x at batch 1; larger batches unchanged (docs/performance.md). Larger
+    calls, other devices, autocast, and dilated, grouped, string-padded or non-zero-padded
+    convolutions are nn.Conv2d."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if (_im2col_convolution is None or inputs.device.type != "cpu" or inputs.dtype != torch.float32
+                or inputs.dim() != 4 or torch.is_autocast_enabled("cpu") or not self._is_plain()
+                or not self._small_enough(inputs)):
+            return super().forward(inputs)
+        return _im2col_convolution(inputs, self.weight, self.kernel_size, self.bias, self.stride, self.padding)
+
+    def _small_enough(self, inputs: torch.Tensor) -> bool:
+        positions = output_positions(inputs, self)
+        if positions > IM2COL_MAX_POSITIONS:
+            return False
+        if torch.is_grad_enabled() and self.weight.requires_grad:
+            return True  # training, where the backward gains most
+        kernel_h, kernel_w = self.kernel_size
+        return positions * self.in_channels * kernel_h * kernel_w <= IM2COL_MAX_UNFOLDED_FORWARD
+
+    def _is_plain(self) -> bool:
+        return (self.groups == 1 and self.padding_mode == "zeros" and not isinstance(self.padding, str)
+                and all(step == 1 for step in self.dilation))
+
+
 # Smallest input for MaxPool2d's two-maxima path: 8.5 images of seed-cnn's first activation (32×22×22)
 # (at 4 images it was 3% slower, at 16 4% faster).
 FAST_POOL_MIN_ELEMENTS = 2**17

@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from ..core.errors import ModelError
-from .layers import Dropout, Linear, MaxPool2d
+from .layers import Conv2d, Dropout, Linear, MaxPool2d
 from .names import BUILTIN_MODELS, MODEL_FORMS, is_torchvision_model
 from .texts import failure, shape_text
 from .vision import torchvision_model
@@ -115,8 +115,8 @@ def seed_cnn(input_shape=MNIST_SHAPE, classes: int = 10) -> nn.Module:
     refuse_small("seed-cnn", shape, SEED_CNN_SMALLEST)
     return CroppedInput(
         seed_cnn_used(height), seed_cnn_used(width),
-        nn.Conv2d(channels, 32, kernel_size=4), MaxPool2d(2), nn.ReLU(),
-        nn.Conv2d(32, 64, kernel_size=4), MaxPool2d(2), nn.ReLU(),
+        Conv2d(channels, 32, kernel_size=4), MaxPool2d(2), nn.ReLU(),
+        Conv2d(32, 64, kernel_size=4), MaxPool2d(2), nn.ReLU(),
         nn.Flatten(), Dropout(0.5),
         Linear(64 * seed_cnn_map(height) * seed_cnn_map(width), 500), nn.ReLU(), Dropout(0.5),
         Linear(500, classes),
@@ -133,8 +133,8 @@ def keras_cnn(input_shape=MNIST_SHAPE, classes: int = 10) -> nn.Module:
     channels, height, width = shape = shape_of(input_shape)
     refuse_small("keras-cnn", shape, KERAS_CNN_SMALLEST)
     return nn.Sequential(
-        nn.Conv2d(channels, 32, kernel_size=3), nn.ReLU(),
-        nn.Conv2d(32, 64, kernel_size=3), MaxPool2d(2), nn.ReLU(), Dropout(0.25),
+        Conv2d(channels, 32, kernel_size=3), nn.ReLU(),
+        Conv2d(32, 64, kernel_size=3), MaxPool2d(2), nn.ReLU(), Dropout(0.25),
         nn.Flatten(), Linear(64 * ((height - 4) // 2) * ((width - 4) // 2), 128), nn.ReLU(), Dropout(0.5),
         Linear(128, classes),
     )
