@@ -40,6 +40,7 @@ from run import spread, write_results  # noqa: E402
 from batchlab.core.cpus import available_cores  # noqa: E402
 from batchlab.data.dataset import Dataset as BatchlabDataset  # noqa: E402
 from batchlab.data.device import to_device  # noqa: E402
+from batchlab.device.heap import keep_freed_memory  # noqa: E402
 from batchlab.device.machine import fingerprint  # noqa: E402
 from batchlab.device.threads import flush_denormals  # noqa: E402
 from batchlab.spec.run import RunSpec  # noqa: E402
@@ -140,6 +141,7 @@ def main() -> None:
     repeats = 1 if args.quick else args.repeats
     sizes = [128] if args.quick else BATCH_SIZES
     flush_denormals()  # as in a run's own process, for every loop timed here (peers too)
+    keep_freed_memory()  # likewise
     torch.set_num_threads(available_cores())
     dataset = synthetic_cifar()
     images = torch.from_numpy(dataset.train_images)

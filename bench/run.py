@@ -36,6 +36,7 @@ import plain_torch  # noqa: E402
 import batchlab  # noqa: E402
 from batchlab.core.cpus import available_cores  # noqa: E402
 from batchlab.core.stats import images_per_second  # noqa: E402
+from batchlab.device.heap import keep_freed_memory  # noqa: E402
 from batchlab.device.machine import fingerprint, precision_units  # noqa: E402
 from batchlab.device.threads import flush_denormals  # noqa: E402
 from batchlab.infer.measure import measure  # noqa: E402
@@ -245,6 +246,7 @@ def main() -> None:
     train_sizes = [1, 64, 1024] if args.quick else TRAIN_SIZES
     infer_sizes = [1, 256, 10000] if args.quick else INFER_SIZES
     flush_denormals()  # as in a run's own process, for every loop timed here (peers too)
+    keep_freed_memory()  # likewise
     torch.set_num_threads(available_cores())
     prep = prepare(RunSpec(), args.data_dir)
     if args.only_bf16:

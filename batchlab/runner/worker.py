@@ -71,10 +71,12 @@ JOBS = {"train": train_job, "infer": infer_job}  # run kind → how this process
 def perform(job: dict):
     """Run the job in this process and return its result."""
     from ..core import heartbeat
+    from ..device.heap import keep_freed_memory
     from ..device.threads import flush_denormals
 
     heartbeat.beat()  # imports done; next the data load (~1 s), then warm-up and steps beat
     flush_denormals()  # this process is the run's own: before its first tensor work
+    keep_freed_memory()
     kind = KINDS[job["kind"]]
     return JOBS[kind.name](kind.spec_from_dict(job["spec"]), job)
 

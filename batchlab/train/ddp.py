@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..core.errors import SpecError
 from ..core.records import EpochRecord, RunResult
 from ..data.device import ddp_order
+from ..device.heap import keep_freed_memory
 from ..device.threads import flush_denormals
 from ..device.timing import Region
 from ..spec.run import RunSpec
@@ -142,6 +143,7 @@ def train_ddp(spec: RunSpec, data_dir: str | None = None,
     spec = spec.validated()
     if launched_externally():  # this process is one rank that `batchlab` was started as
         flush_denormals()
+        keep_freed_memory()
         return run_rank(spec, data_dir, keep_weights, on_epoch)
     started = time.perf_counter()
 

@@ -24,6 +24,7 @@ import torch.multiprocessing as mp
 from ..core import heartbeat
 from ..core.errors import WorkerFailed, one_line
 from ..core.parent import exit_with_parent
+from ..device.heap import keep_freed_memory
 from ..device.threads import flush_denormals
 
 STOP_GRACE_SECONDS = 10
@@ -42,6 +43,7 @@ def _entry(target: Callable, rank: int, args: tuple, commands, results) -> None:
         # for a peer (DDP), which Team.collect allows for.
         heartbeat.beat()
         flush_denormals()  # a worker process of batchlab's own: before its first tensor work
+        keep_freed_memory()
         target(rank, *args, commands=commands, results=results)
     except BaseException as error:  # reported to the coordinator, which fails the run
         results.put(("error", rank, one_line(error)))
