@@ -25,6 +25,20 @@ def seed_cnn(classes: int = 10, channels: int = 1, side: int = 28) -> nn.Module:
     )
 
 
+def keras_cnn(classes: int = 10, channels: int = 1, side: int = 28) -> nn.Module:
+    """The Keras MNIST example CNN (same parameters as batchlab's keras-cnn): conv3 → ReLU, conv3 →
+    ReLU, pool 2, dense 128."""
+    side_map = (side - 4) // 2
+    return nn.Sequential(
+        nn.Conv2d(channels, 32, kernel_size=3), nn.ReLU(), nn.Conv2d(32, 64, kernel_size=3), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Dropout(0.25), nn.Flatten(), nn.Linear(64 * side_map * side_map, 128), nn.ReLU(),
+        nn.Dropout(0.5), nn.Linear(128, classes),
+    )
+
+
+MODELS = {"seed-cnn": seed_cnn, "keras-cnn": keras_cnn}  # batchlab's built-in name → the plain network
+
+
 def train_images_per_second(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int, lr: float = 0.01) -> float:
     """Train on `images` (float, normalised) once in shuffled batches; images/s of the whole pass."""
     loader = DataLoader(TensorDataset(images, labels), batch_size=batch_size, shuffle=True)

@@ -1,16 +1,16 @@
 """Benchmark: batchlab's engine against the stacks users would otherwise run, on this machine.
 
-Same network (seed-cnn), same data (Fashion-MNIST), fp32, CPU, all cores:
+Same network (seed-cnn, or keras-cnn with --model), same data (Fashion-MNIST), fp32, CPU, all cores:
 - batchlab: the code paths `batchlab train` (train/engine.StepLoop) and `batchlab infer` (infer/measure.measure) use;
 - plain PyTorch: DataLoader over a TensorDataset (plain_torch.py);
 - Keras 3 on TensorFlow (keras_peer.py), if the optional environment exists (`make bench-tf`).
 Also: this machine's fp32 GEMM rate, every training/inference figure as a fraction of it, the cost
 of the engine's measurement (per-step buffers) against the same loop without it, and test accuracy
-after 2 epochs at batch 64 for batchlab and the plain loop.
+after 2 epochs at batch 64 for batchlab and the plain loop (these extras for seed-cnn only).
 
-    python bench/run.py [--quick] [--repeats 3]
+    python bench/run.py [--quick] [--repeats 3] [--model keras-cnn]
 
-Writes bench/results/<date>-<host>.json and prints the tables. Not part of the test suite.
+Writes bench/results/<date>-<host>[-keras-cnn].json and prints the tables. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -52,8 +52,10 @@ from batchlab.train.engine import (  # noqa: E402
 )
 from batchlab.train.gns import NoiseScale  # noqa: E402
 
-TRAIN_FLOP_PER_IMAGE = 20.3e6  # seed-cnn forward + backward
-INFER_FLOP_PER_IMAGE = 7.0e6  # seed-cnn forward
+# Nominal FLOPs per 28×28 image (2 per multiply-add): forward + backward, and forward. keras-cnn:
+# conv1 26·26·32·9, conv2 24·24·64·288, dense 9216·128 + 128·10 multiply-adds forward; its backward
+# doubles all but conv1's (weight gradient only).
+FLOP_PER_IMAGE = {"seed-cnn": {"train": 20.3e6, "infer": 7.0e6}, "keras-cnn": {"train": 71.5e6, "infer": 23.96e6}}
 TRAIN_SIZES = [1, 4, 16, 64, 256, 1024, 4096]
 GNS_BATCH = 256  # the batch size the --gns overhead goal is stated at
 INFER_SIZES = [1, 4, 16, 64, 256, 1024, 4096, 10000, 40000]
@@ -99,11 +101,11 @@ def write_results(results: dict, suffix: str = "") -> None:
 
 
 def batchlab_train(prep, batch: int, repeats: int, record: bool = True, gns: bool = False,
-                   precision: str = "fp32") -> list[float]:
+                   precision: str = "fp32", model_name: str = "seed-cnn") -> list[float]:
     """images/s of the engine's hot loop (StepLoop.train, as `batchlab train` runs it); with
     record=False the same steps without keeping each step's results (the measurement's cost);
     with gns=True measuring the gradient noise scale as `--gns` does; at `precision`."""
-    spec = RunSpec(batch_size=batch, gns=gns, precision=precision)
+    spec = RunSpec(model=model_name, batch_size=batch, gns=gns, precision=precision)
     rates = []
     for _ in range(repeats):
         torch.manual_seed(0)
@@ -128,32 +130,32 @@ def batchlab_train(prep, batch: int, repeats: int, record: bool = True, gns: boo
     return rates
 
 
-def plain_train(prep, batch: int, repeats: int) -> list[float]:
+def plain_train(prep, batch: int, repeats: int, model_name: str = "seed-cnn") -> list[float]:
     images = prep.dd.normalize(prep.dd.train_images)
     rates = []
     for _ in range(repeats):
         torch.manual_seed(0)
-        model = plain_torch.seed_cnn()
+        model = plain_torch.MODELS[model_name]()
         subset = torch.randperm(len(images))[:images_for(batch)]
         plain_torch.train_images_per_second(model, images[subset[:2 * batch]], prep.dd.train_labels[subset[:2 * batch]], batch)
         rates.append(plain_torch.train_images_per_second(model, images[subset], prep.dd.train_labels[subset], batch))
     return rates
 
 
-def batchlab_infer(batch: int, data_dir: str | None, repeats: int) -> list[float]:
+def batchlab_infer(batch: int, data_dir: str | None, repeats: int, model_name: str = "seed-cnn") -> list[float]:
     """images/s of `batchlab infer`'s compute-only series (at least 3 timed calls and 1 s), once
     per repeat, each in a fresh measurement as `batchlab infer` makes it."""
     rates = []
     for _ in range(repeats):
-        result = measure(InferSpec(batch_size=batch), data_dir)
+        result = measure(InferSpec(model=model_name, batch_size=batch), data_dir)
         rates.append(images_per_second(batch, result.compute_seconds))
     return rates
 
 
-def plain_infer(prep, batch: int, repeats: int) -> list[float]:
+def plain_infer(prep, batch: int, repeats: int, model_name: str = "seed-cnn") -> list[float]:
     images = prep.dd.normalize(prep.dd.test_images)
     tiled = images[torch.arange(max(batch, 2048)) % len(images)]
-    model = plain_torch.seed_cnn()
+    model = plain_torch.MODELS[model_name]()
     plain_torch.infer_images_per_second(model, tiled[:batch], batch)  # warm-up
     return [plain_torch.infer_images_per_second(model, tiled, batch) for _ in range(repeats)]
 
@@ -170,11 +172,11 @@ class KerasPeer:
             np.savez(self.data, images=prep.dd.normalize(prep.dd.train_images).squeeze(1).numpy(),
                      labels=prep.dd.train_labels.numpy())
 
-    def rates(self, mode: str, batch: int, repeats: int) -> list[float] | None:
+    def rates(self, mode: str, batch: int, repeats: int, model_name: str = "seed-cnn") -> list[float] | None:
         if not self.available:
             return None
         done = subprocess.run([str(TF_PYTHON), str(HERE / "keras_peer.py"), str(self.data), mode, str(batch),
-                               str(repeats)], capture_output=True, text=True)
+                               str(repeats), model_name], capture_output=True, text=True)
         if done.returncode != 0:
             print(f"Keras/TensorFlow peer failed at {mode} bs={batch}: {done.stderr.strip().splitlines()[-1:]}",
                   file=sys.stderr)
@@ -241,7 +243,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--only-bf16", action="store_true", help="only the bf16-against-fp32 part")
+    parser.add_argument("--model", choices=sorted(FLOP_PER_IMAGE), default="seed-cnn",
+                        help="the network the three stacks train and infer (the extras: seed-cnn only)")
     args = parser.parse_args()
+    model_name, flops = args.model, FLOP_PER_IMAGE[args.model]
     repeats = 1 if args.quick else args.repeats
     train_sizes = [1, 64, 1024] if args.quick else TRAIN_SIZES
     infer_sizes = [1, 256, 10000] if args.quick else INFER_SIZES
@@ -256,24 +261,24 @@ def main() -> None:
 
     gemm = gemm_flops()
     ceiling = max(gemm.values())
-    print(f"fp32 GEMM 4096²: MKL {gemm['mkl'] / 1e9:,.0f}, oneDNN {gemm['onednn'] / 1e9:,.0f} GFLOP/s → training ceiling {ceiling / TRAIN_FLOP_PER_IMAGE:,.0f} img/s, "
-          f"inference ceiling {ceiling / INFER_FLOP_PER_IMAGE:,.0f} img/s")
+    print(f"fp32 GEMM 4096²: MKL {gemm['mkl'] / 1e9:,.0f}, oneDNN {gemm['onednn'] / 1e9:,.0f} GFLOP/s → {model_name} training ceiling "
+          f"{ceiling / flops['train']:,.0f} img/s, inference ceiling {ceiling / flops['infer']:,.0f} img/s")
     results = {"machine": fingerprint(), "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "gemm_flops": ceiling, "gemm_flops_by_library": gemm, "repeats": repeats, "train": {}, "infer": {}}
+               "model": model_name, "gemm_flops": ceiling, "gemm_flops_by_library": gemm, "repeats": repeats, "train": {}, "infer": {}}
     scratch = tempfile.TemporaryDirectory()
     keras = KerasPeer(prep, Path(scratch.name))
     if not keras.available:
         print("Keras/TensorFlow: not installed (make bench-tf); timing the PyTorch loops only")
-    modes = [("train", train_sizes, TRAIN_FLOP_PER_IMAGE, lambda b: batchlab_train(prep, b, 1),
-              lambda b: plain_train(prep, b, 1)),
-             ("infer", infer_sizes, INFER_FLOP_PER_IMAGE, lambda b: batchlab_infer(b, args.data_dir, 1),
-              lambda b: plain_infer(prep, b, 1))]
+    modes = [("train", train_sizes, flops["train"], lambda b: batchlab_train(prep, b, 1, model_name=model_name),
+              lambda b: plain_train(prep, b, 1, model_name)),
+             ("infer", infer_sizes, flops["infer"], lambda b: batchlab_infer(b, args.data_dir, 1, model_name),
+              lambda b: plain_infer(prep, b, 1, model_name))]
     for mode, sizes, flop_per_image, ours, plain in modes:
         for batch in sizes:
             # batchlab and plain PyTorch alternate repeat by repeat, Keras follows at the same size.
             pairs = [(ours(batch)[0], plain(batch)[0]) for _ in range(repeats)]
             rates = {"batchlab": spread([p[0] for p in pairs]), "plain_torch": spread([p[1] for p in pairs])}
-            keras_rates = keras.rates(mode, batch, repeats)
+            keras_rates = keras.rates(mode, batch, repeats, model_name)
             if keras_rates:
                 rates["keras"] = spread(keras_rates)
             results[mode][batch] = rates
@@ -285,6 +290,9 @@ def main() -> None:
                   + f"  ÷ best peer {mine / best:.2f}x", flush=True)
     scratch.cleanup()
     results["keras_version"] = keras.version
+    if model_name != "seed-cnn":
+        write_results(results, f"-{model_name}")
+        return
     for batch in (1, 64):
         # The recorded loop between two runs of the bare one, so that a slow spell of a shared
         # machine or a position effect hits both alike; the two bare runs' difference is the noise.
