@@ -134,3 +134,20 @@ def test_small_convolutions_run_as_im2col_and_large_ones_on_torch(monkeypatch):
         conv(torch.randn(1, 32, 11, 11))
     conv.double()(torch.randn(1, 32, 11, 11, dtype=torch.float64))
     assert calls == []  # the odd ones, autocast and float64 ran as nn.Conv2d
+
+
+@pytest.mark.parametrize("p", [0.25, 0.3, 0.5, 0.9])
+def test_dropout_mask_keeps_each_element_with_its_probability_at_every_quarter(p):
+    torch.manual_seed(0)
+    keep, rounded = layers.keep_mask(torch.Size([400_000, 4]), p)
+    assert rounded == pytest.approx(p, abs=2**-17)
+    assert rounded == p or p not in (0.25, 0.5)  # exact where p is a multiple of 2^-16
+    # Column k holds the k-th 16-bit quarter of every 64-bit draw: a quarter left short of random
+    # bits (the sign bit of random_ without its full range) would be off by ~p/2 here.
+    for column in keep.float().mean(0):
+        assert column.item() == pytest.approx(1 - p, abs=0.004)
+
+
+def test_dropout_mask_of_any_element_count():
+    keep, _ = layers.keep_mask(torch.Size([3, 5, 7]), 0.5)
+    assert keep.shape == (3, 5, 7) and keep.dtype == torch.bool
