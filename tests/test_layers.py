@@ -148,6 +148,10 @@ def test_dropout_mask_keeps_each_element_with_its_probability_at_every_quarter(p
         assert column.item() == pytest.approx(1 - p, abs=0.004)
 
 
-def test_dropout_mask_of_any_element_count():
+def test_dropout_mask_of_any_element_count_and_of_p_next_to_1():
     keep, _ = layers.keep_mask(torch.Size([3, 5, 7]), 0.5)
     assert keep.shape == (3, 5, 7) and keep.dtype == torch.bool
+    keep, rounded = layers.keep_mask(torch.Size([1000]), 1 - 2**-20)
+    assert rounded == 1 - 2**-16  # some elements may still be kept, as with any p < 1
+    out = layers.Dropout(1 - 2**-20)(torch.ones(2**16))
+    assert torch.isfinite(out).all()

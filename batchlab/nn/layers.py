@@ -165,12 +165,12 @@ KEEP_MASK_MIN_ELEMENTS = 2**15
 
 def keep_mask(shape: torch.Size, p: float) -> tuple[torch.Tensor, float]:
     """A CPU mask of `shape` that keeps each element with probability 1 - p', and p' (p rounded to a
-    multiple of 2^-16): each element compares one 16-bit quarter of a 64-bit random integer, so
+    multiple of 2^-16, at most 1 - 2^-16: p < 1 keeps some): each element compares one 16-bit quarter of a 64-bit random integer, so
     PyTorch's serial generator makes a quarter of the draws torch.rand would. `random_` over the
     whole int64 range (from its lowest value, no upper bound) fills all 64 bits; without that
     lower bound it leaves the sign bit 0, and the top quarters would be biased."""
     count = shape.numel()
-    dropped = round(p * DRAW_LEVELS)  # of the 65,536 equally likely 16-bit values, this many drop
+    dropped = min(round(p * DRAW_LEVELS), DRAW_LEVELS - 1)  # of the 65,536 equally likely values
     draws = torch.empty((count + 3) // 4, dtype=torch.int64).random_(INT64_LOWEST, None)
     keep = draws.view(torch.int16)[:count].view(shape) >= INT16_LOWEST + dropped
     return keep, dropped / DRAW_LEVELS
@@ -188,7 +188,7 @@ class Dropout(nn.Dropout):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return inputs
-        if self.p == 1 or round(self.p * DRAW_LEVELS) == DRAW_LEVELS:
+        if self.p == 1:
             return inputs * 0.0  # everything dropped (and no division by zero)
         if inputs.device.type == "cpu" and inputs.numel() >= KEEP_MASK_MIN_ELEMENTS:
             keep, p = keep_mask(inputs.shape, self.p)
