@@ -21,7 +21,8 @@ def keep_freed_memory() -> bool:
     as it goes, so some processes took ~200 fresh page faults per step, each a zeroed 4 KiB page
     from the kernel: on a 2-core Xeon those ran a batch-1 training step 15-20% slower (545-554
     against 654-704 img/s), in a pattern that changed from one process to the next. With both
-    thresholds raised, no process faulted (docs/performance.md). The cost: up to TRIM_BYTES of freed
+    thresholds raised, 10 processes took 3-7 faults over 300 steps, one 504 (a 2 MB block's pages,
+    once), against 14,524-68,957 in half of 10 without (docs/performance.md). The cost: up to TRIM_BYTES of freed
     memory stay with the process until it exits.
 
     Only for processes batchlab owns (a run's worker, its DDP ranks and hogwild workers), like
