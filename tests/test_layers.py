@@ -104,6 +104,36 @@ def test_conv_matches_torch_conv_with_gradients_in_channels_last(images, channel
     assert ours.weight.grad is None  # conv_results cleared it
 
 
+INPUT_LAYOUTS = {  # how a batch can reach a convolution: seed-cnn crops its images to 25×25 with a view
+    "cropped view": lambda batch: batch[..., :25, :25],
+    "NCHW": lambda batch: batch[..., :25, :25].contiguous(),
+    "channels-last": lambda batch: batch[..., :25, :25].contiguous(memory_format=torch.channels_last),
+    "cropped channels-last": lambda batch: batch.contiguous(memory_format=torch.channels_last)[..., :25, :25],
+}
+
+
+@pytest.mark.parametrize("layout", INPUT_LAYOUTS)
+@pytest.mark.parametrize("channels_last_layer", [True, False])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_small_convolution_gradients_are_right_for_inputs_of_any_layout(layout, channels_last_layer, channels):
+    """PyTorch's im2col backward returns a wrong weight gradient for an input that is not contiguous
+    in the weight's layout (seed-cnn's cropped images at batch 1 and 2 once trained on it): the
+    layer's outputs and parameter gradients must match float64 whatever the input's layout."""
+    torch.manual_seed(0)
+    conv = layers.Conv2d(channels, 32, kernel_size=4)  # 484 output positions per image: im2col at 1 and 2
+    if channels_last_layer:
+        conv = conv.to(memory_format=torch.channels_last)
+    images = INPUT_LAYOUTS[layout](torch.randn(2, channels, 28, 28))
+    out = conv(images)
+    weight_grad, bias_grad = torch.autograd.grad(out.square().sum(), (conv.weight, conv.bias))
+    weight, bias = (tensor.detach().double().requires_grad_() for tensor in (conv.weight, conv.bias))
+    exact = torch.nn.functional.conv2d(images.double(), weight, bias)
+    exact_weight_grad, exact_bias_grad = torch.autograd.grad(exact.square().sum(), (weight, bias))
+    assert torch.allclose(out.double(), exact, atol=1e-5)
+    for mine, theirs in ((weight_grad, exact_weight_grad), (bias_grad, exact_bias_grad)):
+        assert (mine.double() - theirs).abs().max() <= 1e-5 * theirs.abs().max()
+
+
 def count_im2col_calls(monkeypatch) -> list[int]:
     calls = []
     real = layers._im2col_convolution

@@ -1,7 +1,11 @@
+import copy
+
 import pytest
 import torch
 
+from batchlab.nn import layers as nn_layers
 from batchlab.nn import models
+from batchlab.nn.placement import place
 
 
 def test_seed_cnn_matches_the_paper():
@@ -65,6 +69,36 @@ def test_pooling_before_relu_and_cropping_is_the_studies_network(shape, used):
     changed[..., height:, :] = 100.0
     changed[..., :, width:] = -100.0
     assert torch.equal(studies(changed), studies(images))
+
+
+def as_torch_nn(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a built-in model made of torch.nn's own layers: batchlab's faster layers
+    subclass them without state of their own, so the copy takes their base class."""
+    twin = copy.deepcopy(model)
+    for module in twin.modules():
+        if type(module).__module__ == nn_layers.__name__:
+            module.__class__ = type(module).__bases__[0]
+    return twin
+
+
+@pytest.mark.parametrize("name, shape", [("seed-cnn", (1, 28, 28)), ("seed-cnn", (3, 32, 32)),
+                                         ("keras-cnn", (1, 28, 28))])
+def test_builtin_models_train_with_torch_nn_gradients_at_every_batch_size(name, shape):
+    """Each batch size takes its own paths through the faster layers (im2col convolutions for small
+    calls, oneDNN for large ones): placed as a run places them, the parameter gradients must be
+    torch.nn's. Dropout is off (eval mode), the one layer whose random draws differ."""
+    torch.manual_seed(0)
+    ours = place(models.build(name, input_shape=shape), torch.device("cpu"), "fp32").eval()
+    theirs = as_torch_nn(ours)
+    assert not any(type(module).__module__ == nn_layers.__name__ for module in theirs.modules())
+    for batch in (1, 2, 4, 16):
+        images, labels = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
+        for model in (ours, theirs):
+            model.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(images), labels).backward()
+        for (parameter, mine), theirs_parameter in zip(ours.named_parameters(), theirs.parameters()):
+            scale = theirs_parameter.grad.abs().max()
+            assert (mine.grad - theirs_parameter.grad).abs().max() <= 1e-4 * scale, (batch, parameter)
 
 
 def test_user_model_by_import_path():

@@ -109,6 +109,11 @@ class Conv2d(nn.Conv2d):
                 or inputs.dim() != 4 or torch.is_autocast_enabled("cpu") or not self._is_plain()
                 or not self._small_enough(inputs)):
             return super().forward(inputs)
+        # thnn_conv2d's backward returns a wrong weight gradient (off by more than the gradient itself)
+        # when its input is not contiguous in the weight's memory format: seed-cnn's cropped input, or
+        # NCHW images into a channels-last layer (PyTorch 2.13; tests/test_layers.py). Such an input is
+        # copied first, which costs a few µs at the sizes that take this path.
+        inputs = inputs.contiguous(memory_format=memory_format_of(self.weight))
         return _im2col_convolution(inputs, self.weight, self.kernel_size, self.bias, self.stride, self.padding)
 
     def _small_enough(self, inputs: torch.Tensor) -> bool:
@@ -122,7 +127,15 @@ class Conv2d(nn.Conv2d):
 
     def _is_plain(self) -> bool:
         return (self.groups == 1 and self.padding_mode == "zeros" and not isinstance(self.padding, str)
-                and all(step == 1 for step in self.dilation))
+                and all(step == 1 for step in self.dilation) and memory_format_of(self.weight) is not None)
+
+
+def memory_format_of(weight: torch.Tensor) -> torch.memory_format | None:
+    """The layout a 4-d weight is contiguous in: NCHW where both fit (one input channel, 1×1
+    kernels), channels-last, or None for neither."""
+    if weight.is_contiguous():
+        return torch.contiguous_format
+    return torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else None
 
 
 # Smallest input for MaxPool2d's two-maxima path: 8.5 images of seed-cnn's first activation (32×22×22)
