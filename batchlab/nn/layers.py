@@ -111,8 +111,9 @@ class Conv2d(nn.Conv2d):
             return super().forward(inputs)
         # thnn_conv2d's backward returns a wrong weight gradient (off by more than the gradient itself)
         # when its input is not contiguous in the weight's memory format: seed-cnn's cropped input, or
-        # NCHW images into a channels-last layer (PyTorch 2.13; tests/test_layers.py). Such an input is
-        # copied first, which costs a few µs at the sizes that take this path.
+        # NCHW images into a channels-last layer (PyTorch 2.13; tests/test_layers.py). torch's own
+        # convolution makes its input contiguous before it calls this op; so must a direct call. The
+        # copy costs a few µs at the sizes that take this path.
         inputs = inputs.contiguous(memory_format=memory_format_of(self.weight))
         return _im2col_convolution(inputs, self.weight, self.kernel_size, self.bias, self.stride, self.padding)
 
