@@ -81,17 +81,20 @@ def as_torch_nn(model: torch.nn.Module) -> torch.nn.Module:
     return twin
 
 
+@pytest.mark.parametrize("onednn_linear", [False, True])
 @pytest.mark.parametrize("name, shape", [("seed-cnn", (1, 28, 28)), ("seed-cnn", (3, 32, 32)),
                                          ("keras-cnn", (1, 28, 28))])
-def test_builtin_models_train_with_torch_nn_gradients_at_every_batch_size(name, shape):
+def test_builtin_models_train_with_torch_nn_gradients_at_every_batch_size(name, shape, onednn_linear, monkeypatch):
     """Each batch size takes its own paths through the faster layers (im2col convolutions for small
-    calls, oneDNN for large ones): placed as a run places them, the parameter gradients must be
-    torch.nn's. Dropout is off (eval mode), the one layer whose random draws differ."""
+    calls, oneDNN for large ones; linear layers on MKL or, as on AMD CPUs, oneDNN): placed as a run
+    places them, the parameter gradients must be torch.nn's. Dropout is off (eval mode), the one
+    layer whose random draws differ."""
+    monkeypatch.setattr(nn_layers, "ONEDNN_LINEAR", onednn_linear and nn_layers._onednn_linear is not None)
     torch.manual_seed(0)
     ours = place(models.build(name, input_shape=shape), torch.device("cpu"), "fp32").eval()
     theirs = as_torch_nn(ours)
     assert not any(type(module).__module__ == nn_layers.__name__ for module in theirs.modules())
-    for batch in (1, 2, 4, 16):
+    for batch in (1, 2, 4, 16, 64):
         images, labels = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
         for model in (ours, theirs):
             model.zero_grad(set_to_none=True)
