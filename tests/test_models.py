@@ -1,7 +1,6 @@
-import copy
-
 import pytest
 import torch
+from torch_nn_twin import as_torch_nn
 
 from batchlab.nn import layers as nn_layers
 from batchlab.nn import models
@@ -69,16 +68,6 @@ def test_pooling_before_relu_and_cropping_is_the_studies_network(shape, used):
     changed[..., height:, :] = 100.0
     changed[..., :, width:] = -100.0
     assert torch.equal(studies(changed), studies(images))
-
-
-def as_torch_nn(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of a built-in model made of torch.nn's own layers: batchlab's faster layers
-    subclass them without state of their own, so the copy takes their base class."""
-    twin = copy.deepcopy(model)
-    for module in twin.modules():
-        if type(module).__module__ == nn_layers.__name__:
-            module.__class__ = type(module).__bases__[0]
-    return twin
 
 
 @pytest.mark.parametrize("onednn_linear", [False, True])
