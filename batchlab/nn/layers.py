@@ -109,12 +109,15 @@ class Conv2d(nn.Conv2d):
                 or inputs.dim() != 4 or torch.is_autocast_enabled("cpu") or not self._is_plain()
                 or not self._small_enough(inputs)):
             return super().forward(inputs)
+        layout = memory_format_of(self.weight)
+        if layout is None:
+            return super().forward(inputs)
         # thnn_conv2d's backward returns a wrong weight gradient (off by more than the gradient itself)
         # when its input is not contiguous in the weight's memory format: seed-cnn's cropped input, or
         # NCHW images into a channels-last layer (PyTorch 2.13; tests/test_layers.py). torch's own
         # convolution makes its input contiguous before it calls this op; so must a direct call. The
         # copy costs a few µs at the sizes that take this path.
-        inputs = inputs.contiguous(memory_format=memory_format_of(self.weight))
+        inputs = inputs.contiguous(memory_format=layout)
         return _im2col_convolution(inputs, self.weight, self.kernel_size, self.bias, self.stride, self.padding)
 
     def _small_enough(self, inputs: torch.Tensor) -> bool:
@@ -128,7 +131,7 @@ class Conv2d(nn.Conv2d):
 
     def _is_plain(self) -> bool:
         return (self.groups == 1 and self.padding_mode == "zeros" and not isinstance(self.padding, str)
-                and all(step == 1 for step in self.dilation) and memory_format_of(self.weight) is not None)
+                and all(step == 1 for step in self.dilation))
 
 
 def memory_format_of(weight: torch.Tensor) -> torch.memory_format | None:
