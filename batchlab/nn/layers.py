@@ -182,8 +182,9 @@ KEEP_MASK_MIN_ELEMENTS = 2**15
 
 def keep_mask(shape: torch.Size, p: float) -> tuple[torch.Tensor, float]:
     """A CPU mask of `shape` that keeps each element with probability 1 - p', and p' (p rounded to a
-    multiple of 2^-16, at most 1 - 2^-16: p < 1 keeps some): each element compares one 16-bit quarter of a 64-bit random integer, so
-    PyTorch's serial generator makes a quarter of the draws torch.rand would. `random_` over the
+    multiple of 2^-16, at most 1 - 2^-16: p < 1 keeps some). Each element compares one 16-bit
+    quarter of a 64-bit random integer, so PyTorch's serial generator makes a quarter of the draws
+    torch.rand would. `random_` over the
     whole int64 range (from its lowest value, no upper bound) fills all 64 bits; without that
     lower bound it leaves the sign bit 0, and the top quarters would be biased."""
     count = shape.numel()
