@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 DEMO_DB ?= demo.db
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo data debian-data test bench bench-tf clean
+.PHONY: install demo data debian-data test bench bench-tf bench-vision clean
 
 install: $(STAMP)
 
@@ -50,6 +50,20 @@ bench-tf: bench/.venv-tf/.installed
 bench/.venv-tf/.installed:
 	$(PYTHON) -m venv bench/.venv-tf
 	bench/.venv-tf/bin/pip install --quiet tensorflow-cpu==2.21.0 keras==3.15.1
+	touch $@
+
+# torchvision's resnet18 on 3x32x32 images (bench/images.py --model), in its own environment: the
+# torchvision wheels PyPI serves are CUDA builds that do not import beside the CPU build of torch
+# 2.13.0, so this one pairs torch 2.14.1 and torchvision 0.29.1 (several GB; both loops use them).
+VISION_VENV := bench/.venv-vision
+bench-vision: $(VISION_VENV)/.installed
+	$(VISION_VENV)/bin/python bench/images.py --model torchvision:resnet18
+
+$(VISION_VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VISION_VENV)
+	$(VISION_VENV)/bin/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	grep -v -E '^(torch|torchvision)==' $(CONSTRAINTS) > $(VISION_VENV)/constraints.txt
+	$(VISION_VENV)/bin/pip install --quiet -c $(VISION_VENV)/constraints.txt -e .
 	touch $@
 
 clean:

@@ -14,9 +14,13 @@ plain PyTorch DataLoader loops, same network (seed-cnn sized for 3x32x32), same 
 Each figure is training images/s over one pass of IMAGES images after a 2-batch warm-up, and the
 share of that time the loop waited for its batches (time spent in next() on the batches).
 
-    python bench/images.py [--quick] [--repeats 3]
+    python bench/images.py [--quick] [--repeats 3] [--model torchvision:resnet18]
 
-Writes bench/results/<date>-<host>-images.json and prints the tables. Not part of the test suite.
+`--model torchvision:NAME` times that torchvision classifier instead (the plain loops build it as a
+user does, torchvision.models.get_model(NAME, num_classes=10)); it needs a torchvision that imports
+beside the installed torch: `make bench-vision` makes such an environment and runs resnet18.
+
+Writes bench/results/<date>-<host>-images[-MODEL].json and prints the tables. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -43,13 +47,15 @@ from batchlab.data.device import to_device  # noqa: E402
 from batchlab.device.heap import keep_freed_memory  # noqa: E402
 from batchlab.device.machine import fingerprint  # noqa: E402
 from batchlab.device.threads import flush_denormals  # noqa: E402
+from batchlab.nn.names import TORCHVISION_PREFIX  # noqa: E402
 from batchlab.spec.run import RunSpec  # noqa: E402
 from batchlab.train.engine import StepLoop, build_model, input_source, make_optimizer, slice_size_for  # noqa: E402
 
 SHAPE = (3, 32, 32)
 CLASSES = 10
 TRAIN_IMAGES = 50_000  # CIFAR-10's training set
-IMAGES = 8192  # images per timed pass
+IMAGES = 8192  # images per timed pass (seed-cnn)
+TORCHVISION_IMAGES = 2048  # per pass of a torchvision model: resnet18 trains ~10x slower than seed-cnn
 BATCH_SIZES = [32, 128, 512]
 
 
@@ -61,9 +67,10 @@ def synthetic_cifar() -> BatchlabDataset:
                            labels[TRAIN_IMAGES:], CLASSES, "", "synthetic", tuple(map(str, range(CLASSES))))
 
 
-def batchlab_pass(dataset, batch: int, input: str, workers: int = 0, augment: bool = False) -> tuple[float, float]:
+def batchlab_pass(dataset, model_name: str, images: int, batch: int, input: str, workers: int = 0,
+                  augment: bool = False) -> tuple[float, float]:
     """(images/s, data-wait share) of batchlab's hot loop on `input`, as `batchlab train` runs it."""
-    spec = RunSpec(batch_size=batch, input=input, loader_workers=workers, augment=augment)
+    spec = RunSpec(model=model_name, batch_size=batch, input=input, loader_workers=workers, augment=augment)
     dd = to_device(dataset, 0.0, 0, torch.device("cpu"), input)
     torch.manual_seed(0)
     model = build_model(spec, dd, dd.device).train()
@@ -75,11 +82,11 @@ def batchlab_pass(dataset, batch: int, input: str, workers: int = 0, augment: bo
         order = torch.randperm(dd.train_count)
         loop.train(order[:2 * batch])  # warm-up (starts the loader's workers)
         start = time.perf_counter()
-        work = loop.train(order[:IMAGES])
+        work = loop.train(order[:images])
         seconds = time.perf_counter() - start
     finally:
         source.close()
-    return IMAGES / seconds, work.data_wait_seconds / seconds
+    return images / seconds, work.data_wait_seconds / seconds
 
 
 class PerImage(Dataset):
@@ -102,13 +109,22 @@ class PerImage(Dataset):
         return (image.float() / 255 - self.mean) / self.std, self.labels[index]
 
 
-def plain_pass(loader_dataset, batch: int, workers: int = 0) -> tuple[float, float]:
+def plain_network(model_name: str) -> torch.nn.Module:
+    """The network as a user builds it: seed-cnn by hand, a torchvision model by its builder."""
+    if model_name.startswith(TORCHVISION_PREFIX):
+        import torchvision.models  # only for --model torchvision:NAME: it may not import beside this torch
+
+        return torchvision.models.get_model(model_name[len(TORCHVISION_PREFIX):], num_classes=CLASSES)
+    return plain_torch.seed_cnn(CLASSES, SHAPE[0], SHAPE[1])
+
+
+def plain_pass(loader_dataset, model_name: str, images: int, batch: int, workers: int = 0) -> tuple[float, float]:
     """(images/s, data-wait share) of the loop a user writes around a DataLoader."""
     torch.manual_seed(0)
-    model = plain_torch.seed_cnn(CLASSES, SHAPE[0], SHAPE[1])
+    model = plain_network(model_name)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.train()
-    sampler = torch.randperm(len(loader_dataset))[:IMAGES].tolist()
+    sampler = torch.randperm(len(loader_dataset))[:images].tolist()
     warm = DataLoader(loader_dataset, batch_size=batch, sampler=sampler[:2 * batch], num_workers=workers)
     loader = DataLoader(loader_dataset, batch_size=batch, sampler=sampler, num_workers=workers,
                         persistent_workers=workers > 0)
@@ -130,14 +146,18 @@ def plain_pass(loader_dataset, batch: int, workers: int = 0) -> tuple[float, flo
             break
         step(*pair)
     seconds = time.perf_counter() - start
-    return IMAGES / seconds, waited / seconds
+    return images / seconds, waited / seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one batch size, 1 repeat")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default="seed-cnn", help="seed-cnn (sized for 3x32x32) or torchvision:NAME")
     args = parser.parse_args()
+    if args.model != "seed-cnn" and not args.model.startswith(TORCHVISION_PREFIX):
+        parser.error(f"--model {args.model}: seed-cnn or torchvision:NAME")
+    model, images_per_pass = args.model, IMAGES if args.model == "seed-cnn" else TORCHVISION_IMAGES
     repeats = 1 if args.quick else args.repeats
     sizes = [128] if args.quick else BATCH_SIZES
     flush_denormals()  # as in a run's own process, for every loop timed here (peers too)
@@ -149,22 +169,30 @@ def main() -> None:
     mean = images[:5000].float().mean(dim=(0, 2, 3)).view(-1, 1, 1)
     std = images[:5000].float().std(dim=(0, 2, 3)).view(-1, 1, 1)
     tensors = TensorDataset((images.float() - mean) / std, labels)
+    def per_image(augment: bool) -> PerImage:
+        return PerImage(images, labels, mean / 255, std / 255, augment)
+
+    def plain(loader_dataset, workers: int = 0):
+        return lambda b: plain_pass(loader_dataset, model, images_per_pass, b, workers)
+
+    def ours(input: str, workers: int = 0, augment: bool = False):
+        return lambda b: batchlab_pass(dataset, model, images_per_pass, b, input, workers, augment)
+
     loops = {
-        "plain tensors": lambda b: plain_pass(tensors, b),
-        "plain per-image": lambda b: plain_pass(PerImage(images, labels, mean / 255, std / 255, False), b),
-        "batchlab device": lambda b: batchlab_pass(dataset, b, "device"),
-        "batchlab loader": lambda b: batchlab_pass(dataset, b, "loader"),
-        "batchlab loader 1 worker": lambda b: batchlab_pass(dataset, b, "loader", workers=1),
-        "plain per-image augment": lambda b: plain_pass(PerImage(images, labels, mean / 255, std / 255, True), b),
-        "plain per-image augment 1 worker":
-            lambda b: plain_pass(PerImage(images, labels, mean / 255, std / 255, True), b, workers=1),
-        "batchlab device augment": lambda b: batchlab_pass(dataset, b, "device", augment=True),
-        "batchlab loader augment": lambda b: batchlab_pass(dataset, b, "loader", augment=True),
-        "batchlab loader augment 1 worker": lambda b: batchlab_pass(dataset, b, "loader", workers=1, augment=True),
+        "plain tensors": plain(tensors),
+        "plain per-image": plain(per_image(False)),
+        "batchlab device": ours("device"),
+        "batchlab loader": ours("loader"),
+        "batchlab loader 1 worker": ours("loader", workers=1),
+        "plain per-image augment": plain(per_image(True)),
+        "plain per-image augment 1 worker": plain(per_image(True), workers=1),
+        "batchlab device augment": ours("device", augment=True),
+        "batchlab loader augment": ours("loader", augment=True),
+        "batchlab loader augment 1 worker": ours("loader", workers=1, augment=True),
     }
     results = {"machine": fingerprint(), "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "shape": "x".join(map(str, SHAPE)), "images_per_pass": IMAGES, "threads": torch.get_num_threads(),
-               "repeats": repeats, "train": {}}
+               "model": model, "shape": "x".join(map(str, SHAPE)), "images_per_pass": images_per_pass,
+               "threads": torch.get_num_threads(), "repeats": repeats, "train": {}}
     for batch in sizes:
         figures = {name: [] for name in loops}
         for _ in range(repeats):  # every loop once per repeat, so a slow spell hits all of them alike
@@ -181,7 +209,7 @@ def main() -> None:
             against = best_plain_augment if "augment" in name else best_plain
             print(f"bs={batch:>4} {name:<34} {rate:>8,.0f} img/s  data wait {figure['data_wait_share']['median']:6.1%}"
                   + (f"  ÷ best plain loop {rate / against:.2f}x" if name.startswith("batchlab") else ""), flush=True)
-    write_results(results, "-images")
+    write_results(results, "-images" + ("" if model == "seed-cnn" else "-" + model.split(":")[-1]))
 
 
 if __name__ == "__main__":

@@ -134,19 +134,38 @@ def test_small_convolution_gradients_are_right_for_inputs_of_any_layout(layout, 
         assert (mine.double() - theirs).abs().max() <= 1e-5 * theirs.abs().max()
 
 
-def count_im2col_calls(monkeypatch) -> list[int]:
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_one_by_one_convolution_gradients_are_right_in_either_layout(channels_last, stride):
+    """A 1×1 kernel over several channels is contiguous in both layouts; PyTorch's im2col reads the
+    layout from its strides (ResNet-18's downsampling convolutions once got a wrong weight gradient)."""
+    torch.manual_seed(0)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    conv = layers.Conv2d(8, 6, kernel_size=1, stride=stride).to(memory_format=layout)
+    images = torch.randn(4, 8, 4, 4).contiguous(memory_format=layout)
+    out = conv(images)
+    weight_grad, = torch.autograd.grad(out.square().sum(), (conv.weight,))
+    weight = conv.weight.detach().double().requires_grad_()
+    exact = torch.nn.functional.conv2d(images.double(), weight, conv.bias.double(), stride)
+    exact_grad, = torch.autograd.grad(exact.square().sum(), (weight,))
+    assert torch.allclose(out.double(), exact, atol=1e-5)
+    assert (weight_grad.double() - exact_grad).abs().max() <= 1e-5 * exact_grad.abs().max()
+
+
+def count_calls(monkeypatch, path: str) -> list[int]:
+    """The batch sizes `layers.<path>` is called with from now on."""
     calls = []
-    real = layers._im2col_convolution
+    real = getattr(layers, path)
 
     def counted(*args):
         calls.append(len(args[0]))
         return real(*args)
-    monkeypatch.setattr(layers, "_im2col_convolution", counted)
+    monkeypatch.setattr(layers, path, counted)
     return calls
 
 
 def test_small_convolutions_run_as_im2col_and_large_ones_on_torch(monkeypatch):
-    calls = count_im2col_calls(monkeypatch)
+    calls = count_calls(monkeypatch, "_im2col_convolution")
     conv = layers.Conv2d(32, 64, kernel_size=4)  # seed-cnn's conv2: 64 output positions per image
     for images in (1, 4, 15, 16, 64):
         conv(torch.randn(images, 32, 11, 11)).sum().backward()
@@ -163,7 +182,76 @@ def test_small_convolutions_run_as_im2col_and_large_ones_on_torch(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         conv(torch.randn(1, 32, 11, 11))
     conv.double()(torch.randn(1, 32, 11, 11, dtype=torch.float64))
-    assert calls == []  # the odd ones, autocast and float64 ran as nn.Conv2d
+    layers.Conv2d(64, 64, 3, padding=1)(torch.randn(1, 64, 8, 8)).sum().backward()  # 64 positions, rows of 576
+    assert calls == []  # the odd ones, autocast, float64 and the wide convolution ran as nn.Conv2d
+
+
+DENSE_CASES = {  # maps no larger than the kernel: ResNet-18's last stages on 32×32 images, and their edges
+    "2x2 under 3x3": dict(side=(2, 2), kernel_size=3, padding=1),
+    "1x1 under 3x3": dict(side=(1, 1), kernel_size=3, padding=1),
+    "2x2 to 1x1 at stride 2": dict(side=(2, 2), kernel_size=3, stride=2, padding=1),
+    "3x3 under 3x3, pairs without a tap": dict(side=(3, 3), kernel_size=3, padding=1),
+    "a row of 3": dict(side=(1, 3), kernel_size=3, padding=1),
+    "2x3 under 2x3, uneven padding": dict(side=(2, 3), kernel_size=(2, 3), padding=(1, 0)),
+    "3x3 under 3x3, no padding": dict(side=(3, 3), kernel_size=3),
+}
+
+
+@pytest.mark.parametrize("case", DENSE_CASES)
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_dense_convolution_matches_torch_convolution_with_gradients(case, channels_last):
+    options = dict(DENSE_CASES[case])
+    height, width = options.pop("side")
+    torch.manual_seed(0)
+    reference = nn.Conv2d(5, 7, **options).double()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    images = torch.randn(3, 5, height, width, dtype=torch.float64).contiguous(memory_format=layout)
+    weight = reference.weight.detach().contiguous(memory_format=layout).requires_grad_()
+    images.requires_grad_()
+    exact = reference(images)
+    out = layers.dense_convolution(images, weight, reference.bias, reference.stride, reference.padding)
+    assert out.shape == exact.shape
+    assert torch.allclose(out, exact, atol=1e-12)
+    grad_out = torch.randn_like(exact)
+    mine = torch.autograd.grad(out, (images, weight, reference.bias), grad_out)
+    theirs = torch.autograd.grad(exact, (images, reference.weight, reference.bias), grad_out)
+    for a, b in zip(mine, theirs):
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_convolutions_over_maps_no_larger_than_the_kernel_run_dense(monkeypatch):
+    calls = count_calls(monkeypatch, "dense_convolution")
+    torch.manual_seed(0)
+    same = layers.Conv2d(16, 8, 3, padding=1).to(memory_format=torch.channels_last)
+    reference = nn.Conv2d(16, 8, 3, padding=1).to(memory_format=torch.channels_last)
+    reference.load_state_dict(same.state_dict())
+    for images, side in ((1, 1), (1, 2), (15, 2), (16, 2), (16, 3), (16, 4)):
+        batch = torch.randn(images, 16, side, side).contiguous(memory_format=torch.channels_last)
+        grad_out = torch.randn(images, 8, side, side)
+        for mine, theirs in zip(conv_results(same, batch, grad_out), conv_results(reference, batch, grad_out)):
+            assert torch.allclose(mine, theirs, rtol=1e-4, atol=1e-5)
+    # 1×1 always; 2×2 (16 position pairs for 9 taps) from DENSE_MIN_BATCH images; 4×4 never
+    assert calls == [1, 16, 16]
+    calls.clear()
+    with torch.inference_mode():
+        same(torch.randn(2, 16, 1, 1))
+        layers.Conv2d(16, 8, 3, padding=1, padding_mode="circular")(torch.randn(2, 16, 1, 1))
+    assert calls == [2]  # circular padding is not zeros: nn.Conv2d
+
+
+def test_plain_convolutions_of_any_model_become_fast_and_keep_their_parameters():
+    class OwnConv(nn.Conv2d):
+        def forward(self, inputs):
+            return super().forward(inputs) * 2
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Sequential(nn.Conv2d(4, 4, 1)), OwnConv(4, 2, 1))
+    names = list(model.state_dict())
+    before = model(torch.ones(1, 3, 5, 5))
+    assert layers.with_fast_convolutions(model) is model
+    assert [type(module) for module in model.modules() if isinstance(module, nn.Conv2d)] == \
+        [layers.Conv2d, layers.Conv2d, OwnConv]  # a subclass keeps its own forward
+    assert list(model.state_dict()) == names
+    assert torch.allclose(model(torch.ones(1, 3, 5, 5)), before, atol=1e-6)
 
 
 @pytest.mark.parametrize("p", [0.25, 0.3, 0.5, 0.9])

@@ -106,6 +106,18 @@ def test_user_model_errors():
 
 
 
+def test_user_models_get_batchlab_convolutions(tmp_path):
+    from batchlab.nn.layers import Conv2d
+
+    model_file = tmp_path / "conv_model.py"
+    model_file.write_text("from torch import nn\n"
+                          "def factory(input_shape, classes):\n"
+                          "    return nn.Sequential(nn.Conv2d(input_shape[0], 4, 3), nn.Flatten(),\n"
+                          "                         nn.LazyLinear(classes))\n")
+    model = models.build(f"{model_file}:factory", input_shape=(1, 28, 28), classes=10)
+    assert type(model[0]) is Conv2d and model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
 def test_a_model_with_lazy_layers_trains(synthetic_dataset, tmp_path):
     import batchlab
     from batchlab import RunSpec

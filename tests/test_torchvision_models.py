@@ -143,6 +143,14 @@ def test_grey_images_go_to_a_one_channel_first_convolution(fake_torchvision):
     models.check_output(grey, images[:2], 10, "torchvision:resnet18", "fashion-mnist")
 
 
+def test_torchvision_convolutions_become_batchlab_layers(fake_torchvision):
+    from batchlab.nn.layers import Conv2d
+
+    for shape in ((3, 32, 32), (1, 28, 28)):  # the grey model's new first convolution too
+        model = models.build("torchvision:resnet18", input_shape=shape)
+        assert type(model.stem[0]) is Conv2d
+
+
 def test_a_model_without_an_rgb_first_convolution_is_refused():
     with pytest.raises(models.ModelError, match="^model torchvision:odd cannot take 1-channel images"):
         vision.adapt_input_channels(nn.Sequential(nn.Conv2d(4, 8, 3)), 1, "torchvision:odd")

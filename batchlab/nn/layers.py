@@ -1,11 +1,14 @@
 """Faster drop-in versions of the layers the built-in models use, measured on the CPU.
 
 Each subclasses its torch.nn layer (same parameters, same state-dict names, same results up to
-floating-point rounding) and changes only how the work is done. User models are not touched.
-docs/performance.md has the measurements.
+floating-point rounding) and changes only how the work is done. The built-in models are made of
+them; torchvision's and user models get Conv2d in place of their plain nn.Conv2d layers
+(with_fast_convolutions). docs/performance.md has the measurements.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +89,60 @@ IM2COL_MAX_POSITIONS = 1000
 # × input channels × kernel rows × columns) bounds it too: seed-cnn's conv2 at 4 images (131k
 # elements) made inference 5% slower, at 2 images (65k) together with conv1 30% faster.
 IM2COL_MAX_UNFOLDED_FORWARD = 2**16
+# Nor does im2col gain for wide convolutions: ResNet-18's 3×3 convolutions of 64 and more channels
+# (unfolded rows of 576 values and more) trained slower with it at every batch measured, 128→128 on
+# 4×4 at 32 images 2.8 vs 1.8 ms; seed-cnn's conv2 (32 channels × 4×4: 512) is the widest that gained.
+IM2COL_MAX_UNFOLDED_ROW = 512
+
+
+# A convolution over a map no larger than its kernel (rows × columns ≤ kernel rows × columns: the last
+# stages of ImageNet-style networks on 32×32 images, such as ResNet-18's 2×2 and 1×1 maps under 3×3
+# kernels) links every output position to every input position, each pair through one kernel tap.
+# Such a call is then a dense layer per output position, whose weights are the kernel's taps laid
+# side by side: no tap that sees only padding is multiplied. oneDNN runs these calls at a fraction of
+# its usual rate; measured forward + backward on a 2-core Xeon (5th generation), oneDNN against this
+# (ms): 256→256 on 2×2 at 32 images 4.1 vs 2.4, at 128 12.0 vs 4.5; 512→512 on 1×1 at 128 10.6 vs
+# 2.8; 256→512 on 2×2 at stride 2, 128 images, 11.6 vs 3.1 (docs/performance.md). Larger maps
+# (4×4 under 3×3) do more arithmetic this way than the convolution itself and stay with oneDNN.
+# Where the taps laid out outnumber the kernel's (2×2 to 2×2: 16 pairs for 9 taps), laying them out
+# costs more than it saves below 16 images: 256→256 on 2×2 trained in 1.9 ms either way at 8 images,
+# 1.8 against 0.4 ms at 1.
+DENSE_MIN_BATCH = 16
+
+
+@functools.lru_cache(maxsize=64)
+def tap_table(height: int, width: int, kernel: tuple[int, int], stride: tuple[int, int],
+              padding: tuple[int, int]) -> tuple[tuple[torch.Tensor, ...], int, int, bool]:
+    """For each output position (row-major), the kernel tap (row × kernel columns + column) that joins
+    it to each input position, kernel rows × columns where none does; the output's rows and columns;
+    whether any pair has no tap."""
+    (kernel_h, kernel_w), (stride_h, stride_w), (pad_h, pad_w) = kernel, stride, padding
+    out_h, out_w = (height + 2 * pad_h - kernel_h) // stride_h + 1, (width + 2 * pad_w - kernel_w) // stride_w + 1
+    tap_rows = torch.arange(height).view(1, 1, height, 1) - torch.arange(out_h).view(out_h, 1, 1, 1) * stride_h + pad_h
+    tap_cols = torch.arange(width).view(1, 1, 1, width) - torch.arange(out_w).view(1, out_w, 1, 1) * stride_w + pad_w
+    joined = (tap_rows >= 0) & (tap_rows < kernel_h) & (tap_cols >= 0) & (tap_cols < kernel_w)
+    taps = torch.where(joined, tap_rows * kernel_w + tap_cols, kernel_h * kernel_w).reshape(out_h * out_w, -1)
+    return tuple(taps), out_h, out_w, not bool(joined.all())
+
+
+def dense_convolution(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
+    """F.conv2d(inputs, weight, bias, stride, padding) (zero padding, no dilation, one group) as one
+    matrix product per output position (see above). The result is channels-last, as oneDNN's is for
+    channels-last inputs."""
+    batch, in_channels, height, width = inputs.shape
+    out_channels, _, kernel_h, kernel_w = weight.shape
+    taps, out_h, out_w, unjoined = tap_table(height, width, (kernel_h, kernel_w), stride, padding)
+    # (out channels, taps, in channels): a view of a channels-last weight.
+    by_tap = weight.permute(0, 2, 3, 1).reshape(out_channels, kernel_h * kernel_w, in_channels)
+    if unjoined:  # the tap index kernel_h * kernel_w: zeros
+        by_tap = torch.cat([by_tap, by_tap.new_zeros(out_channels, 1, in_channels)], 1)
+    flat = inputs.permute(0, 2, 3, 1).reshape(batch, height * width * in_channels)  # a view if channels-last
+    outputs = [flat @ by_tap.index_select(1, position).reshape(out_channels, -1).t() for position in taps]
+    out = torch.stack(outputs, 1) if len(outputs) > 1 else outputs[0].unsqueeze(1)
+    if bias is not None:
+        out = out + bias
+    return out.view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2)
 
 
 def output_positions(inputs: torch.Tensor, conv: nn.Conv2d) -> int:
@@ -96,18 +153,22 @@ def output_positions(inputs: torch.Tensor, conv: nn.Conv2d) -> int:
 
 
 class Conv2d(nn.Conv2d):
-    """nn.Conv2d whose small fp32 CPU calls run as PyTorch's im2col convolution instead of oneDNN's,
-    whose fixed cost per call is most of such a call (IM2COL_MAX_POSITIONS: seed-cnn's conv1 at 1-2
-    images, its conv2 at up to 15). Measured in whole steps, alternating, on a 2-core Xeon: seed-cnn
-    trained 1.25x as fast at batch 1 and 2, 1.07x at 4, and inferred 1.46x at batch 1, 1.30x at 2;
-    keras-cnn trained 1.09x at batch 1; larger batches unchanged (docs/performance.md). Larger
-    calls, other devices, autocast, and dilated, grouped, string-padded or non-zero-padded
+    """nn.Conv2d whose fp32 CPU calls over maps no larger than the kernel run as dense products
+    (dense_convolution), and whose other small calls run as PyTorch's im2col convolution instead of
+    oneDNN's, whose fixed cost per call is most of such a call (IM2COL_MAX_POSITIONS: seed-cnn's
+    conv1 at 1-2 images, its conv2 at up to 15). Measured in whole steps, alternating, on a 2-core
+    Xeon: seed-cnn trained 1.25x as fast at batch 1 and 2, 1.07x at 4, and inferred 1.46x at batch
+    1, 1.30x at 2; keras-cnn trained 1.09x at batch 1; larger batches unchanged (docs/performance.md).
+    Larger calls, other devices, autocast, and dilated, grouped, string-padded or non-zero-padded
     convolutions are nn.Conv2d."""
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if (_im2col_convolution is None or inputs.device.type != "cpu" or inputs.dtype != torch.float32
-                or inputs.dim() != 4 or torch.is_autocast_enabled("cpu") or not self._is_plain()
-                or not self._small_enough(inputs)):
+        if (inputs.device.type != "cpu" or inputs.dtype != torch.float32 or inputs.dim() != 4
+                or torch.is_autocast_enabled("cpu") or not self._is_plain()):
+            return super().forward(inputs)
+        if self._is_dense(inputs):
+            return dense_convolution(inputs, self.weight, self.bias, self.stride, self.padding)
+        if _im2col_convolution is None or not self._small_enough(inputs):
             return super().forward(inputs)
         layout = memory_format_of(self.weight)
         if layout is None:
@@ -120,13 +181,24 @@ class Conv2d(nn.Conv2d):
         inputs = inputs.contiguous(memory_format=layout)
         return _im2col_convolution(inputs, self.weight, self.kernel_size, self.bias, self.stride, self.padding)
 
+    def _is_dense(self, inputs: torch.Tensor) -> bool:
+        kernel_h, kernel_w = self.kernel_size
+        height, width = inputs.shape[-2:]
+        if height * width > kernel_h * kernel_w:
+            return False
+        out_h = (height + 2 * self.padding[0] - kernel_h) // self.stride[0] + 1
+        out_w = (width + 2 * self.padding[1] - kernel_w) // self.stride[1] + 1
+        return out_h * out_w * height * width <= kernel_h * kernel_w or len(inputs) >= DENSE_MIN_BATCH
+
     def _small_enough(self, inputs: torch.Tensor) -> bool:
+        kernel_h, kernel_w = self.kernel_size
+        if self.in_channels * kernel_h * kernel_w > IM2COL_MAX_UNFOLDED_ROW:
+            return False
         positions = output_positions(inputs, self)
         if positions > IM2COL_MAX_POSITIONS:
             return False
         if torch.is_grad_enabled() and self.weight.requires_grad:
             return True  # training, where the backward gains most
-        kernel_h, kernel_w = self.kernel_size
         return positions * self.in_channels * kernel_h * kernel_w <= IM2COL_MAX_UNFOLDED_FORWARD
 
     def _is_plain(self) -> bool:
@@ -134,12 +206,24 @@ class Conv2d(nn.Conv2d):
                 and all(step == 1 for step in self.dilation))
 
 
+def with_fast_convolutions(model: nn.Module) -> nn.Module:
+    """`model` with its nn.Conv2d layers made Conv2d (in place: parameters, hooks and state-dict names
+    stay). Only layers of the class itself: a subclass may have its own forward."""
+    for module in model.modules():
+        if type(module) is nn.Conv2d:
+            module.__class__ = Conv2d
+    return model
+
+
 def memory_format_of(weight: torch.Tensor) -> torch.memory_format | None:
-    """The layout a 4-d weight is contiguous in: NCHW where both fit (one input channel, 1×1
-    kernels), channels-last, or None for neither."""
-    if weight.is_contiguous():
-        return torch.contiguous_format
-    return torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else None
+    """The layout a 4-d weight is contiguous in: NCHW where both fit with one input channel (its
+    input then fits both too), channels-last, or None for neither, and for 1×1 kernels over several
+    channels: those fit both, PyTorch's im2col reads their layout from the strides instead, and an
+    input in the other layout got a wrong weight gradient (tests/test_layers.py)."""
+    nchw, channels_last = weight.is_contiguous(), weight.is_contiguous(memory_format=torch.channels_last)
+    if nchw and channels_last:
+        return torch.contiguous_format if weight.shape[1] == 1 else None
+    return torch.contiguous_format if nchw else torch.channels_last if channels_last else None
 
 
 # Smallest input for MaxPool2d's two-maxima path: 8.5 images of seed-cnn's first activation (32×22×22)
