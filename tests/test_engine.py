@@ -91,9 +91,12 @@ def test_the_fused_optimizer_makes_the_plain_update(name):
     """make_optimizer's fused form (one pass per parameter) against torch's default form: the same
     update up to rounding (a fused multiply-add rounds once where two operations round twice)."""
     torch.manual_seed(0)
-    fused_weights = [torch.nn.Parameter(torch.randn(300, 7)), torch.nn.Parameter(torch.randn(7))]
+    channels_last = torch.randn(64, 128, 3, 3).contiguous(memory_format=torch.channels_last)  # a foreach group
+    fused_weights = [torch.nn.Parameter(torch.randn(300, 7)), torch.nn.Parameter(torch.randn(7)),
+                     torch.nn.Parameter(channels_last)]
     plain_weights = [torch.nn.Parameter(weight.detach().clone()) for weight in fused_weights]
     fused = make_optimizer(name, fused_weights, 0.01)
+    assert [len(group["params"]) for group in fused.param_groups] == [2, 1]
     kinds = {"sgd": {}, "momentum": {"momentum": 0.9}}
     plain = (torch.optim.Adam(plain_weights, lr=0.01, foreach=True) if name == "adam"
              else torch.optim.SGD(plain_weights, lr=0.01, foreach=True, **kinds[name]))

@@ -57,19 +57,41 @@ SPREAD_MIN_STEPS = 10  # fewer timed steps than this give no meaningful p90: no 
 SKIPPED_EXAMPLES = 5  # undecodable images listed by name in the run record (all are counted)
 
 
+# The fused kernels update contiguous tensors only: a channels-last weight (every 4-d weight on the
+# CPU, nn/placement.py) is copied to a contiguous tensor and back, with its gradient and state, at
+# every step. For large weights that costs more than the foreach form's extra passes: ResNet-18's
+# update took 9.5 ms all fused against 5.8-7.0 with its channels-last weights of 65,536 values and
+# more on foreach. seed-cnn's and keras-cnn's largest (32,768 and 18,432 values) stay fused, where
+# keras-cnn's update was 20 µs faster than with them on foreach.
+FOREACH_MIN_ELEMENTS = 2**16
+
+
+def parameter_groups(parameters) -> list:
+    """The optimizer's parameter groups: large channels-last weights on the foreach form, the rest
+    fused (FOREACH_MIN_ELEMENTS); a plain list where there is nothing to split."""
+    parameters = list(parameters)
+    strided = [p for p in parameters if not p.is_contiguous() and p.numel() >= FOREACH_MIN_ELEMENTS]
+    if not strided:
+        return parameters
+    contiguous = [p for p in parameters if all(p is not q for q in strided)]
+    return [{"params": contiguous}, {"params": strided, "fused": False, "foreach": True}]
+
+
 def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
     """The run's optimizer, in its fused form on every device: one kernel updates each parameter
     in one pass over its weights, gradient and state, where the default (foreach) form makes
-    three passes for SGD with momentum. The same update up to rounding (tests/test_engine.py).
-    On a 2-core Xeon the update of seed-cnn's 551k parameters took 235 µs fused against 313-338
-    foreach, and whole training steps ran 2-3% faster at batch 1-16 and within the noise at
-    64-256 (docs/performance.md); on a GPU it saves kernel launches too."""
+    three passes for SGD with momentum (large channels-last weights excepted: parameter_groups).
+    The same update up to rounding (tests/test_engine.py). On a 2-core Xeon the update of
+    seed-cnn's 551k parameters took 235 µs fused against 313-338 foreach, and whole training steps
+    ran 2-3% faster at batch 1-16 and within the noise at 64-256 (docs/performance.md); on a GPU it
+    saves kernel launches too."""
+    groups = parameter_groups(parameters)
     if name == "sgd":
-        return torch.optim.SGD(parameters, lr=lr, fused=True)
+        return torch.optim.SGD(groups, lr=lr, fused=True)
     if name == "momentum":
-        return torch.optim.SGD(parameters, lr=lr, momentum=0.9, fused=True)
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, fused=True)
     if name == "adam":
-        return torch.optim.Adam(parameters, lr=lr, fused=True)
+        return torch.optim.Adam(groups, lr=lr, fused=True)
     raise ValueError(f"unknown optimizer {name!r}")
 
 
