@@ -107,10 +107,9 @@ def test_the_fused_optimizer_makes_the_plain_update(name):
         fused.step()
         plain.step()
     for fused_weight, plain_weight in zip(fused_weights, plain_weights):
-        # Typically at most 1.5e-8 apart; in 2 of ~80 suite runs Adam's differed beyond 1e-7 + 1e-6·|w|
-        # (not reproduced in isolation). A wrong update would be off by ~lr = 0.01.
+        # Typically at most 1.5e-8 apart, but Adam's kernels round differently now and then (up to 3.2e-6
+        # seen over the 73,728 values of the channels-last weight). A wrong update would be off by ~lr = 0.01.
         difference = (fused_weight - plain_weight).abs().max().item()
-        assert torch.allclose(fused_weight, plain_weight, rtol=1e-5, atol=1e-6), difference
         assert difference < 1e-5
 
 
