@@ -73,3 +73,46 @@ def test_fp16_training_scales_its_loss_so_small_gradients_survive():
 
     assert not moved(None)  # unscaled: every weight gradient underflowed in fp16
     assert moved(loss_scaler("fp16", cpu))
+
+
+def test_the_products_of_a_precision_are_timed_against_fp32_without_touching_the_seeded_stream():
+    from batchlab.device import product_speed
+
+    cpu = torch.device("cpu")
+    assert product_speed.product_speed("fp32", cpu) is None
+    assert product_speed.product_speed("bf16", torch.device("meta")) is None  # not a CPU
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    product_speed._measured_speed.cache_clear()
+    speed = product_speed.product_speed("bf16", cpu)
+    assert isinstance(speed, float) and speed > 0
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_the_report_says_where_a_precision_multiplied_slower_than_fp32():
+    env = lambda units, speed: json.dumps({"precision_units": units, "precision_product_speed": speed})  # noqa: E731
+    training = pd.DataFrame({"precision": ["bf16", "bf16", "bf16", "fp32"],
+                             "environment": [env(["avx512_bf16"], 0.59), env(["avx512_bf16"], 0.54),
+                                             env(["amx_bf16"], 2.6), env(None, None)]})
+    lines = precision_lines(training)
+    assert len(lines) == 1 and lines[0].startswith("bf16: 2 run(s) on a CPU whose bf16 matrix products ran at "
+                                                   "0.54-0.59x the fp32 rate"), lines
+    assert precision_lines(training.iloc[2:]) == []  # AMX: 2.6x faster, nothing to explain
+    emulated = pd.DataFrame({"precision": ["bf16"], "environment": [env([], 0.2)]})
+    assert precision_lines(emulated)[0].startswith("bf16: 1 run(s) on a CPU without bf16 instructions")  # one line
+
+
+def test_a_bf16_run_records_how_fast_bf16_multiplies_here(synthetic_dataset):
+    import dataclasses
+
+    import batchlab
+    from batchlab import RunSpec
+
+    spec = RunSpec(dataset=synthetic_dataset.name, model="mlp", batch_size=32, limit_train=256, threads=1,
+                   precision="bf16")
+    bf16 = batchlab.run(spec, data_dir=str(synthetic_dataset.directory))
+    fp32 = batchlab.run(dataclasses.replace(spec, precision="fp32"), data_dir=str(synthetic_dataset.directory))
+    assert bf16.status == fp32.status == "DONE"
+    assert bf16.environment["precision_product_speed"] > 0
+    assert fp32.environment["precision_product_speed"] is None

@@ -33,6 +33,7 @@ from ..data.device import Normalize, channel_stats
 from ..device.current import make_current
 from ..device.fp32_math import set_cuda_fp32_math
 from ..device.machine import THREAD_ENV, precision_units, resolve_device
+from ..device.product_speed import product_speed
 from ..device.threads import denormals_flushed
 from ..device.timing import Region, peak_memory_bytes, reset_peak_memory
 from ..nn import microbatch, models
@@ -132,5 +133,6 @@ def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None 
                           "device_name": str(device), "dataset_checksum": dataset.checksum,
                           "micro_batch": slice_size, "data_notes": list(dataset.notes),
                           "precision_units": precision_units(spec.precision, device),
+                          "precision_product_speed": product_speed(spec.precision, device),
                           "denormals_flushed": denormals_flushed(), **cuda_notes}
     return result

@@ -101,8 +101,8 @@ IM2COL_MAX_UNFOLDED_ROW = 512
 # Such a call is then a dense layer per output position, whose weights are the kernel's taps laid
 # side by side: no tap that sees only padding is multiplied. oneDNN runs these calls at a fraction of
 # its usual rate; measured forward + backward on a 2-core Xeon (5th generation), oneDNN against this
-# (ms): 256→256 on 2×2 at 32 images 4.1 vs 2.4, at 128 12.0 vs 4.5; 512→512 on 1×1 at 128 10.6 vs
-# 2.8; 256→512 on 2×2 at stride 2, 128 images, 11.6 vs 3.1 (docs/performance.md). Larger maps
+# (ms): 256→256 on 2×2 at 32 images 4.1 vs 2.5, at 128 12.2 vs 4.7; 512→512 on 1×1 at 128 15.7 vs
+# 1.3; 256→512 on 2×2 at stride 2, 128 images, 11.8 vs 2.2 (docs/performance.md). Larger maps
 # (4×4 under 3×3) do more arithmetic this way than the convolution itself and stay with oneDNN.
 # Where the taps laid out outnumber the kernel's (2×2 to 2×2: 16 pairs for 9 taps), laying them out
 # costs more than it saves below 16 images: 256→256 on 2×2 trained in 1.9 ms either way at 8 images,

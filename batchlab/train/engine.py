@@ -42,6 +42,7 @@ from ..data.input_path import choose_input, dataset_bytes
 from ..device.current import make_current
 from ..device.fp32_math import set_cuda_fp32_math
 from ..device.machine import THREAD_ENV, precision_units, resolve_device
+from ..device.product_speed import product_speed
 from ..device.threads import denormals_flushed
 from ..device.timing import Region, peak_memory_bytes, reset_peak_memory
 from ..nn import microbatch, models
@@ -67,14 +68,16 @@ FOREACH_MIN_ELEMENTS = 2**16
 
 
 def parameter_groups(parameters) -> list:
-    """The optimizer's parameter groups: large channels-last weights on the foreach form, the rest
-    fused (FOREACH_MIN_ELEMENTS); a plain list where there is nothing to split."""
+    """The optimizer's parameter groups: large channels-last weights on the CPU on the foreach form,
+    the rest fused (FOREACH_MIN_ELEMENTS); a plain list where there is nothing to split. GPUs keep
+    one fused group: their kernels were not measured here."""
     parameters = list(parameters)
-    strided = [p for p in parameters if not p.is_contiguous() and p.numel() >= FOREACH_MIN_ELEMENTS]
+    strided = [p for p in parameters
+               if p.device.type == "cpu" and not p.is_contiguous() and p.numel() >= FOREACH_MIN_ELEMENTS]
     if not strided:
         return parameters
     contiguous = [p for p in parameters if all(p is not q for q in strided)]
-    return [{"params": contiguous}, {"params": strided, "fused": False, "foreach": True}]
+    return ([{"params": contiguous}] if contiguous else []) + [{"params": strided, "fused": False, "foreach": True}]
 
 
 def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
@@ -477,6 +480,7 @@ def finish(prep: Prepared, loop: StepLoop | None = None) -> RunResult:
         "micro_batch": prep.slice_size,
         "class_names": list(prep.dd.class_names),  # label i is class_names[i]
         "precision_units": precision_units(prep.spec.precision, prep.device),
+        "precision_product_speed": product_speed(prep.spec.precision, prep.device),
         "denormals_flushed": denormals_flushed(),
     }
     if loop is not None:
