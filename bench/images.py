@@ -169,6 +169,7 @@ def main() -> None:
     mean = images[:5000].float().mean(dim=(0, 2, 3)).view(-1, 1, 1)
     std = images[:5000].float().std(dim=(0, 2, 3)).view(-1, 1, 1)
     tensors = TensorDataset((images.float() - mean) / std, labels)
+
     def per_image(augment: bool) -> PerImage:
         return PerImage(images, labels, mean / 255, std / 255, augment)
 

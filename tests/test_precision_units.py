@@ -75,12 +75,15 @@ def test_fp16_training_scales_its_loss_so_small_gradients_survive():
     assert moved(loss_scaler("fp16", cpu))
 
 
-def test_the_products_of_a_precision_are_timed_against_fp32_without_touching_the_seeded_stream():
+def test_the_products_of_a_precision_are_timed_against_fp32_without_touching_the_seeded_stream(monkeypatch):
     from batchlab.device import product_speed
 
     cpu = torch.device("cpu")
     assert product_speed.product_speed("fp32", cpu) is None
     assert product_speed.product_speed("bf16", torch.device("meta")) is None  # not a CPU
+    monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx2"})
+    assert product_speed.product_speed("bf16", cpu) is None  # emulated: not timed (the report says so already)
+    monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx2", "avx512_bf16"})
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
@@ -114,5 +117,8 @@ def test_a_bf16_run_records_how_fast_bf16_multiplies_here(synthetic_dataset):
     bf16 = batchlab.run(spec, data_dir=str(synthetic_dataset.directory))
     fp32 = batchlab.run(dataclasses.replace(spec, precision="fp32"), data_dir=str(synthetic_dataset.directory))
     assert bf16.status == fp32.status == "DONE"
-    assert bf16.environment["precision_product_speed"] > 0
+    if bf16.environment["precision_units"]:  # this CPU has bf16 instructions: timed
+        assert bf16.environment["precision_product_speed"] > 0
+    else:  # emulated (or not known): not timed
+        assert bf16.environment["precision_product_speed"] is None
     assert fp32.environment["precision_product_speed"] is None

@@ -11,6 +11,8 @@ import time
 
 import torch
 
+from .machine import precision_units
+
 LOW_PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # A 1,024² product: 2.1 GFLOP, ~7 ms in fp32 at 300 GFLOP/s; with warm-up and best of 3 in both
 # precisions the check takes ~0.1 s once per process, after the run's timed work.
@@ -38,9 +40,11 @@ def _measured_speed(precision: str, threads: int) -> float:
 
 
 def product_speed(precision: str, device: torch.device) -> float | None:
-    """For a bf16/fp16 run on the CPU: its precision's matrix-product rate ÷ fp32's on this CPU at
-    the process's thread count (above 1: faster), measured once per process; None where it does
-    not apply (fp32, tf32, GPUs)."""
-    if precision not in LOW_PRECISION_DTYPES or device.type != "cpu":
+    """For a bf16/fp16 run on a CPU with instructions for its precision: that precision's
+    matrix-product rate ÷ fp32's on this CPU at the process's thread count (above 1: faster),
+    measured once per process. None where it does not apply (fp32, tf32, GPUs) and where the CPU
+    has no such instructions or cannot tell: emulated products can take seconds there, and the
+    report already says such runs were emulated (machine.precision_units)."""
+    if precision not in LOW_PRECISION_DTYPES or not precision_units(precision, device):
         return None
     return _measured_speed(precision, torch.get_num_threads())
