@@ -237,6 +237,8 @@ def test_convolutions_over_maps_no_larger_than_the_kernel_run_dense(monkeypatch)
         same(torch.randn(2, 16, 1, 1))
         layers.Conv2d(16, 8, 3, padding=1, padding_mode="circular")(torch.randn(2, 16, 1, 1))
     assert calls == [2]  # circular padding is not zeros: nn.Conv2d
+    with pytest.raises(RuntimeError, match="Kernel size can't be greater than actual input size"):
+        layers.Conv2d(16, 8, 3)(torch.randn(2, 16, 1, 1))  # torch's own error, not one of the dense path's
 
 
 def test_plain_convolutions_of_any_model_become_fast_and_keep_their_parameters():

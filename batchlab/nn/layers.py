@@ -188,6 +188,8 @@ class Conv2d(nn.Conv2d):
             return False
         out_h = (height + 2 * self.padding[0] - kernel_h) // self.stride[0] + 1
         out_w = (width + 2 * self.padding[1] - kernel_w) // self.stride[1] + 1
+        if out_h < 1 or out_w < 1:
+            return False  # a map smaller than the kernel: torch's convolution says so, naming the sizes
         return out_h * out_w * height * width <= kernel_h * kernel_w or len(inputs) >= DENSE_MIN_BATCH
 
     def _small_enough(self, inputs: torch.Tensor) -> bool:
