@@ -1,4 +1,4 @@
-"""A built-in model's twin in torch.nn's own layers, to hold batchlab's faster layers to torch.nn."""
+"""A model's twin in torch.nn's own layers, to hold batchlab's faster layers to torch.nn."""
 
 import copy
 
@@ -8,7 +8,7 @@ from batchlab.nn import layers
 
 
 def as_torch_nn(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of a built-in model made of torch.nn's own layers: batchlab's faster layers
+    """A copy of a model built by batchlab made of torch.nn's own layers: batchlab's faster layers
     subclass them without state of their own, so the copy takes their base class."""
     twin = copy.deepcopy(model)
     for module in twin.modules():

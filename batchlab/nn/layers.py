@@ -270,9 +270,9 @@ def keep_mask(shape: torch.Size, p: float) -> tuple[torch.Tensor, float]:
     """A CPU mask of `shape` that keeps each element with probability 1 - p', and p' (p rounded to a
     multiple of 2^-16, at most 1 - 2^-16: p < 1 keeps some). Each element compares one 16-bit
     quarter of a 64-bit random integer, so PyTorch's serial generator makes a quarter of the draws
-    torch.rand would. `random_` over the
-    whole int64 range (from its lowest value, no upper bound) fills all 64 bits; without that
-    lower bound it leaves the sign bit 0, and the top quarters would be biased."""
+    torch.rand would. `random_` over the whole int64 range (from its lowest value, no upper bound)
+    fills all 64 bits; without that lower bound it leaves the sign bit 0, and the top quarters
+    would be biased."""
     count = shape.numel()
     dropped = min(round(p * DRAW_LEVELS), DRAW_LEVELS - 1)  # of the 65,536 equally likely values
     draws = torch.empty((count + 3) // 4, dtype=torch.int64).random_(INT64_LOWEST, None)

@@ -71,13 +71,13 @@ def parameter_groups(parameters) -> list:
     """The optimizer's parameter groups: large channels-last weights on the CPU on the foreach form,
     the rest fused (FOREACH_MIN_ELEMENTS); a plain list where there is nothing to split. GPUs keep
     one fused group: their kernels were not measured here."""
-    parameters = list(parameters)
-    strided = [p for p in parameters
-               if p.device.type == "cpu" and not p.is_contiguous() and p.numel() >= FOREACH_MIN_ELEMENTS]
+    fused, strided = [], []
+    for p in parameters:
+        large_strided = p.device.type == "cpu" and not p.is_contiguous() and p.numel() >= FOREACH_MIN_ELEMENTS
+        (strided if large_strided else fused).append(p)
     if not strided:
-        return parameters
-    contiguous = [p for p in parameters if all(p is not q for q in strided)]
-    return ([{"params": contiguous}] if contiguous else []) + [{"params": strided, "fused": False, "foreach": True}]
+        return fused
+    return ([{"params": fused}] if fused else []) + [{"params": strided, "fused": False, "foreach": True}]
 
 
 def make_optimizer(name: str, parameters, lr: float) -> torch.optim.Optimizer:
