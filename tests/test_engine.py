@@ -137,12 +137,14 @@ def tiny_resnet(input_shape, classes):
     return Net()
 
 
-@pytest.mark.parametrize("model, shape, batch, slice_size", [
-    ("seed-cnn", (1, 28, 28), 2, None), ("seed-cnn", (1, 28, 28), 64, 16),
-    # Not tiny_resnet at batch 4: batch norm over 4 values per channel on 1×1 maps is chaotic there (the
-    # torch.nn twin in channels-last and in NCHW part by 1e-3 within 6 steps).
-    ("test_engine:tiny_resnet", (3, 16, 16), 16, None), ("test_engine:tiny_resnet", (3, 16, 16), 32, None)])
-def test_the_engine_trains_as_a_plain_torch_loop_step_for_step(model, shape, batch, slice_size):
+@pytest.mark.parametrize("model, shape, batch, slice_size, steps", [
+    ("seed-cnn", (1, 28, 28), 2, None, 30), ("seed-cnn", (1, 28, 28), 64, 16, 30),
+    # tiny_resnet's batch norm over 1×1 maps makes its training chaotic: rounding differences of 1e-7
+    # grow to 1e-4 within 20-25 steps at batch 16-32 (the torch.nn twin in channels-last parts from ours
+    # by 1e-5 at step 12), and at batch 4 by 1e-3 within 6 steps. So 12 steps, and not batch 4; a wrong
+    # gradient shows from the second step on.
+    ("test_engine:tiny_resnet", (3, 16, 16), 16, None, 12), ("test_engine:tiny_resnet", (3, 16, 16), 32, None, 12)])
+def test_the_engine_trains_as_a_plain_torch_loop_step_for_step(model, shape, batch, slice_size, steps):
     """Same start, same batches, dropout off: batchlab's step (its faster layers, channels-last, the
     fused update, micro-batches) and the same network in torch.nn layers trained by torch.optim.SGD
     give the same losses step after step."""
@@ -155,7 +157,7 @@ def test_the_engine_trains_as_a_plain_torch_loop_step_for_step(model, shape, bat
     ours = place(ours, torch.device("cpu"), "fp32")
     ours_optimizer = make_optimizer("momentum", ours.parameters(), 0.01)
     twin_optimizer = torch.optim.SGD(twin.parameters(), lr=0.01, momentum=0.9)
-    for step in range(30):
+    for step in range(steps):
         images, labels = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
         loss, _ = train_step(ours, ours_optimizer, images, labels, slice_size=slice_size)
         twin_optimizer.zero_grad()

@@ -186,7 +186,9 @@ def test_small_convolutions_run_as_im2col_and_large_ones_on_torch(monkeypatch):
     assert calls == []  # the odd ones, autocast, float64 and the wide convolution ran as nn.Conv2d
 
 
-DENSE_CASES = {  # maps no larger than the kernel: ResNet-18's last stages on 32×32 images, and their edges
+DENSE_CASES = {  # maps about as small as the kernel: ResNet-18's last stages on 32×32 images, and their edges
+    "4x4 to 2x2 at stride 2": dict(side=(4, 4), kernel_size=3, stride=2, padding=1),
+    "1x1 under 3x3, padding 3: outputs that see only padding": dict(side=(1, 1), kernel_size=3, padding=3),
     "2x2 under 3x3": dict(side=(2, 2), kernel_size=3, padding=1),
     "1x1 under 3x3": dict(side=(1, 1), kernel_size=3, padding=1),
     "2x2 to 1x1 at stride 2": dict(side=(2, 2), kernel_size=3, stride=2, padding=1),
@@ -219,19 +221,25 @@ def test_dense_convolution_matches_torch_convolution_with_gradients(case, channe
         assert torch.allclose(a, b, atol=1e-12)
 
 
-def test_convolutions_over_maps_no_larger_than_the_kernel_run_dense(monkeypatch):
+def test_convolutions_of_few_products_run_dense(monkeypatch):
     calls = count_calls(monkeypatch, "dense_convolution")
     torch.manual_seed(0)
     same = layers.Conv2d(16, 8, 3, padding=1).to(memory_format=torch.channels_last)
     reference = nn.Conv2d(16, 8, 3, padding=1).to(memory_format=torch.channels_last)
     reference.load_state_dict(same.state_dict())
-    for images, side in ((1, 1), (1, 2), (15, 2), (16, 2), (16, 3), (16, 4)):
+    strided = layers.Conv2d(16, 8, 3, stride=2, padding=1).to(memory_format=torch.channels_last)
+    strided_reference = nn.Conv2d(16, 8, 3, stride=2, padding=1).to(memory_format=torch.channels_last)
+    strided_reference.load_state_dict(strided.state_dict())
+    for conv, twin, images, side in ((same, reference, 1, 1), (same, reference, 1, 2), (same, reference, 2, 2),
+                                     (same, reference, 16, 3), (same, reference, 16, 4),
+                                     (strided, strided_reference, 1, 4), (strided, strided_reference, 3, 4)):
         batch = torch.randn(images, 16, side, side).contiguous(memory_format=torch.channels_last)
-        grad_out = torch.randn(images, 8, side, side)
-        for mine, theirs in zip(conv_results(same, batch, grad_out), conv_results(reference, batch, grad_out)):
+        grad_out = torch.randn(images, 8, *twin(batch).shape[-2:])
+        for mine, theirs in zip(conv_results(conv, batch, grad_out), conv_results(twin, batch, grad_out)):
             assert torch.allclose(mine, theirs, rtol=1e-4, atol=1e-5)
-    # 1×1 always; 2×2 (16 position pairs for 9 taps) from DENSE_MIN_BATCH images; 4×4 never
-    assert calls == [1, 16, 16]
+    # 1×1 (1 product) at any batch; 2×2 (8 products) and 4×4 at stride 2 (10) from DENSE_MIN_BATCH (2)
+    # images; 3×3 (21) and 4×4 (40) at stride 1 never
+    assert calls == [1, 2, 3]
     calls.clear()
     with torch.inference_mode():
         same(torch.randn(2, 16, 1, 1))
@@ -239,6 +247,16 @@ def test_convolutions_over_maps_no_larger_than_the_kernel_run_dense(monkeypatch)
     assert calls == [2]  # circular padding is not zeros: nn.Conv2d
     with pytest.raises(RuntimeError, match="Kernel size can't be greater than actual input size"):
         layers.Conv2d(16, 8, 3)(torch.randn(2, 16, 1, 1))  # torch's own error, not one of the dense path's
+
+
+def test_the_dense_path_trains_after_its_first_call_in_inference_mode():
+    # Its first version cached index tensors per shape: made under inference_mode (an evaluation before
+    # any training step), they could not be saved for a later backward.
+    conv = layers.Conv2d(8, 4, 3, padding=1)
+    with torch.inference_mode():
+        conv(torch.randn(2, 8, 1, 1))
+    conv(torch.randn(2, 8, 1, 1)).sum().backward()
+    assert conv.weight.grad is not None
 
 
 def test_plain_convolutions_of_any_model_become_fast_and_keep_their_parameters():

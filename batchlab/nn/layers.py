@@ -8,13 +8,12 @@ them; torchvision's and user models get Conv2d in place of their plain nn.Conv2d
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..core.cpus import cpu_vendor
+from .dense import dense_convolution, product_count
 
 # oneDNN's matrix product, as PyTorch's own compiler (inductor) calls it on CPUs; absent in
 # builds without oneDNN, where Linear falls back to torch.nn.Linear.
@@ -95,66 +94,35 @@ IM2COL_MAX_UNFOLDED_FORWARD = 2**16
 IM2COL_MAX_UNFOLDED_ROW = 512
 
 
-# A convolution over a map no larger than its kernel (rows × columns ≤ kernel rows × columns: the last
-# stages of ImageNet-style networks on 32×32 images, such as ResNet-18's 2×2 and 1×1 maps under 3×3
-# kernels) links every output position to every input position, each pair through one kernel tap.
-# Such a call is then a dense layer per output position, whose weights are the kernel's taps laid
-# side by side: no tap that sees only padding is multiplied. oneDNN runs these calls at a fraction of
-# its usual rate; measured forward + backward on a 2-core Xeon (5th generation), oneDNN against this
-# (ms): 256→256 on 2×2 at 32 images 4.1 vs 2.5, at 128 12.2 vs 4.7; 512→512 on 1×1 at 128 15.7 vs
-# 1.3; 256→512 on 2×2 at stride 2, 128 images, 11.8 vs 2.2 (docs/performance.md). Larger maps
-# (4×4 under 3×3) do more arithmetic this way than the convolution itself and stay with oneDNN.
-# Where the taps laid out outnumber the kernel's (2×2 to 2×2: 16 pairs for 9 taps), laying them out
-# costs more than it saves below 16 images: 256→256 on 2×2 trained in 1.9 ms either way at 8 images,
-# 1.8 against 0.4 ms at 1.
-DENSE_MIN_BATCH = 16
+# Which convolutions run on the dense path (dense.py): those of at most DENSE_MAX_PRODUCTS matrix
+# products (runs), at every batch when one product does it and from DENSE_MIN_BATCH images when more
+# do. Measured forward + backward on a 2-core Xeon (5th generation), channels-last, oneDNN against
+# the dense path (µs): 512→512 on 1×1 (1 product) at 1 image 1,489 vs 803, at 32 6,798 vs 1,083;
+# 256→512 on 2×2 at stride 2 (2) at 1 664 vs 802, at 32 5,130 vs 1,054; 256→256 on 2×2 (8) at 1
+# 340 vs 698, at 2 4,132 vs 1,001, at 32 5,766 vs 2,676; 128→256 on 4×4 at stride 2 (10) at 4 1,383
+# vs 1,164, at 32 3,182 vs 2,275; but 128→128 on 4×4 (40) at 32 2,844 vs 4,687 and 64→128 on 8×8 at
+# stride 2 (44) 2,167 vs 3,697 (docs/performance.md).
+DENSE_MAX_PRODUCTS = 10
+DENSE_MIN_BATCH = 2
+# The runs are worked out in Python once per shape: only for maps this small.
+DENSE_MAX_MAP = 64
 
 
-@functools.lru_cache(maxsize=64)
-def tap_table(height: int, width: int, kernel: tuple[int, int], stride: tuple[int, int],
-              padding: tuple[int, int]) -> tuple[tuple[torch.Tensor, ...], int, int, bool]:
-    """For each output position (row-major), the kernel tap (row × kernel columns + column) that joins
-    it to each input position, kernel rows × columns where none does; the output's rows and columns;
-    whether any pair has no tap."""
-    (kernel_h, kernel_w), (stride_h, stride_w), (pad_h, pad_w) = kernel, stride, padding
-    out_h, out_w = (height + 2 * pad_h - kernel_h) // stride_h + 1, (width + 2 * pad_w - kernel_w) // stride_w + 1
-    tap_rows = torch.arange(height).view(1, 1, height, 1) - torch.arange(out_h).view(out_h, 1, 1, 1) * stride_h + pad_h
-    tap_cols = torch.arange(width).view(1, 1, 1, width) - torch.arange(out_w).view(1, out_w, 1, 1) * stride_w + pad_w
-    joined = (tap_rows >= 0) & (tap_rows < kernel_h) & (tap_cols >= 0) & (tap_cols < kernel_w)
-    taps = torch.where(joined, tap_rows * kernel_w + tap_cols, kernel_h * kernel_w).reshape(out_h * out_w, -1)
-    return tuple(taps), out_h, out_w, not bool(joined.all())
-
-
-def dense_convolution(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                      stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
-    """F.conv2d(inputs, weight, bias, stride, padding) (zero padding, no dilation, one group) as one
-    matrix product per output position (see above). The result is channels-last, as oneDNN's is for
-    channels-last inputs."""
-    batch, in_channels, height, width = inputs.shape
-    out_channels, _, kernel_h, kernel_w = weight.shape
-    taps, out_h, out_w, unjoined = tap_table(height, width, (kernel_h, kernel_w), stride, padding)
-    # (out channels, taps, in channels): a view of a channels-last weight.
-    by_tap = weight.permute(0, 2, 3, 1).reshape(out_channels, kernel_h * kernel_w, in_channels)
-    if unjoined:  # the tap index kernel_h * kernel_w: zeros
-        by_tap = torch.cat([by_tap, by_tap.new_zeros(out_channels, 1, in_channels)], 1)
-    flat = inputs.permute(0, 2, 3, 1).reshape(batch, height * width * in_channels)  # a view if channels-last
-    outputs = [flat @ by_tap.index_select(1, position).reshape(out_channels, -1).t() for position in taps]
-    out = torch.stack(outputs, 1) if len(outputs) > 1 else outputs[0].unsqueeze(1)
-    if bias is not None:
-        out = out + bias
-    return out.view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2)
+def output_size(height: int, width: int, conv: nn.Conv2d) -> tuple[int, int]:
+    """Output rows and columns of `conv` over a height × width map (zero padding, no dilation)."""
+    (kernel_h, kernel_w), (stride_h, stride_w), (pad_h, pad_w) = conv.kernel_size, conv.stride, conv.padding
+    return (height + 2 * pad_h - kernel_h) // stride_h + 1, (width + 2 * pad_w - kernel_w) // stride_w + 1
 
 
 def output_positions(inputs: torch.Tensor, conv: nn.Conv2d) -> int:
     """Images × output rows × output columns of `conv` on a 4-d batch (zero padding, no dilation)."""
-    (kernel_h, kernel_w), (stride_h, stride_w), (pad_h, pad_w) = conv.kernel_size, conv.stride, conv.padding
-    batch, _, height, width = inputs.shape
-    return batch * ((height + 2 * pad_h - kernel_h) // stride_h + 1) * ((width + 2 * pad_w - kernel_w) // stride_w + 1)
+    out_h, out_w = output_size(*inputs.shape[-2:], conv)
+    return len(inputs) * out_h * out_w
 
 
 class Conv2d(nn.Conv2d):
-    """nn.Conv2d whose fp32 CPU calls over maps no larger than the kernel run as dense products
-    (dense_convolution), and whose other small calls run as PyTorch's im2col convolution instead of
+    """nn.Conv2d whose fp32 CPU calls over maps about as small as the kernel run as a few matrix
+    products (dense_convolution, DENSE_MAX_PRODUCTS), and whose other small calls run as PyTorch's im2col convolution instead of
     oneDNN's, whose fixed cost per call is most of such a call (IM2COL_MAX_POSITIONS: seed-cnn's
     conv1 at 1-2 images, its conv2 at up to 15). Measured in whole steps, alternating, on a 2-core
     Xeon: seed-cnn trained 1.25x as fast at batch 1 and 2, 1.07x at 4, and inferred 1.46x at batch
@@ -182,15 +150,14 @@ class Conv2d(nn.Conv2d):
         return _im2col_convolution(inputs, self.weight, self.kernel_size, self.bias, self.stride, self.padding)
 
     def _is_dense(self, inputs: torch.Tensor) -> bool:
-        kernel_h, kernel_w = self.kernel_size
         height, width = inputs.shape[-2:]
-        if height * width > kernel_h * kernel_w:
-            return False
-        out_h = (height + 2 * self.padding[0] - kernel_h) // self.stride[0] + 1
-        out_w = (width + 2 * self.padding[1] - kernel_w) // self.stride[1] + 1
+        out_h, out_w = output_size(height, width, self)
         if out_h < 1 or out_w < 1:
             return False  # a map smaller than the kernel: torch's convolution says so, naming the sizes
-        return out_h * out_w * height * width <= kernel_h * kernel_w or len(inputs) >= DENSE_MIN_BATCH
+        if out_h * out_w > DENSE_MAX_PRODUCTS or height * width > DENSE_MAX_MAP:
+            return False  # at least one product per output position; the runs of small maps only
+        products = product_count(height, width, self.kernel_size, self.stride, self.padding)
+        return products == 1 or (products <= DENSE_MAX_PRODUCTS and len(inputs) >= DENSE_MIN_BATCH)
 
     def _small_enough(self, inputs: torch.Tensor) -> bool:
         kernel_h, kernel_w = self.kernel_size
