@@ -14,6 +14,11 @@ plain PyTorch DataLoader loops, same network (seed-cnn sized for 3x32x32), same 
 Each figure is training images/s over one pass of IMAGES images after a 2-batch warm-up, and the
 share of that time the loop waited for its batches (time spent in next() on the batches).
 
+Inference, the same network at INFER_BATCH_SIZES: batchlab's is `batchlab infer`'s compute-only
+series (infer/measure.py, on these images); the plain loops are the model in eval mode called under
+torch.inference_mode on DataLoader batches of the normalised images, in its default layout and
+moved to channels-last as a user may (model.to(memory_format=torch.channels_last)).
+
     python bench/images.py [--quick] [--repeats 3] [--model torchvision:resnet18]
 
 `--model torchvision:NAME` times that torchvision classifier instead (the plain loops build it as a
@@ -42,13 +47,15 @@ import plain_torch  # noqa: E402
 from run import spread, write_results  # noqa: E402
 
 from batchlab.core.cpus import available_cores  # noqa: E402
+from batchlab.core.stats import images_per_second  # noqa: E402
 from batchlab.data.dataset import Dataset as BatchlabDataset  # noqa: E402
 from batchlab.data.device import to_device  # noqa: E402
 from batchlab.device.heap import keep_freed_memory  # noqa: E402
 from batchlab.device.machine import fingerprint  # noqa: E402
 from batchlab.device.threads import flush_denormals  # noqa: E402
+from batchlab.infer.measure import measure  # noqa: E402
 from batchlab.nn.names import TORCHVISION_PREFIX  # noqa: E402
-from batchlab.spec.run import RunSpec  # noqa: E402
+from batchlab.spec.run import InferSpec, RunSpec  # noqa: E402
 from batchlab.train.engine import StepLoop, build_model, input_source, make_optimizer, slice_size_for  # noqa: E402
 
 SHAPE = (3, 32, 32)
@@ -57,6 +64,7 @@ TRAIN_IMAGES = 50_000  # CIFAR-10's training set
 IMAGES = 8192  # images per timed pass (seed-cnn)
 TORCHVISION_IMAGES = 2048  # per pass of a torchvision model: resnet18 trains ~10x slower than seed-cnn
 BATCH_SIZES = [32, 128, 512]
+INFER_BATCH_SIZES = [1, 4, 16, 64, 256]
 
 
 def synthetic_cifar() -> BatchlabDataset:
@@ -149,6 +157,24 @@ def plain_pass(loader_dataset, model_name: str, images: int, batch: int, workers
     return images / seconds, waited / seconds
 
 
+def batchlab_infer(dataset, model_name: str, batch: int) -> float:
+    """images/s of `batchlab infer`'s compute-only series on the synthetic images. The spec names
+    CIFAR-10, whose shape they have; measure() is handed the images themselves."""
+    result = measure(InferSpec(model=model_name, dataset="cifar10", batch_size=batch), dataset=dataset)
+    return images_per_second(batch, result.compute_seconds)
+
+
+def plain_infer(normalized: torch.Tensor, model_name: str, batch: int, channels_last: bool) -> float:
+    """images/s of the plain inference loop (plain_torch.infer_images_per_second), after one warm-up batch."""
+    torch.manual_seed(0)
+    model = plain_network(model_name)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    images = normalized[torch.arange(max(4 * batch, 256)) % len(normalized)]  # the test set tiled, as measure() does
+    plain_torch.infer_images_per_second(model, images[:batch], batch)
+    return plain_torch.infer_images_per_second(model, images, batch)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one batch size, 1 repeat")
@@ -191,9 +217,15 @@ def main() -> None:
         "batchlab loader augment": ours("loader", augment=True),
         "batchlab loader augment 1 worker": ours("loader", workers=1, augment=True),
     }
+    test_images = (torch.from_numpy(dataset.test_images).float() - mean) / std
+    infer_loops = {
+        "plain": lambda b: plain_infer(test_images, model, b, channels_last=False),
+        "plain channels-last": lambda b: plain_infer(test_images, model, b, channels_last=True),
+        "batchlab": lambda b: batchlab_infer(dataset, model, b),
+    }
     results = {"machine": fingerprint(), "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "model": model, "shape": "x".join(map(str, SHAPE)), "images_per_pass": images_per_pass,
-               "threads": torch.get_num_threads(), "repeats": repeats, "train": {}}
+               "threads": torch.get_num_threads(), "repeats": repeats, "train": {}, "infer": {}}
     for batch in sizes:
         figures = {name: [] for name in loops}
         for _ in range(repeats):  # every loop once per repeat, so a slow spell hits all of them alike
@@ -210,6 +242,13 @@ def main() -> None:
             against = best_plain_augment if "augment" in name else best_plain
             print(f"bs={batch:>4} {name:<34} {rate:>8,.0f} img/s  data wait {figure['data_wait_share']['median']:6.1%}"
                   + (f"  ÷ best plain loop {rate / against:.2f}x" if name.startswith("batchlab") else ""), flush=True)
+    for batch in [16] if args.quick else INFER_BATCH_SIZES:
+        figures = {name: [loop(batch) for _ in range(repeats)] for name, loop in infer_loops.items()}
+        row = {name: spread(values) for name, values in figures.items()}
+        results["infer"][batch] = row
+        best_plain = max(row["plain"]["median"], row["plain channels-last"]["median"])
+        print(f"infer bs={batch:>4} " + "  ".join(f"{name} {figure['median']:,.0f}" for name, figure in row.items())
+              + f" img/s  ÷ best plain loop {row['batchlab']['median'] / best_plain:.2f}x", flush=True)
     write_results(results, "-images" + ("" if model == "seed-cnn" else "-" + model.split(":")[-1]))
 
 

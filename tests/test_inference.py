@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from batchlab.cli.app import app
 from batchlab.core.stats import images_per_second, percentiles
+from batchlab.data.dataset import Dataset
 from batchlab.infer.measure import measure, tiled
 from batchlab.report.inference import comparisons, crossover, load_inference
 from batchlab.spec.run import InferSpec
@@ -54,6 +55,17 @@ def test_measure_one_configuration(synthetic_dataset):
     assert len(result.compute_seconds) >= 3 and sum(result.compute_seconds) >= 1.0
     assert len(result.overhead_seconds) >= 3 and result.first_call_seconds > 0
     assert not {"cuda_graphs", "cuda_fp32_math"} & set(result.environment)  # CUDA measurements' records only
+
+
+def test_measure_uses_images_it_is_handed():
+    # bench/images.py hands measure() synthetic 3×32×32 images under a spec naming CIFAR-10, whose
+    # archive is not there: nothing may be loaded, and the model must see the images' shape.
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(40, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=40).astype(np.int64)
+    handed = Dataset("handed", images[:30], labels[:30], images[30:], labels[30:], 10, "", "", tuple("abcdefghij"))
+    result = measure(InferSpec(dataset="cifar10", model="seed-cnn", batch_size=4, threads=1), dataset=handed)
+    assert result.status == "DONE" and result.input_shape == "3x32x32" and len(result.compute_seconds) >= 3
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ from ..core import heartbeat
 from ..core.cpus import available_cores
 from ..core.records import InferResult
 from ..data import registry as data
+from ..data.dataset import Dataset
 from ..data.device import Normalize, channel_stats
 from ..device.current import make_current
 from ..device.fp32_math import set_cuda_fp32_math
@@ -68,8 +69,10 @@ def load_weights(blob: bytes) -> dict:
     return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
 
 
-def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None = None) -> InferResult:
-    """Measure one inference configuration in this process."""
+def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None = None,
+            dataset: Dataset | None = None) -> InferResult:
+    """Measure one inference configuration in this process; on `dataset` if given (images a
+    benchmark made, of spec.dataset's shape) instead of spec.dataset's files."""
     spec = spec.validated()
     device = resolve_device(spec.device)
     torch.set_num_threads(spec.threads)
@@ -81,7 +84,8 @@ def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None 
         cuda_notes["cuda_fp32_math"] = set_cuda_fp32_math(spec.precision, device)
 
     load_start = time.perf_counter()
-    dataset = data.load(spec.dataset, data_dir, spec.image_size, spec.strict_images)
+    if dataset is None:
+        dataset = data.load(spec.dataset, data_dir, spec.image_size, spec.strict_images)
     result.load_seconds = time.perf_counter() - load_start
     result.input_shape = shape_text(dataset.input_shape)
     host_images, labels = tiled(dataset.test_images, dataset.test_labels, spec.batch_size)
