@@ -66,6 +66,17 @@ def test_measure_uses_images_it_is_handed():
     handed = Dataset("handed", images[:30], labels[:30], images[30:], labels[30:], 10, "", "", tuple("abcdefghij"))
     result = measure(InferSpec(dataset="cifar10", model="seed-cnn", batch_size=4, threads=1), dataset=handed)
     assert result.status == "DONE" and result.input_shape == "3x32x32" and len(result.compute_seconds) >= 3
+    assert result.environment["batch_norms_folded"] == 0
+
+
+def test_measure_folds_a_user_models_batch_norm():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(40, 3, 16, 16), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=40).astype(np.int64)
+    handed = Dataset("handed", images[:30], labels[:30], images[30:], labels[30:], 10, "", "", tuple("abcdefghij"))
+    result = measure(InferSpec(dataset="cifar10", model="test_engine:tiny_resnet", batch_size=4, threads=1),
+                     dataset=handed)
+    assert result.status == "DONE" and result.environment["batch_norms_folded"] == 7  # each block's
 
 
 @pytest.mark.slow

@@ -587,7 +587,7 @@ def report(
     """
     from ..report.columns import INFERENCE, RUNS, TRAINING, TUNED, machine_rows
     from ..report.critical_batch import fit_lines
-    from ..report.inference import comparison_lines, load_inference, with_best
+    from ..report.inference import comparison_lines, folding_lines, load_inference, with_best
     from ..report.noise import noise_lines
     from ..report.precision import precision_lines
     from ..report.terminal import inference_table, runs_table, training_table, tuned_table
@@ -633,8 +633,8 @@ def report(
                 screen.print(tuned_table(best, screen.width))
         if len(measured) and not tuned_only:
             screen.print(inference_table(measured, screen.width))
-            for line in comparison_lines(measured):
-                screen.print(line, highlight=False)
+            for line in comparison_lines(measured) + folding_lines(measured):
+                screen.print(line, highlight=False, markup=False)
         for line in precision_lines(training, measured):  # a bf16 slowdown that is the CPU's, said so
             screen.print(line, highlight=False, markup=False)
 
@@ -642,6 +642,7 @@ def report(
 def write_figures(sources: list[Path], training, measured, html: Optional[Path], png: Optional[Path]) -> None:
     from ..report.figures import all_figures
     from ..report.html import page
+    from ..report.inference import folding_lines
     from ..report.precision import precision_lines
     from ..report.training import aggregate, load_epochs, load_evaluations, load_machines, merged
 
@@ -656,7 +657,7 @@ def write_figures(sources: list[Path], training, measured, html: Optional[Path],
 
         machines = {k: v for source in sources for k, v in load_machines(source).items()}
         studies = [study for source in sources for study in stored_advice(source)]
-        notes = precision_lines(training, measured)
+        notes = precision_lines(training, measured) + folding_lines(measured)
         html.write_text(page(figures, rows, measured, machines, [str(s) for s in sources], studies, notes))
         err.print(f"report written to {html}")
 

@@ -4,6 +4,8 @@
   timed call is one forward pass in inference mode, the device synchronised before and after.
 - with overheads: each timed call starts from the uint8 batch in host memory and includes the
   host→device copy, normalisation, the forward pass and the device→host copy of the predictions.
+- the model: in eval mode, batch norm folded into the convolution before it (nn/folding.py), as
+  inference deployments prepare a model; the result records how many were folded.
 - first call: the very first forward pass of the fresh model (allocator, kernel selection), timed
   once and reported apart; both series above start after it.
 - on a CUDA device with whole batches, both series replay a CUDA graph of the forward pass
@@ -38,6 +40,7 @@ from ..device.product_speed import product_speed
 from ..device.threads import denormals_flushed
 from ..device.timing import Region, peak_memory_bytes, reset_peak_memory
 from ..nn import microbatch, models
+from ..nn.folding import fold_batch_norms
 from ..nn.placement import autocast, place
 from ..nn.texts import shape_text
 from ..spec.run import InferSpec
@@ -100,6 +103,8 @@ def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None 
         model.load_state_dict(saved["state_dict"])
         normalized = Normalize(saved["mean"], saved["std"], device)  # as the weights were trained
         result.weights_source = spec.weights
+    # As a model prepared for inference: batch norm folded into the convolutions (nn/folding.py).
+    model, folded, unfolded = fold_batch_norms(model.eval())
     model = place(model, device, spec.precision).eval()
     models.check_output(model, normalized(host_images[:2].to(device)), dataset.classes, spec.model, spec.dataset)
     slice_size = microbatch.slice_size(spec.micro_batch, spec.batch_size, model, normalized(host_images[:1].to(device)),
@@ -138,5 +143,6 @@ def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None 
                           "micro_batch": slice_size, "data_notes": list(dataset.notes),
                           "precision_units": precision_units(spec.precision, device),
                           "precision_product_speed": product_speed(spec.precision, device),
-                          "denormals_flushed": denormals_flushed(), **cuda_notes}
+                          "denormals_flushed": denormals_flushed(), "batch_norms_folded": folded,
+                          **({"batch_norm_unfolded": unfolded} if unfolded else {}), **cuda_notes}
     return result

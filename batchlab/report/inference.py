@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..store.store import Store
+from .precision import recorded
 from .training import read_store
 
 CONFIG_KEYS = ["device", "threads", "precision", "slicing", "machine"]  # one "device" in comparisons
@@ -83,4 +84,24 @@ def comparison_lines(rows: pd.DataFrame) -> list[str]:
             where = (f"wins from batch {found['crossover']:,} on" if found["crossover"] is not None
                      else "does not win at the largest batch measured")
             lines.append(f"{found['other']} vs {found['baseline']} ({found['model']}, {label}): {speedups}; {where}")
+    return lines
+
+
+def folding_lines(rows: pd.DataFrame) -> list[str]:
+    """One line per model whose inference ran with batch norm folded into its convolutions
+    (nn/folding.py), or that had batch norm left as it is because torch.fx could not trace it."""
+    if not len(rows) or "environment" not in rows:
+        return []
+    folded: dict[str, set[int]] = {}
+    unfolded: dict[str, str] = {}
+    for model, environment in zip(rows["model"], rows["environment"]):
+        fields = recorded(environment)
+        if fields.get("batch_norms_folded"):
+            folded.setdefault(model, set()).add(int(fields["batch_norms_folded"]))
+        elif fields.get("batch_norm_unfolded"):
+            unfolded[model] = str(fields["batch_norm_unfolded"])
+    lines = [f"{model}: inference ran with {'/'.join(map(str, sorted(counts)))} batch-norm layer(s) folded into the "
+             f"convolution before each, as inference deployments do (same results up to rounding; training runs "
+             f"them as they are)." for model, counts in sorted(folded.items())]
+    lines += [f"{model}: inference ran its batch norm as it is, {reason}." for model, reason in sorted(unfolded.items())]
     return lines
