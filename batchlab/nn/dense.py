@@ -58,25 +58,35 @@ def product_count(height: int, width: int, kernel: tuple[int, int], stride: tupl
     return sum(len(runs) for runs in tap_runs(height, width, kernel, stride, padding)[0])
 
 
-class _RunProducts(torch.autograd.Function):
+def run_columns(run: Run, channels: int) -> tuple[slice, slice]:
+    """The run's columns in the flattened images and in the weight's rows."""
+    first, tap, length = run
+    return slice(first * channels, (first + length) * channels), slice(tap * channels, (tap + length) * channels)
+
+
+def run_products(flat: torch.Tensor, weight_rows: torch.Tensor, runs, channels: int) -> torch.Tensor:
     """(images, positions × channels) and (out channels, taps × channels) → (images, output positions,
-    out channels), one product per run; the backward makes both gradients by the same runs."""
+    out channels), one matrix product per run."""
+    out = flat.new_empty(len(flat), len(runs), len(weight_rows))
+    for position, position_runs in enumerate(runs):
+        target = out[:, position]  # a strided view the products write into
+        if not position_runs:
+            target.zero_()
+        for index, run in enumerate(position_runs):
+            columns, taps = run_columns(run, channels)
+            # beta 0 ignores the empty memory's contents (even NaN) on the first run
+            target.addmm_(flat[:, columns], weight_rows[:, taps].t(), beta=0 if index == 0 else 1)
+    return out
+
+
+class _RunProducts(torch.autograd.Function):
+    """run_products with its backward, which makes both gradients by the same runs."""
 
     @staticmethod
     def forward(ctx, flat: torch.Tensor, weight_rows: torch.Tensor, runs, channels: int) -> torch.Tensor:
         ctx.save_for_backward(flat, weight_rows)
         ctx.runs, ctx.channels = runs, channels
-        out = flat.new_empty(len(flat), len(runs), len(weight_rows))
-        for position, position_runs in enumerate(runs):
-            target = out[:, position]  # a strided view the products write into
-            if not position_runs:
-                target.zero_()
-            for index, (first, tap, length) in enumerate(position_runs):
-                columns, taps = slice(first * channels, (first + length) * channels), \
-                    slice(tap * channels, (tap + length) * channels)
-                # beta 0 ignores the empty memory's contents (even NaN) on the first run
-                target.addmm_(flat[:, columns], weight_rows[:, taps].t(), beta=0 if index == 0 else 1)
-        return out
+        return run_products(flat, weight_rows, runs, channels)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -87,9 +97,8 @@ class _RunProducts(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight_rows) if ctx.needs_input_grad[1] else None
         for position, position_runs in enumerate(ctx.runs):
             grad_here = grad[:, position]
-            for first, tap, length in position_runs:
-                columns, taps = slice(first * channels, (first + length) * channels), \
-                    slice(tap * channels, (tap + length) * channels)
+            for run in position_runs:
+                columns, taps = run_columns(run, channels)
                 if grad_flat is not None:
                     grad_flat[:, columns].addmm_(grad_here, weight_rows[:, taps])
                 if grad_weight is not None:
@@ -107,7 +116,10 @@ def dense_convolution(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     runs, out_h, out_w = tap_runs(height, width, (kernel_h, kernel_w), stride, padding)
     flat = inputs.permute(0, 2, 3, 1).reshape(batch, height * width * in_channels)  # a view if channels-last
     weight_rows = weight.permute(0, 2, 3, 1).reshape(out_channels, kernel_h * kernel_w * in_channels)  # likewise
-    out = _RunProducts.apply(flat, weight_rows, runs, in_channels)
+    if torch.is_grad_enabled() and (flat.requires_grad or weight_rows.requires_grad):
+        out = _RunProducts.apply(flat, weight_rows, runs, in_channels)
+    else:  # inference: no autograd node to make (~10 µs a call)
+        out = run_products(flat, weight_rows, runs, in_channels)
     if bias is not None:
         out = out + bias
     return out.view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2)
