@@ -2,7 +2,8 @@
 
 Same network (seed-cnn, or keras-cnn with --model), same data (Fashion-MNIST), fp32, CPU, all cores:
 - batchlab: the code paths `batchlab train` (train/engine.StepLoop) and `batchlab infer` (infer/measure.measure) use;
-- plain PyTorch: DataLoader over a TensorDataset (plain_torch.py);
+- plain PyTorch: DataLoader over a TensorDataset (plain_torch.py), the network in PyTorch's default
+  layout and, as a second peer, moved to channels-last;
 - Keras 3 on TensorFlow (keras_peer.py), if the optional environment exists (`make bench-tf`).
 Also: this machine's fp32 GEMM rate, every training/inference figure as a fraction of it, the cost
 of the engine's measurement (per-step buffers) against the same loop without it, and test accuracy
@@ -131,12 +132,18 @@ def batchlab_train(prep, batch: int, repeats: int, record: bool = True, gns: boo
     return rates
 
 
-def plain_train(prep, batch: int, repeats: int, model_name: str = "seed-cnn") -> list[float]:
+def plain_network(model_name: str, channels_last: bool) -> torch.nn.Module:
+    """The plain network, seeded, in PyTorch's default layout or moved to channels-last as a user may."""
+    torch.manual_seed(0)
+    model = plain_torch.MODELS[model_name]()
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def plain_train(prep, batch: int, repeats: int, model_name: str = "seed-cnn", channels_last: bool = False) -> list[float]:
     images = prep.dd.normalize(prep.dd.train_images)
     rates = []
     for _ in range(repeats):
-        torch.manual_seed(0)
-        model = plain_torch.MODELS[model_name]()
+        model = plain_network(model_name, channels_last)
         subset = torch.randperm(len(images))[:images_for(batch)]
         plain_torch.train_images_per_second(model, images[subset[:2 * batch]], prep.dd.train_labels[subset[:2 * batch]], batch)
         rates.append(plain_torch.train_images_per_second(model, images[subset], prep.dd.train_labels[subset], batch))
@@ -153,10 +160,10 @@ def batchlab_infer(batch: int, data_dir: str | None, repeats: int, model_name: s
     return rates
 
 
-def plain_infer(prep, batch: int, repeats: int, model_name: str = "seed-cnn") -> list[float]:
+def plain_infer(prep, batch: int, repeats: int, model_name: str = "seed-cnn", channels_last: bool = False) -> list[float]:
     images = prep.dd.normalize(prep.dd.test_images)
     tiled = images[torch.arange(max(batch, 2048)) % len(images)]
-    model = plain_torch.MODELS[model_name]()
+    model = plain_network(model_name, channels_last)
     plain_torch.infer_images_per_second(model, tiled[:batch], batch)  # warm-up
     return [plain_torch.infer_images_per_second(model, tiled, batch) for _ in range(repeats)]
 
@@ -273,15 +280,23 @@ def main() -> None:
     keras = KerasPeer(prep, Path(scratch.name))
     if not keras.available:
         print("Keras/TensorFlow: not installed (make bench-tf); timing the PyTorch loops only")
+    # Each plain loop twice: in PyTorch's default layout, and moved to channels-last as a user may
+    # (for seed-cnn's inference the faster of the two).
     modes = [("train", train_sizes, flops["train"], lambda b: batchlab_train(prep, b, 1, model_name=model_name),
-              lambda b: plain_train(prep, b, 1, model_name)),
+              {"plain_torch": lambda b: plain_train(prep, b, 1, model_name),
+               "plain_torch_channels_last": lambda b: plain_train(prep, b, 1, model_name, channels_last=True)}),
              ("infer", infer_sizes, flops["infer"], lambda b: batchlab_infer(b, args.data_dir, 1, model_name),
-              lambda b: plain_infer(prep, b, 1, model_name))]
-    for mode, sizes, flop_per_image, ours, plain in modes:
+              {"plain_torch": lambda b: plain_infer(prep, b, 1, model_name),
+               "plain_torch_channels_last": lambda b: plain_infer(prep, b, 1, model_name, channels_last=True)})]
+    for mode, sizes, flop_per_image, ours, plains in modes:
         for batch in sizes:
-            # batchlab and plain PyTorch alternate repeat by repeat, Keras follows at the same size.
-            pairs = [(ours(batch)[0], plain(batch)[0]) for _ in range(repeats)]
-            rates = {"batchlab": spread([p[0] for p in pairs]), "plain_torch": spread([p[1] for p in pairs])}
+            # batchlab and the plain loops alternate repeat by repeat, Keras follows at the same size.
+            figures = {"batchlab": [], **{name: [] for name in plains}}
+            for _ in range(repeats):
+                figures["batchlab"].append(ours(batch)[0])
+                for name, plain in plains.items():
+                    figures[name].append(plain(batch)[0])
+            rates = {name: spread(values) for name, values in figures.items()}
             keras_rates = keras.rates(mode, batch, repeats, model_name)
             if keras_rates:
                 rates["keras"] = spread(keras_rates)
@@ -289,7 +304,8 @@ def main() -> None:
             mine = rates["batchlab"]["median"]
             best = max(rates[name]["median"] for name in rates if name != "batchlab")
             print(f"{mode} bs={batch:>5}: batchlab {mine:>8,.0f} img/s ({mine * flop_per_image / ceiling:5.1%} of GEMM)  "
-                  f"plain PyTorch {rates['plain_torch']['median']:>8,.0f}  Keras "
+                  f"plain PyTorch {rates['plain_torch']['median']:>8,.0f} (channels-last "
+                  f"{rates['plain_torch_channels_last']['median']:>7,.0f})  Keras "
                   + (f"{rates['keras']['median']:>8,.0f}" if "keras" in rates else f"{'—':>8}")
                   + f"  ÷ best peer {mine / best:.2f}x", flush=True)
     scratch.cleanup()
