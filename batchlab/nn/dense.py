@@ -118,7 +118,7 @@ def dense_convolution(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     weight_rows = weight.permute(0, 2, 3, 1).reshape(out_channels, kernel_h * kernel_w * in_channels)  # likewise
     if torch.is_grad_enabled() and (flat.requires_grad or weight_rows.requires_grad):
         out = _RunProducts.apply(flat, weight_rows, runs, in_channels)
-    else:  # inference: no autograd node to make (~10 µs a call)
+    else:  # inference: no autograd node to make (~7 µs a call)
         out = run_products(flat, weight_rows, runs, in_channels)
     if bias is not None:
         out = out + bias
