@@ -243,7 +243,10 @@ def main() -> None:
             print(f"bs={batch:>4} {name:<34} {rate:>8,.0f} img/s  data wait {figure['data_wait_share']['median']:6.1%}"
                   + (f"  ÷ best plain loop {rate / against:.2f}x" if name.startswith("batchlab") else ""), flush=True)
     for batch in [16] if args.quick else INFER_BATCH_SIZES:
-        figures = {name: [loop(batch) for _ in range(repeats)] for name, loop in infer_loops.items()}
+        figures = {name: [] for name in infer_loops}
+        for _ in range(repeats):  # alternating, as the training loops above
+            for name, loop in infer_loops.items():
+                figures[name].append(loop(batch))
         row = {name: spread(values) for name, values in figures.items()}
         results["infer"][batch] = row
         best_plain = max(row["plain"]["median"], row["plain channels-last"]["median"])
