@@ -54,6 +54,37 @@ def test_folds_each_batch_norm_whose_convolution_feeds_only_it_and_keeps_the_res
     assert isinstance(model.norm, nn.BatchNorm2d)
 
 
+class Reused(nn.Module):
+    """One convolution called twice (normalised once, read raw once), one normalised by two batch
+    norms, one whose weight the graph reads as well: folding any of them would change its other use."""
+
+    def __init__(self):
+        super().__init__()
+        self.twice, self.twice_norm = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.shared, self.first_norm, self.second_norm = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+        self.read, self.read_norm = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+
+    def forward(self, images):
+        features = self.twice_norm(self.twice(images)) + self.twice(images)
+        features = self.first_norm(self.shared(features)) + self.second_norm(self.shared(features))
+        return self.read_norm(self.read(features)) + self.read.weight.sum()
+
+
+def test_a_convolution_used_more_than_once_is_not_folded():
+    model = trained_statistics(Reused())
+    images = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        before = model(images)
+        folded, count, why = fold_batch_norms(model)
+        assert (count, why) == (0, None) and folded is model
+        assert torch.equal(folded(images), before)
+
+
+def test_a_model_in_training_mode_is_not_folded_and_says_why():
+    model = Block().train()
+    assert fold_batch_norms(model) == (model, 0, "the model is in training mode")
+
+
 def test_an_untraceable_model_runs_as_it_is_and_says_why():
     class Branching(nn.Module):
         def __init__(self):

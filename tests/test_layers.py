@@ -252,6 +252,13 @@ def test_convolutions_of_few_products_run_dense(monkeypatch):
         layers.Conv2d(16, 8, 3)(torch.randn(2, 16, 1, 1))  # torch's own error, not one of the dense path's
 
 
+@pytest.mark.parametrize("side", [1, 4, 20])  # dense, im2col and oneDNN sizes
+def test_negative_padding_is_refused_as_torch_refuses_it(side):
+    # The dense and im2col paths would crop the map instead.
+    with pytest.raises(RuntimeError, match="negative padding is not supported"):
+        layers.Conv2d(4, 3, 1, padding=-1).to(memory_format=torch.channels_last)(torch.randn(2, 4, side, side))
+
+
 def test_the_dense_path_trains_after_its_first_call_in_inference_mode():
     # Its first version cached index tensors per shape: made under inference_mode (an evaluation before
     # any training step), they could not be saved for a later backward.

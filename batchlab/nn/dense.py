@@ -14,6 +14,9 @@ gradient run by run into one buffer. Laying the taps out with index_select inste
 version) copied them at every call, most of the call at small batches: 512→512 on 1×1 at 1 image
 136 µs against 39 µs with views, oneDNN's convolution 230 µs (inference; forward + backward 2,834,
 803 and 1,489 µs).
+
+The backward is first-order only (batchlab trains on plain gradients): a gradient of a gradient
+(`create_graph=True`) or a torch.func transform through this path raises instead of computing one.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ as it is, and the reason is returned.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch.fx as fx
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
@@ -30,15 +32,22 @@ class _Tracer(fx.Tracer):
 
 
 def fold_batch_norms(model: nn.Module) -> tuple[nn.Module, int, str | None]:
-    """(model for inference, batch norms folded, why none could be): `model` must be in eval mode;
-    it is left unchanged, the folded model shares its other layers."""
+    """(model for inference, batch norms folded, why none could be): `model` should be in eval mode
+    (in training mode nothing is folded, and that is the reason given); it is left unchanged, the
+    folded model shares its other layers."""
     if not any(isinstance(module, nn.BatchNorm2d) for module in model.modules()):
         return model, 0, None
+    if model.training:  # a batch norm in training mode normalises by the batch: nothing fixed to fold
+        return model, 0, "the model is in training mode"
     try:
         traced = fx.GraphModule(model, _Tracer().trace(model))
     except Exception as error:  # any failure to trace leaves the model as it is; the reason is kept
         return model, 0, f"not traceable by torch.fx ({type(error).__name__}: {str(error).splitlines()[0][:120]})"
     modules = dict(traced.named_modules())
+    # Folding rewrites a convolution module's weights, which every use of that module sees: only
+    # convolutions called once, whose parameters the graph reads nowhere else, may be folded.
+    calls = Counter(node.target for node in traced.graph.nodes if node.op == "call_module")
+    read = [node.target for node in traced.graph.nodes if node.op == "get_attr"]
     folded = 0
     for node in list(traced.graph.nodes):
         norm = modules.get(node.target) if node.op == "call_module" else None
@@ -48,6 +57,8 @@ def fold_batch_norms(model: nn.Module) -> tuple[nn.Module, int, str | None]:
         conv = modules.get(source.target) if isinstance(source, fx.Node) and source.op == "call_module" else None
         if not isinstance(conv, nn.Conv2d) or len(source.users) != 1:
             continue  # the convolution's output is read elsewhere too (a shortcut): it must stay unnormalised
+        if calls[source.target] != 1 or any(name.startswith(source.target + ".") for name in read):
+            continue  # the same convolution serves elsewhere, unnormalised or by another batch norm
         parent, _, name = source.target.rpartition(".")
         setattr(traced.get_submodule(parent), name, fuse_conv_bn_eval(conv, norm))
         node.replace_all_uses_with(source)

@@ -171,8 +171,9 @@ class Conv2d(nn.Conv2d):
         return positions * self.in_channels * kernel_h * kernel_w <= IM2COL_MAX_UNFOLDED_FORWARD
 
     def _is_plain(self) -> bool:
+        # Negative padding goes to torch's convolution too, which refuses it (the paths here would crop).
         return (self.groups == 1 and self.padding_mode == "zeros" and not isinstance(self.padding, str)
-                and all(step == 1 for step in self.dilation))
+                and all(step == 1 for step in self.dilation) and min(self.padding) >= 0)
 
 
 def with_fast_convolutions(model: nn.Module) -> nn.Module:
