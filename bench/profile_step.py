@@ -27,8 +27,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import plain_torch  # noqa: E402
-from run import gemm_flops  # noqa: E402
+from run import gemm_flops, plain_network  # noqa: E402
 
 from batchlab.core.cpus import available_cores  # noqa: E402
 from batchlab.device.heap import keep_freed_memory  # noqa: E402
@@ -115,7 +114,7 @@ def main() -> None:
     device = torch.device("cpu")
     torch.manual_seed(0)
     model = place(models.build("seed-cnn"), device, "fp32")
-    plain = plain_torch.seed_cnn().to(memory_format=torch.channels_last)
+    plain = plain_network("seed-cnn", channels_last=True)  # the peer bench/run.py times
     images, labels = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
     slices = microbatch.slice_size(microbatch.AUTOMATIC, batch, model, images[:1])
     optimizer = make_optimizer("momentum", model.parameters(), 0.01)
