@@ -1,17 +1,22 @@
-"""Where a training step and an inference pass of seed-cnn spend their time, against this
-machine's GEMM ceiling and against the plain PyTorch loop: the roofline behind docs/performance.md.
+"""Where a training step and an inference pass spend their time, against this machine's GEMM
+ceiling and against the plain PyTorch loop: the roofline behind docs/performance.md.
 
-    python bench/profile_step.py [--batch-size 4096] [--steps 3]
+    python bench/profile_step.py [--model seed-cnn|keras-cnn|torchvision:resnet18] [--batch-size 4096]
+                                 [--steps 3] [--only training|inference]
 
 Profiles batchlab's real code path (channels-last model, automatic micro-batches, the built-in
-layers, this process set up as a run's: denormals flushed, freed memory kept) and splits the time
-into the convolutions, the linear layers, the optimizer's update and everything else (pooling,
-ReLU, dropout, loss, framework), with the FLOPs of seed-cnn's layers counted by hand (the profiler
-counts none for oneDNN's ops): what rate the compute ran at, and what throughput would be left if
-everything else took no time at all. The plain loop bench/run.py compares with (the network moved
-to channels-last, torch.optim.SGD) is split the same way beside it, per step, so the parts both
-pay (the floor a faster loop cannot go below with the same libraries) and the parts batchlab saves
-show side by side.
+layers, inference on the model `batchlab infer` prepares: batch norm folded, eval mode; this
+process set up as a run's: denormals flushed, freed memory kept) and splits the time into the
+convolutions, the linear layers, batch norm, the optimizer's update and everything else (pooling,
+ReLU, dropout, loss, framework). The FLOPs of the convolutions and linear layers are counted from
+the shapes they really see (the profiler counts none for oneDNN's ops): what rate the compute ran
+at, and what throughput would be left if everything else took no time at all. The plain loop
+moved to channels-last (bench/run.py's and bench/images.py's fastest plain peer below batch
+1,024; torch.optim.SGD) is split the same way beside it, so the parts both pay (the floor a faster
+loop cannot go below with the same libraries) and the parts batchlab saves show side by side.
+
+seed-cnn and keras-cnn run on 1×28×28 images, torchvision models on 3×32×32 (CIFAR's shape; they
+need torchvision: `make bench-vision` builds an environment with it).
 """
 
 from __future__ import annotations
@@ -23,45 +28,87 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.profiler import ProfilerActivity, profile
+from torch import nn
+from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from run import gemm_flops, plain_network  # noqa: E402
+import images as images_bench  # noqa: E402
+import run as run_bench  # noqa: E402
 
 from batchlab.core.cpus import available_cores  # noqa: E402
 from batchlab.device.heap import keep_freed_memory  # noqa: E402
 from batchlab.device.threads import flush_denormals  # noqa: E402
-from batchlab.nn import microbatch, models  # noqa: E402
+from batchlab.nn import dense, microbatch, models  # noqa: E402
+from batchlab.nn.folding import fold_batch_norms  # noqa: E402
+from batchlab.nn.names import TORCHVISION_PREFIX  # noqa: E402
 from batchlab.nn.placement import place  # noqa: E402
 from batchlab.train.engine import make_optimizer, train_step  # noqa: E402
 
-# FLOPs per image that seed-cnn's layers really compute (2 per multiply-add), on its 25×25 input
-# crop (models.py): conv1 4x4x1 → 22x22x32, conv2 4x4x32 → 8x8x64, fc1 1024 → 500, fc2 500 → 10.
-# Backward: conv1 needs only its weight gradient. (The nominal network, on 28×28, costs 7.0 and
-# 20.3 MFLOP per image; bench/run.py's "% of ceiling" uses those.)
-CONV_FORWARD = 2 * (22 * 22 * 32 * 16 + 8 * 8 * 64 * 512)
-CONV_BACKWARD = 2 * (22 * 22 * 32 * 16) + 2 * 2 * (8 * 8 * 64 * 512)
-LINEAR_FORWARD = 2 * (1024 * 500 + 500 * 10)
-PARTS = ("convolutions", "linear layers", "optimizer update", "everything else")
-CATEGORIES = {  # op → part of the step, for it and the ops it calls (the optimizer's step: its update)
+PARTS = ("convolutions", "linear layers", "batch norm", "optimizer update", "everything else")
+DENSE_LABEL = "batchlab dense convolution"  # record_function label put around nn/dense.py's products
+CATEGORIES = {  # op or autograd node → part of the step, for it and the ops it calls
     "aten::mkldnn_convolution": "convolutions", "aten::convolution_backward": "convolutions",
     "aten::thnn_conv2d": "convolutions", "aten::_slow_conv2d_forward": "convolutions",
-    "aten::_slow_conv2d_backward": "convolutions",
+    "aten::_slow_conv2d_backward": "convolutions", "mkldnn::_convolution_pointwise": "convolutions",
+    DENSE_LABEL: "convolutions", "_RunProducts": "convolutions", "_RunProductsBackward": "convolutions",
     "mkldnn::_linear_pointwise": "linear layers", "aten::mm": "linear layers", "aten::addmm": "linear layers",
+    "aten::native_batch_norm": "batch norm", "aten::native_batch_norm_backward": "batch norm",
+    "aten::_native_batch_norm_legit": "batch norm", "aten::_native_batch_norm_legit_no_training": "batch norm",
 }
+NODE_PREFIX = "autograd::engine::evaluate_function: "
 
 
 def part_of(event) -> str:
-    """The part of PARTS an op belongs to: that of its nearest enclosing op with one (a layout copy
-    inside a convolution's backward is the convolution's), else everything else."""
+    """The part of PARTS an op belongs to: that of its nearest enclosing op or autograd node with
+    one (a layout copy inside a convolution's backward is the convolution's), else everything else."""
     while event is not None:
-        if event.name.startswith("Optimizer.step#"):
+        name = event.name.removeprefix(NODE_PREFIX)
+        if name.startswith("Optimizer.step#"):
             return "optimizer update"
-        if event.name in CATEGORIES:
-            return CATEGORIES[event.name]
+        if name in CATEGORIES:
+            return CATEGORIES[name]
         event = event.cpu_parent
     return "everything else"
+
+
+def label_dense_products() -> None:
+    """Name nn/dense.py's matrix products in the profile: they are plain addmm_ calls, which would
+    otherwise count as linear layers (training: inside _RunProducts; inference: called directly)."""
+    products = dense.run_products
+
+    def labelled(*args, **kwargs):
+        with record_function(DENSE_LABEL):
+            return products(*args, **kwargs)
+
+    dense.run_products = labelled
+
+
+def counted_flops(model: nn.Module, sample: torch.Tensor) -> dict[str, tuple[float, float]]:
+    """(forward, backward) FLOPs per image (2 per multiply-add) of the model's convolutions and
+    linear layers, from the shapes one image really meets (seed-cnn's crop included). The backward
+    computes the weight's gradient and, where the layer's input needs one, the input's: the first
+    layer, fed the images themselves, skips that."""
+    totals = {"convolutions": [0.0, 0.0], "linear layers": [0.0, 0.0]}
+
+    def count(module, inputs, output) -> None:
+        if isinstance(module, nn.Conv2d):
+            part, forward = "convolutions", 2 * output.numel() * module.weight[0].numel()
+        elif isinstance(module, nn.Linear):
+            part, forward = "linear layers", 2 * output.numel() * module.in_features
+        else:
+            return
+        totals[part][0] += forward
+        totals[part][1] += forward * (2 if inputs[0].requires_grad else 1)
+
+    handles = [module.register_forward_hook(count) for module in model.modules()]
+    training = model.training
+    model.eval()  # batch norm in training mode refuses a single image's 1×1 maps
+    model(sample)  # grad mode, so that requires_grad flows from layer to layer
+    model.train(training)
+    for handle in handles:
+        handle.remove()
+    return {part: (forward, backward) for part, (forward, backward) in totals.items()}
 
 
 def profiled_parts(call: Callable[[], None], repeats: int) -> tuple[dict[str, float], dict[str, float]]:
@@ -95,56 +142,74 @@ def report(batchlab: tuple[dict, dict], plain: tuple[dict, dict], images: int, f
     print(f"{'total':<17} {total * 1e6:12,.0f} {'':>6} {'':>8} {'':>10} {plain_total * 1e6:10,.0f}")
     compute = batchlab["convolutions"] + batchlab["linear layers"]
     print(f"if everything but the convolutions and linear layers took no time: {images / compute:,.0f} images/s")
+    at_ceiling = sum(flops.values()) * images / ceiling
+    print(f"if they ran at the GEMM ceiling too: {images / at_ceiling:,.0f} images/s")
     print("largest in everything else, µs (batchlab / plain): " + ", ".join(
         f"{name} {seconds * 1e6:,.0f} / {plain_rest.get(name, 0.0) * 1e6:,.0f}"
         for name, seconds in sorted(rest.items(), key=lambda item: -item[1])[:8]))
 
 
+def plain_network(name: str) -> nn.Module:
+    """The plain peer the benches time, moved to channels-last."""
+    if name.startswith(TORCHVISION_PREFIX):
+        torch.manual_seed(0)
+        return images_bench.plain_network(name).to(memory_format=torch.channels_last)
+    return run_bench.plain_network(name, channels_last=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="seed-cnn", help="seed-cnn, keras-cnn or torchvision:NAME")
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--only", choices=("training", "inference"), help="profile one of the two")
     args = parser.parse_args()
     flush_denormals()  # as a run's own process does (bench/run.py too)
     keep_freed_memory()
     torch.set_num_threads(available_cores())
-    ceiling = max(gemm_flops().values())
-    print(f"GEMM ceiling {ceiling / 1e9:,.0f} GFLOP/s")
-    batch = args.batch_size
-    device = torch.device("cpu")
+    label_dense_products()
+    ceiling = max(run_bench.gemm_flops().values())
+    print(f"{args.model}; GEMM ceiling {ceiling / 1e9:,.0f} GFLOP/s")
+    batch, name = args.batch_size, args.model
+    shape = images_bench.SHAPE if name.startswith(TORCHVISION_PREFIX) else models.MNIST_SHAPE
     torch.manual_seed(0)
-    model = place(models.build("seed-cnn"), device, "fp32")
-    plain = plain_network("seed-cnn", channels_last=True)  # the peer bench/run.py times
-    images, labels = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
-    slices = microbatch.slice_size(microbatch.AUTOMATIC, batch, model, images[:1])
-    optimizer = make_optimizer("momentum", model.parameters(), 0.01)
-    plain_optimizer = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9)  # as plain_torch's loop
-    print(f"batch {batch}, micro-batches of at most {slices} images")
+    model = place(models.build(name, input_shape=shape), torch.device("cpu"), "fp32")
+    plain = plain_network(name)
+    images, labels = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
+    flops = counted_flops(model, images[:1])
 
-    def plain_step() -> None:
-        plain_optimizer.zero_grad()
-        F.cross_entropy(plain(images), labels).backward()
-        plain_optimizer.step()
+    if args.only != "inference":
+        slices = microbatch.slice_size(microbatch.AUTOMATIC, batch, model, images[:1])
+        print(f"training: batch {batch}, micro-batches of at most {slices} images")
+        optimizer = make_optimizer("momentum", model.parameters(), 0.01)
+        plain_optimizer = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9)  # as the benches' plain loops
 
-    ours = profiled_parts(lambda: train_step(model, optimizer, images, labels, slice_size=slices), args.steps)
-    theirs = profiled_parts(plain_step, args.steps)
-    report(ours, theirs, batch, {"convolutions": CONV_FORWARD + CONV_BACKWARD, "linear layers": 3 * LINEAR_FORWARD},
-           ceiling, "training")
+        def plain_step() -> None:
+            plain_optimizer.zero_grad()
+            F.cross_entropy(plain(images), labels).backward()
+            plain_optimizer.step()
 
-    model.eval()
-    plain.eval()
+        ours = profiled_parts(lambda: train_step(model, optimizer, images, labels, slice_size=slices), args.steps)
+        theirs = profiled_parts(plain_step, args.steps)
+        report(ours, theirs, batch, {part: sum(pair) for part, pair in flops.items()}, ceiling, "training")
 
-    def infer() -> None:
-        with torch.inference_mode():
-            for start, stop in microbatch.bounds(batch, slices):
-                model(images[start:stop])
+    if args.only != "training":
+        prepared, _, _ = fold_batch_norms(model.eval())  # as batchlab infer prepares it (infer/measure.py)
+        plain.eval()
+        slices = microbatch.slice_size(microbatch.AUTOMATIC, batch, prepared, images[:1])
+        print(f"\ninference: batch {batch}, micro-batches of at most {slices} images")
 
-    def plain_infer() -> None:
-        with torch.inference_mode():
-            plain(images)
+        def infer() -> None:
+            with torch.inference_mode():
+                for start, stop in microbatch.bounds(batch, slices):
+                    prepared(images[start:stop])
 
-    ours, theirs = profiled_parts(infer, args.steps), profiled_parts(plain_infer, args.steps)
-    report(ours, theirs, batch, {"convolutions": CONV_FORWARD, "linear layers": LINEAR_FORWARD}, ceiling, "inference")
+        def plain_infer() -> None:
+            with torch.inference_mode():
+                plain(images)
+
+        ours, theirs = profiled_parts(infer, args.steps), profiled_parts(plain_infer, args.steps)
+        report(ours, theirs, batch, {part: forward for part, (forward, _) in flops.items()}, ceiling, "inference")
 
 
 if __name__ == "__main__":
