@@ -19,19 +19,38 @@ batchlab's look-up in the tests' process alike.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import http.server
 import os
+import shutil
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis.configuration import set_hypothesis_home_dir
 from synthetic import IDX_FILES, dataset_info, write_folder_dataset, write_idx_dataset, write_image_folder
 
 FASHION_ENV = "BATCHLAB_TEST_FASHION_DIR"
 FASHION_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 REAL_DATA_FIXTURES = {"fashion_dir", "mnist_test_dir"}
+
+
+def keep_hypothesis_out_of_the_repository() -> None:
+    """Even without an example database, Hypothesis caches Unicode tables and the constants it
+    finds in the code under ./.hypothesis, the constants while pytest collects the tests: its home
+    is a temporary folder of this session instead, set as this conftest is imported, before the
+    test modules (unless $HYPOTHESIS_STORAGE_DIRECTORY names one)."""
+    if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+        return
+    home = tempfile.mkdtemp(prefix="batchlab-hypothesis-")
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    set_hypothesis_home_dir(home)
+
+
+keep_hypothesis_out_of_the_repository()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,13 +9,12 @@ The bugs this fuzzing found are fixed (each fix says why): in batchlab/data and 
 minimal example.
 
 Hypothesis keeps no example database here, and its caches go to a temporary folder removed at
-exit: the repository gets no .hypothesis/. Counts per test: see fuzz(); statistics with
+exit (tests/conftest.py): the repository gets no .hypothesis/. Counts per test: see fuzz(); statistics with
 pytest --hypothesis-show-statistics.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import dataclasses
 import datetime
@@ -24,7 +23,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import sqlite3
 import struct
 import tempfile
@@ -38,7 +36,6 @@ import numpy as np
 import pytest
 from hypothesis import currently_in_test_context, event, example, given, reject, settings
 from hypothesis import strategies as st
-from hypothesis.configuration import set_hypothesis_home_dir
 from synthetic import IDX_FILES
 from typer.testing import CliRunner
 
@@ -68,19 +65,6 @@ def fuzz(examples: int) -> settings:
     return settings(FUZZ, max_examples=max(1, round(examples * SCALE)))
 
 
-def keep_hypothesis_out_of_the_repository() -> None:
-    """Even without an example database, Hypothesis caches Unicode tables and the constants it
-    finds in the code under ./.hypothesis, the constants while pytest collects the tests: its home
-    is a temporary folder of this session instead, set as this module is imported (unless
-    $HYPOTHESIS_STORAGE_DIRECTORY names one)."""
-    if os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
-        return
-    home = tempfile.mkdtemp(prefix="batchlab-hypothesis-")
-    atexit.register(shutil.rmtree, home, ignore_errors=True)
-    set_hypothesis_home_dir(home)
-
-
-keep_hypothesis_out_of_the_repository()
 
 
 @pytest.fixture(scope="module")

@@ -112,8 +112,9 @@ class _RunProducts(torch.autograd.Function):
 def dense_convolution(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                       stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
     """F.conv2d(inputs, weight, bias, stride, padding) (zero padding, no dilation, one group) by the
-    runs of tap_runs. The result is channels-last, as oneDNN's is for channels-last inputs; inputs
-    and weight in the other layout are copied to it first (autograd carries the copies' gradients)."""
+    runs of tap_runs. The result is channels-last if the input or the weight is, else NCHW, as
+    torch's; inputs and weight not in channels-last are copied to it first (autograd carries the
+    copies' gradients)."""
     batch, in_channels, height, width = inputs.shape
     out_channels, _, kernel_h, kernel_w = weight.shape
     runs, out_h, out_w = tap_runs(height, width, (kernel_h, kernel_w), stride, padding)
@@ -125,4 +126,11 @@ def dense_convolution(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Te
         out = run_products(flat, weight_rows, runs, in_channels)
     if bias is not None:
         out = out + bias
-    return out.view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2)
+    out = out.view(batch, out_h, out_w, out_channels).permute(0, 3, 1, 2)
+    # torch's convolution returns channels-last when the input or the weight is in it, and NCHW
+    # otherwise: a model that views its output as (images, -1) expects that.
+    return out if any(_strictly_channels_last(tensor) for tensor in (inputs, weight)) else out.contiguous()
+
+
+def _strictly_channels_last(tensor: torch.Tensor) -> bool:
+    return tensor.is_contiguous(memory_format=torch.channels_last) and not tensor.is_contiguous()

@@ -18,6 +18,7 @@ from collections import Counter
 
 import torch.fx as fx
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from . import layers
@@ -59,8 +60,13 @@ def fold_batch_norms(model: nn.Module) -> tuple[nn.Module, int, str | None]:
             continue  # the convolution's output is read elsewhere too (a shortcut): it must stay unnormalised
         if calls[source.target] != 1 or any(name.startswith(source.target + ".") for name in read):
             continue  # the same convolution serves elsewhere, unnormalised or by another batch norm
+        if not _foldable(conv, norm):
+            continue
         parent, _, name = source.target.rpartition(".")
-        setattr(traced.get_submodule(parent), name, fuse_conv_bn_eval(conv, norm))
+        # The fused convolution replaces the old one in `modules` too: a second batch norm after the
+        # first (conv → BN → BN) then folds into it, not into the original, which would drop the first.
+        modules[source.target] = fused = fuse_conv_bn_eval(conv, norm)
+        setattr(traced.get_submodule(parent), name, fused)
         node.replace_all_uses_with(source)
         traced.graph.erase_node(node)
         folded += 1
@@ -69,3 +75,13 @@ def fold_batch_norms(model: nn.Module) -> tuple[nn.Module, int, str | None]:
     traced.delete_all_unused_submodules()
     traced.recompile()
     return traced, folded, None
+
+
+def _foldable(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> bool:
+    """Whether folding keeps the pair's results: both in eval mode (a model in eval mode may hold
+    layers set back to training), neither with forward hooks (a hook on the convolution would see
+    the normalised output, one on the batch norm would be lost; pruning and the old weight_norm
+    work by such hooks), and the convolution's weight a parameter of its own, not computed by a
+    parametrization (weight_norm, spectral_norm), which the fold would overwrite."""
+    hooked = any(module._forward_hooks or module._forward_pre_hooks for module in (conv, norm))
+    return not (conv.training or norm.training or hooked or parametrize.is_parametrized(conv))

@@ -42,6 +42,11 @@ def _product(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return _onednn_linear(inputs, weight, bias, "none", [], "")
 
 
+def _differentiable_product(inputs: torch.Tensor, weight: torch.Tensor, bias: None) -> torch.Tensor:
+    """_product by torch's own matrix product, which autograd can differentiate again."""
+    return inputs @ weight.t()
+
+
 class _OneDNNLinear(torch.autograd.Function):
     """A linear layer whose forward and both backward products run on oneDNN."""
 
@@ -54,8 +59,12 @@ class _OneDNNLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         inputs, weight = ctx.saved_tensors
-        grad_inputs = _product(grad, weight.t(), None) if ctx.needs_input_grad[0] else None
-        grad_weight = _product(grad.t(), inputs.t(), None) if ctx.needs_input_grad[1] else None
+        # Grad mode is on here only for a backward that builds a graph (create_graph: a gradient
+        # penalty, say): oneDNN's op has no derivative of its own, so the products are made by
+        # differentiable ones then; a second-order gradient through _product would be silently zero.
+        product = _differentiable_product if torch.is_grad_enabled() else _product
+        grad_inputs = product(grad, weight.t(), None) if ctx.needs_input_grad[0] else None
+        grad_weight = product(grad.t(), inputs.t(), None) if ctx.needs_input_grad[1] else None
         grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_inputs, grad_weight, grad_bias
 
@@ -64,11 +73,13 @@ class Linear(nn.Linear):
     """nn.Linear whose fp32 CPU products run on oneDNN (the library of PyTorch's convolutions)
     instead of MKL on CPUs not made by Intel (ONEDNN_LINEAR): 2.2x faster for seed-cnn's 1024→500
     layer at 102 rows on an AMD CPU, where MKL takes a slower path; elsewhere (Intel CPUs, GPU,
-    autocast, one row) it is nn.Linear."""
+    autocast, one row, no input features) it is nn.Linear. Not on the oneDNN path: forward-mode
+    gradients (torch.func.jvp), which raise there."""
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if (not ONEDNN_LINEAR or inputs.device.type != "cpu" or inputs.dtype != torch.float32
-                or inputs.dim() != 2 or len(inputs) < ONEDNN_MIN_ROWS or torch.is_autocast_enabled("cpu")):
+                or inputs.dim() != 2 or len(inputs) < ONEDNN_MIN_ROWS or self.in_features == 0
+                or torch.is_autocast_enabled("cpu")):
             return F.linear(inputs, self.weight, self.bias)
         return _OneDNNLinear.apply(inputs, self.weight, self.bias)
 
@@ -128,7 +139,8 @@ class Conv2d(nn.Conv2d):
     Xeon: seed-cnn trained 1.25x as fast at batch 1 and 2, 1.07x at 4, and inferred 1.46x at batch
     1, 1.30x at 2; keras-cnn trained 1.09x at batch 1; larger batches unchanged (docs/performance.md).
     Larger calls, other devices, autocast, and dilated, grouped, string-padded or non-zero-padded
-    convolutions are nn.Conv2d."""
+    convolutions are nn.Conv2d. Forward-mode gradients (torch.func.jvp) raise on the im2col path
+    (PyTorch's op has no forward derivative) and on the dense one."""
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if (inputs.device.type != "cpu" or inputs.dtype != torch.float32 or inputs.dim() != 4
@@ -212,8 +224,9 @@ class MaxPool2d(nn.MaxPool2d):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if ((torch.is_grad_enabled() and inputs.requires_grad) or inputs.device.type != "cpu" or inputs.dim() != 4
-                or inputs.numel() < FAST_POOL_MIN_ELEMENTS or not self._is_plain_2x2()):
-            return super().forward(inputs)
+                or not inputs.is_floating_point() or inputs.numel() < FAST_POOL_MIN_ELEMENTS
+                or min(inputs.shape[-2:]) < 2 or not self._is_plain_2x2()):
+            return super().forward(inputs)  # which refuses maps smaller than the window, and integer types
         height, width = inputs.shape[-2:]
         inputs = inputs[..., :height - height % 2, :width - width % 2]  # pooling floors odd sizes
         rows = torch.maximum(inputs[..., 0::2, :], inputs[..., 1::2, :])
@@ -261,9 +274,10 @@ class Dropout(nn.Dropout):
         if not self.training or self.p == 0:
             return inputs
         if self.p == 1:
-            return inputs * 0.0  # everything dropped (and no division by zero)
+            return inputs.mul_(0.0) if self.inplace else inputs * 0.0  # all dropped (NaN stays NaN, as torch's)
         if inputs.device.type == "cpu" and inputs.numel() >= KEEP_MASK_MIN_ELEMENTS:
             keep, p = keep_mask(inputs.shape, self.p)
         else:  # float32 draws even under bf16 autocast, so p is honoured to 2^-24, not to 2^-8.
             keep, p = torch.rand(inputs.shape, device=inputs.device) >= self.p, self.p
-        return inputs * keep.to(inputs.dtype).mul_(1 / (1 - p))
+        mask = keep.to(inputs.dtype).mul_(1 / (1 - p))
+        return inputs.mul_(mask) if self.inplace else inputs * mask
