@@ -4,6 +4,9 @@ ceiling and against the plain PyTorch loop: the roofline behind docs/performance
     python bench/profile_step.py [--model seed-cnn|keras-cnn|torchvision:resnet18] [--batch-size 4096]
                                  [--steps 3] [--only training|inference]
 
+(--steps calls per profile; each loop is profiled ROUNDS times, alternating, and each part's
+median over them is shown.)
+
 Profiles batchlab's real code path (channels-last model, automatic micro-batches, the built-in
 layers, inference on the model `batchlab infer` prepares: batch norm folded, eval mode; this
 process set up as a run's: denormals flushed, freed memory kept) and splits the time into the
@@ -22,6 +25,7 @@ need torchvision: `make bench-vision` builds an environment with it).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 from typing import Callable
@@ -57,6 +61,7 @@ CATEGORIES = {  # op or autograd node → part of the step, for it and the ops i
     "aten::_native_batch_norm_legit": "batch norm", "aten::_native_batch_norm_legit_no_training": "batch norm",
 }
 NODE_PREFIX = "autograd::engine::evaluate_function: "
+ROUNDS = 3  # profiles of each loop, alternating (alternated)
 
 
 def part_of(event) -> str:
@@ -127,6 +132,25 @@ def profiled_parts(call: Callable[[], None], repeats: int) -> tuple[dict[str, fl
     return seconds, rest
 
 
+def alternated(ours: Callable[[], None], theirs: Callable[[], None], repeats: int,
+               rounds: int = ROUNDS) -> tuple[tuple[dict, dict], tuple[dict, dict]]:
+    """profiled_parts of both loops, alternating for `rounds` rounds, each part's median over them:
+    on this shared VM one op's time moved 8x between two profiles of the same loop a second apart
+    (seed-cnn's 2 MB weight gradient at batch 1: 654 then 82 µs), so a single profile of each,
+    one after the other, could charge a passing slowdown to either."""
+    profiles = [[], []]
+    for _ in range(rounds):
+        for index, call in enumerate((ours, theirs)):
+            profiles[index].append(profiled_parts(call, repeats))
+    return tuple(_median_parts(runs) for runs in profiles)
+
+
+def _median_parts(runs: list[tuple[dict[str, float], dict[str, float]]]) -> tuple[dict, dict]:
+    names = {name for _, rest in runs for name in rest}
+    return ({part: statistics.median(parts[part] for parts, _ in runs) for part in PARTS},
+            {name: statistics.median(rest.get(name, 0.0) for _, rest in runs) for name in names})
+
+
 def report(batchlab: tuple[dict, dict], plain: tuple[dict, dict], images: int, flops: dict[str, float],
            ceiling: float, title: str) -> None:
     (batchlab, rest), (plain, plain_rest) = batchlab, plain
@@ -142,6 +166,8 @@ def report(batchlab: tuple[dict, dict], plain: tuple[dict, dict], images: int, f
     print(f"{'total':<17} {total * 1e6:12,.0f} {'':>6} {'':>8} {'':>10} {plain_total * 1e6:10,.0f}")
     compute = batchlab["convolutions"] + batchlab["linear layers"]
     print(f"if everything but the convolutions and linear layers took no time: {images / compute:,.0f} images/s")
+    if batchlab["optimizer update"]:  # a pass over every weight, bound by memory: each loop makes one
+        print(f"... but the optimizer's update too: {images / (compute + batchlab['optimizer update']):,.0f} images/s")
     at_ceiling = sum(flops.values()) * images / ceiling
     print(f"if they ran at the GEMM ceiling too: {images / at_ceiling:,.0f} images/s")
     print("largest in everything else, µs (batchlab / plain): " + ", ".join(
@@ -189,8 +215,8 @@ def main() -> None:
             F.cross_entropy(plain(images), labels).backward()
             plain_optimizer.step()
 
-        ours = profiled_parts(lambda: train_step(model, optimizer, images, labels, slice_size=slices), args.steps)
-        theirs = profiled_parts(plain_step, args.steps)
+        ours, theirs = alternated(lambda: train_step(model, optimizer, images, labels, slice_size=slices),
+                                  plain_step, args.steps)
         report(ours, theirs, batch, {part: sum(pair) for part, pair in flops.items()}, ceiling, "training")
 
     if args.only != "training":
@@ -208,7 +234,7 @@ def main() -> None:
             with torch.inference_mode():
                 plain(images)
 
-        ours, theirs = profiled_parts(infer, args.steps), profiled_parts(plain_infer, args.steps)
+        ours, theirs = alternated(infer, plain_infer, args.steps)
         report(ours, theirs, batch, {part: forward for part, (forward, _) in flops.items()}, ceiling, "inference")
 
 
