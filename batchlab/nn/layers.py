@@ -226,7 +226,7 @@ class MaxPool2d(nn.MaxPool2d):
         if ((torch.is_grad_enabled() and inputs.requires_grad) or inputs.device.type != "cpu" or inputs.dim() != 4
                 or not inputs.is_floating_point() or inputs.numel() < FAST_POOL_MIN_ELEMENTS
                 or min(inputs.shape[-2:]) < 2 or not self._is_plain_2x2()):
-            return super().forward(inputs)  # which refuses maps smaller than the window, and integer types
+            return super().forward(inputs)  # which refuses maps smaller than the window, and bools
         height, width = inputs.shape[-2:]
         inputs = inputs[..., :height - height % 2, :width - width % 2]  # pooling floors odd sizes
         rows = torch.maximum(inputs[..., 0::2, :], inputs[..., 1::2, :])
