@@ -52,10 +52,6 @@ from batchlab.nn.folding import fold_batch_norms
 from batchlab.train.engine import train_step
 
 TOLERANCE = 1e-5  # see the module's docstring
-
-
-
-
 SCALE = float(os.environ.get("BATCHLAB_FUZZ_SCALE", "1"))  # as in tests/test_fuzz.py: e.g. 10 for a longer search
 
 
@@ -66,7 +62,8 @@ def fuzz(examples: int) -> settings:
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """One torch thread for every test here (the machine's other core is someone else's), restored after."""
+    """One torch thread for every test here, restored after: they compare numbers, not speed, and
+    leave the other cores to whatever runs beside the suite."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
