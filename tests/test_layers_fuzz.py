@@ -101,6 +101,15 @@ def assert_same_fate(ours_error, torch_error) -> None:
         raise AssertionError(f"batchlab raised where torch returned a result: {ours_error!r}") from ours_error
 
 
+def both_outcomes(mode: str, reference: nn.Module, ours: nn.Module, inputs: torch.Tensor):
+    """(batchlab's result, torch's) of the same call in `mode`, or None where both raised (one
+    raising alone fails the test)."""
+    theirs, torch_error = outcome(in_mode, mode, reference, inputs)
+    mine, our_error = outcome(in_mode, mode, ours, inputs)
+    assert_same_fate(our_error, torch_error)
+    return None if torch_error is not None else (mine, theirs)
+
+
 def assert_within(name: str, mine: torch.Tensor, exact: torch.Tensor, bound: torch.Tensor) -> None:
     """|mine - exact| <= TOLERANCE × bound + a denormal, element by element (bound: the same sums over
     absolute values, float64)."""
@@ -288,13 +297,12 @@ def check_conv(case: dict) -> None:
     if case["input_grad"]:
         inputs.requires_grad_()
     mode = case["mode"]
-    theirs, torch_error = outcome(in_mode, mode, reference, inputs)
     path = in_mode(mode, conv_path, ours, inputs)
-    mine, our_error = outcome(in_mode, mode, ours, inputs)
-    assert_same_fate(our_error, torch_error)
-    if torch_error is not None:
+    results = both_outcomes(mode, reference, ours, inputs)
+    if results is None:
         event("both refused")
         return
+    mine, theirs = results
     event(f"path {path}")
     note(f"path {path}")
     assert mine.shape == theirs.shape and mine.dtype == theirs.dtype
@@ -444,11 +452,10 @@ def test_max_pool_matches_torch(case):
     fast = (case["mode"] != "grad" or not inputs.requires_grad) and inputs.numel() >= layers.FAST_POOL_MIN_ELEMENTS \
         and ours._is_plain_2x2()
     event("two-maxima path" if fast else "torch's pooling")
-    theirs, torch_error = outcome(in_mode, case["mode"], reference, inputs)
-    mine, our_error = outcome(in_mode, case["mode"], ours, inputs)
-    assert_same_fate(our_error, torch_error)
-    if torch_error is not None:
+    results = both_outcomes(case["mode"], reference, ours, inputs)
+    if results is None:
         return
+    mine, theirs = results
     if case["return_indices"]:
         assert_identical(mine[1], theirs[1])
         mine, theirs = mine[0], theirs[0]
@@ -517,11 +524,10 @@ def test_linear_matches_torch_with_gradients(case):
     with mock.patch.object(layers, "ONEDNN_LINEAR", case["onednn"]):
         onednn_path = case["onednn"] and inputs.dim() == 2 and len(inputs) >= layers.ONEDNN_MIN_ROWS
         event("oneDNN path" if onednn_path else "F.linear")
-        theirs, torch_error = outcome(in_mode, case["mode"], reference, inputs)
-        mine, our_error = outcome(in_mode, case["mode"], ours, inputs)
-        assert_same_fate(our_error, torch_error)
-        if torch_error is not None:
+        results = both_outcomes(case["mode"], reference, ours, inputs)
+        if results is None:
             return
+        mine, theirs = results
         assert mine.requires_grad == theirs.requires_grad and mine.is_inference() == theirs.is_inference()
         kind = case["grad_kind"]
         grad = None if kind == "sum" else torch.randn(theirs.shape) if kind == "random" or theirs.dim() < 2 else \
