@@ -119,6 +119,10 @@ class Store:
         except (sqlite3.DatabaseError, UnicodeDecodeError, ValueError) as error:
             # UnicodeDecodeError: SQLite's message quotes a garbled schema's bytes, not always UTF-8.
             self._close_quietly()
+            if isinstance(error.__context__, KeyboardInterrupt):
+                # Ctrl-C during the migration: the transaction's rollback then failed ("no transaction
+                # is active") and hid the interrupt, which is what happened (exit 130, not "cannot open").
+                raise error.__context__ from None
             raise StoreError(f"{self.path}: cannot open as a batchlab store ({one_line(error)})") from None
         except BaseException:
             self._close_quietly()
