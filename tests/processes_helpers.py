@@ -6,12 +6,26 @@ import time
 
 import psutil
 
+from batchlab.runner.machine_noise import is_run_worker
+
 
 def descendants(pid: int) -> list[psutil.Process]:
     try:
         return psutil.Process(pid).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
+
+
+def run_workers(pid: int) -> list[psutil.Process]:
+    """The run workers below `pid`: forked by its run-worker server, or fresh."""
+    found = []
+    for process in descendants(pid):
+        try:
+            if is_run_worker(process.cmdline(), process.name()):
+                found.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return found
 
 
 def spawned_workers(pid: int) -> list[psutil.Process]:

@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from processes_helpers import descendants, spawned_workers, still_alive, wait_for
+from processes_helpers import descendants, run_workers, spawned_workers, still_alive, wait_for
 
 from batchlab.core import heartbeat
 from batchlab.core.errors import SpecError, WorkerFailed
@@ -219,7 +219,7 @@ def training(process) -> bool:
 
 
 def test_stopped_run_worker_fails_the_run_and_leaves_no_process(synthetic_folder, tmp_path):
-    # Strategy single: the run worker is the sweep's only child, and the sweep watches it.
+    # Strategy single: the run worker is the one process of the run, and the sweep watches it.
     timeout = 4
     db = tmp_path / "s.db"
     sweep = subprocess.Popen(sweep_command(db, synthetic_folder, "--model", "seed-cnn", "--batch-size", 32,
@@ -235,8 +235,8 @@ def test_stopped_run_worker_fails_the_run_and_leaves_no_process(synthetic_folder
                 status = con.execute("SELECT status FROM runs").fetchone()
         except sqlite3.OperationalError:  # its tables not created yet
             return None
-        children = descendants(sweep.pid)
-        return children if status == ("RUNNING",) and children else None
+        workers = run_workers(sweep.pid)
+        return workers if status == ("RUNNING",) and workers else None
 
     [worker] = wait_for(running_worker)
     wait_for(lambda: training(worker))  # torch imported, data loaded: training

@@ -16,6 +16,7 @@ from processes_helpers import wait_for
 from typer.testing import CliRunner
 
 from batchlab.cli.app import app
+from batchlab.runner.machine_noise import is_run_worker
 
 pytest.importorskip("ray", reason="the cluster extra is not installed: pip install \"batchlab[cluster]\"")
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -29,13 +30,19 @@ def sweep_command(folder, db, epochs: str) -> list[str]:
 
 
 def run_workers_under(sweep: subprocess.Popen) -> list[psutil.Process]:
-    """batchlab run workers started by a Ray worker of this sweep's Ray (not by the sweep itself)."""
+    """batchlab run workers started for a Ray worker of this sweep's Ray (not for the sweep itself)."""
     found = []
-    for process in psutil.process_iter(["cmdline"]):
-        command = process.info["cmdline"] or []
-        if "batchlab.runner.worker" in command and process.ppid() != sweep.pid:
+    for process in psutil.process_iter(["cmdline", "name"]):
+        if is_run_worker(process.info["cmdline"] or [], process.info["name"] or "") and \
+                ray_worker_of(process).pid != sweep.pid:
             found.append(process)
     return found
+
+
+def ray_worker_of(run_worker: psutil.Process) -> psutil.Process:
+    """The process whose task started `run_worker`: its parent, or its server's (forked_workers.py)."""
+    parent = run_worker.parent()
+    return parent.parent() if "batchlab.runner.worker_server" in parent.cmdline() else parent
 
 
 def test_a_sweep_on_ray_stores_each_run_with_its_node(synthetic_folder, tmp_path):
@@ -57,7 +64,7 @@ def test_a_killed_ray_worker_fails_its_run_and_the_sweep_goes_on(synthetic_folde
     try:
         wait_for(lambda: run_workers_under(sweep), timeout=120)
         worker = run_workers_under(sweep)[0]
-        ray_worker = worker.parent()
+        ray_worker = ray_worker_of(worker)
         ray_worker.send_signal(signal.SIGKILL)  # the Ray worker process running the first run's task
         _, stderr = sweep.communicate(timeout=600)
     finally:

@@ -67,7 +67,7 @@ class RunResult:
     to_device_seconds: float = 0.0
     model_build_seconds: float = 0.0
     warmup_seconds: float = 0.0
-    startup_seconds: float | None = None  # process start → run start, when run in its own process
+    startup_seconds: float | None = None  # its process's start or fork (runner/worker_server.py) → run start
     wall_seconds: float = 0.0
     peak_memory_bytes: int = 0
     cores: int = 0  # cores available to the run: workers x threads above this oversubscribes

@@ -12,7 +12,9 @@ How "other processes' CPU time" is measured, without watching every process:
 - the run's process tree used C of it: resource.getrusage(RUSAGE_CHILDREN) of this process grows by
   the CPU time of every child once it has been waited for, including what that child had
   collected from its own waited-for children (the worker joins its hogwild workers / DDP ranks /
-  loader workers), so the worker's start-up and imports count as the run's, not as "other";
+  loader workers), so the worker's start-up and imports count as the run's, not as "other"; a
+  worker forked by the run-worker server is waited for by the server, which reports the same
+  figure (os.wait4: forked_workers.reaped_cpu_seconds);
 - this process (the sweep: its output reader, heartbeat and our sampler threads) used S
   (RUSAGE_SELF);
 - other processes used B - C - S, shown as a share of the machine's CPU capacity over the watch
@@ -42,6 +44,9 @@ import threading
 import time
 
 import psutil
+
+from . import forked_workers
+from .worker_server import RUN_PROCESS_NAME
 
 SAMPLE_SECONDS = 2.0
 WORKER_MODULE = "batchlab.runner.worker"
@@ -79,6 +84,12 @@ def rusage_seconds(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def run_process_seconds() -> float:
+    """CPU seconds of the run workers (and what they waited for) that have ended so far: fresh
+    ones this process waited for, forked ones the run-worker server waited for."""
+    return rusage_seconds(resource.RUSAGE_CHILDREN) + forked_workers.reaped_cpu_seconds()
+
+
 def load_average() -> list[float] | None:
     try:
         return [round(value, 2) for value in os.getloadavg()]
@@ -95,9 +106,11 @@ def cpu_mhz() -> float | None:
     return round(frequency.current, 0) if frequency and frequency.current else None
 
 
-def is_run_worker(command: list[str]) -> bool:
-    """A batchlab run worker's command line: `python -m batchlab.runner.worker`."""
-    return any(flag == "-m" and module == WORKER_MODULE for flag, module in zip(command, command[1:]))
+def is_run_worker(command: list[str], name: str = "") -> bool:
+    """A batchlab run worker, by its command line (`python -m batchlab.runner.worker`) or, forked
+    by the run-worker server (whose command line it keeps), by its process name."""
+    return name == RUN_PROCESS_NAME or any(flag == "-m" and module == WORKER_MODULE
+                                           for flag, module in zip(command, command[1:]))
 
 
 def descends_from(pid: int, ancestor: int) -> bool:
@@ -115,9 +128,9 @@ def other_batchlab_runs(me: int | None = None) -> list[int]:
     it: another sweep's runs, or a `batchlab train` in another terminal."""
     me = os.getpid() if me is None else me
     found = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
+    for process in psutil.process_iter(["pid", "cmdline", "name"]):
         command = process.info.get("cmdline") or []
-        if is_run_worker(command) and not descends_from(process.info["pid"], me):
+        if is_run_worker(command, process.info.get("name") or "") and not descends_from(process.info["pid"], me):
             found.append(process.info["pid"])
     return sorted(found)
 
@@ -141,7 +154,7 @@ class NoiseWatch:
         # Last, and close together: the counters the deltas are taken from.
         self._started = time.monotonic()
         self._machine = cpu_counters()
-        self._children, self._self = rusage_seconds(resource.RUSAGE_CHILDREN), rusage_seconds(resource.RUSAGE_SELF)
+        self._children, self._self = run_process_seconds(), rusage_seconds(resource.RUSAGE_SELF)
         self._thread = threading.Thread(target=self._sample, name="batchlab-noise-watch", daemon=True)
         self._thread.start()
         return self
@@ -149,7 +162,7 @@ class NoiseWatch:
     def __exit__(self, *exc: object) -> None:
         wall = time.monotonic() - self._started
         machine = cpu_counters()
-        children, own = rusage_seconds(resource.RUSAGE_CHILDREN), rusage_seconds(resource.RUSAGE_SELF)
+        children, own = run_process_seconds(), rusage_seconds(resource.RUSAGE_SELF)
         self._stop.set()
         self._thread.join(timeout=5)
         try:  # a measuring problem must never cost the run its result

@@ -1,8 +1,8 @@
 """What the cluster executors (ray_executor.py, slurm_executor.py) share: the function a node runs
 for one run, what a run asks of a node, and their error.
 
-On its node a run goes exactly as in a local sweep: run_in_worker starts a fresh worker process and
-watches it, inside a NoiseWatch. The Outcome goes back to the coordinating sweep, which stores it.
+On its node a run goes exactly as in a local sweep: run_in_worker starts a worker process of its own
+(forked_workers.py) and watches it, inside a NoiseWatch. The Outcome goes back to the coordinating sweep, which stores it.
 """
 
 from __future__ import annotations
@@ -34,10 +34,12 @@ def run_on_node(spec: RunSpec | InferSpec, data_dir: str | None, weights_in: byt
     `executor`: the node (its hostname, or the name `placement()` gives it), `placement()` (the
     executor's name and job id), and the wait in the queue (submission on the coordinator's clock
     to start on the node's)."""
+    from . import forked_workers
     from .machine_noise import NoiseWatch
     from .sweep import run_in_worker
 
     started_at = time.time()
+    forked_workers.ready()  # before the watch: a server's start is not the run's
     with NoiseWatch() as watch:
         outcome = run_in_worker(spec, data_dir, lambda record: None, weights_in, save_weights, memory_limit)
     if outcome.result is not None:

@@ -1,4 +1,4 @@
-"""Run a list of RunSpecs, each in a fresh worker process, storing every run as it ends.
+"""Run a list of RunSpecs, each in a worker process of its own, storing every run as it ends.
 
 - Resume: runs whose key is already DONE (or DIVERGED) on this machine are skipped.
 - A run that fails (error, out of memory, crash) is stored with its status and the sweep goes on.
@@ -19,7 +19,6 @@ import functools
 import json
 import os
 import queue
-import resource
 import signal
 import subprocess
 import sys
@@ -37,9 +36,10 @@ from ..device.machine import fingerprint, machine_id, unavailable_reason
 from ..spec.kinds import KINDS, kind_of
 from ..spec.run import InferSpec, RunSpec
 from ..store.store import Row, Store
+from . import forked_workers
 from .claims import Heartbeat
 from .machine_noise import NoiseWatch, other_batchlab_runs
-from .worker import PREFIX
+from .worker import PREFIX, limit_memory
 
 STOP_GRACE_SECONDS = 10
 
@@ -107,12 +107,6 @@ def run_in_worker(spec: RunSpec | InferSpec, data_dir: str | None, on_epoch: Cal
         return outcome
 
 
-def limit_memory(limit: int) -> None:
-    """In the worker before it starts: cap its address space, so that a run that needs more
-    fails with an allocation error (stored as OOM) instead of waking the kernel's OOM killer."""
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-
 def _supervise(job: str, on_epoch: Callable[[EpochRecord], None], memory_limit: int | None = None) -> Outcome:
     """Run the job in a worker process and read its messages until it ends. Every message is a
     sign of life (the worker sends "progress" at least once a second while it works); a worker
@@ -120,15 +114,9 @@ def _supervise(job: str, on_epoch: Callable[[EpochRecord], None], memory_limit: 
     started, and the run FAILED."""
     timeout = heartbeat.timeout_seconds()
     with tempfile.TemporaryFile(mode="w+") as stderr:
-        # Own session: a terminal's Ctrl-C reaches only the sweep, which then stops the worker
-        # itself and records the run as KILLED.
         worker, outcome, silence = None, None, None
         try:
-            worker = subprocess.Popen([sys.executable, "-m", "batchlab.runner.worker"], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
-                                      preexec_fn=functools.partial(limit_memory, memory_limit) if memory_limit else None)
-            worker.stdin.write(job)
-            worker.stdin.close()
+            worker = start_worker(job, stderr, memory_limit)
             lines = _lines(worker.stdout)
             heard = time.monotonic()  # from its start: it says "progress" first thing
             while True:
@@ -177,6 +165,22 @@ def _supervise(job: str, on_epoch: Callable[[EpochRecord], None], memory_limit: 
         return outcome
 
 
+def start_worker(job: str, stderr, memory_limit: int | None) -> subprocess.Popen | forked_workers.ForkedWorker:
+    """A worker process running `job`, writing its messages to its stdout and the rest to `stderr`:
+    forked from the run-worker server (forked_workers.py) where it can be, else a fresh Python."""
+    forked = forked_workers.start(job, stderr.fileno(), memory_limit)
+    if forked is not None:
+        return forked
+    # Own session: a terminal's Ctrl-C reaches only the sweep, which then stops the worker itself
+    # and records the run as KILLED.
+    worker = subprocess.Popen([sys.executable, "-m", "batchlab.runner.worker"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
+                              preexec_fn=functools.partial(limit_memory, memory_limit) if memory_limit else None)
+    worker.stdin.write(job)
+    worker.stdin.close()
+    return worker
+
+
 def _lines(stream) -> queue.Queue:
     """The lines of `stream` as they come, read by a thread (None at the end), so that waiting
     for the next one can time out."""
@@ -184,8 +188,9 @@ def _lines(stream) -> queue.Queue:
 
     def read() -> None:
         try:
-            for line in stream:
-                lines.put(line)
+            with stream:
+                for line in stream:
+                    lines.put(line)
         finally:
             lines.put(None)
 
@@ -361,6 +366,7 @@ class Sweep:
                 if others:  # both runs' timings suffer; machine_noise records it with the run
                     self.events.warning(f"another batchlab run is active on this machine (pid "
                                         f"{', '.join(map(str, others))}): the timings of both are not trustworthy")
+                forked_workers.ready()  # before the watch: a server's start is not the run's
                 with Heartbeat(self.db, {row}), NoiseWatch() as watch:
                     outcome = run_in_worker(spec, self.data_dir, lambda record: self.events.epoch_done(spec, record),
                                             weights, self.save_weights, self.memory_limit)

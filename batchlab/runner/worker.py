@@ -1,8 +1,8 @@
-"""One run in its own process: `python -m batchlab.runner.worker` reads a job (JSON) on stdin, runs it and
-reports on stdout, one JSON message per line, each prefixed so that anything else a user model
-prints cannot be mistaken for a message. A job is a training run ("train": a RunSpec; with
-"weights_out", the trained weights are written to that file) or an inference measurement
-("infer": an InferSpec; with "weights_in", the weights to load).
+"""One run in its own process: `python -m batchlab.runner.worker` reads a job (JSON) on stdin (a worker
+forked by worker_server.py is handed it), runs it and reports on stdout, one JSON message per line,
+each prefixed so that anything else a user model prints cannot be mistaken for a message. A job is
+a training run ("train": a RunSpec; with "weights_out", the trained weights are written to that
+file) or an inference measurement ("infer": an InferSpec; with "weights_in", the weights to load).
 
     @batchlab {"event": "progress"}
     @batchlab {"event": "epoch", "record": {...}}
@@ -13,14 +13,16 @@ prints cannot be mistaken for a message. A job is a training run ("train": a Run
 while it trains, evaluates or watches its team of worker processes. The sweep ends a worker that
 sends nothing for $BATCHLAB_WORKER_TIMEOUT seconds.
 
-A fresh process per run keeps thread settings, allocator state, memory growth and crashes inside
-the run. The worker never touches the store: the sweep process is its only writer.
+A process of its own per run (fresh, or forked from a server that has only imported modules) keeps
+thread settings, allocator state, memory growth and crashes inside the run. The worker never
+touches the store: the sweep process is its only writer.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import resource
 import sys
 import time
 import traceback
@@ -93,13 +95,26 @@ def classify(error: BaseException) -> str:
     return "FAILED"
 
 
+def limit_memory(limit: int) -> None:
+    """In the worker before it starts: cap its address space, so that a run that needs more
+    fails with an allocation error (stored as OOM) instead of waking the kernel's OOM killer."""
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def main() -> int:
+    """`python -m batchlab.runner.worker`: the job on stdin."""
     import psutil
 
     # Process start → now: interpreter start-up and imports, reported as the run's start-up cost.
     startup_seconds = time.time() - psutil.Process().create_time()
+    return run(sys.stdin.read(), startup_seconds)
+
+
+def run(job_text: str, startup_seconds: float) -> int:
+    """Run the job in this process, reporting on stdout; the exit code. `startup_seconds`: from
+    the process's start (or fork, worker_server.py) to here."""
     exit_with_parent()
-    job = json.loads(sys.stdin.read())
+    job = json.loads(job_text)
     try:
         from ..core import heartbeat
 

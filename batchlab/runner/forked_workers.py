@@ -1,0 +1,218 @@
+"""The sweep's side of worker_server.py: run workers forked from a server that has already imported
+what a run imports, instead of fresh processes that import it all again (~3.5 s a run).
+
+One server per sweep process, started by `ready()` before the first run's noise watch (its imports
+would count as another process's CPU time) and again whenever the environment or the working
+directory has changed since it started: a fork sees the server's, and a fresh worker would have seen
+the sweep's. It ends with the sweep (its socket closes). Only on Linux, where forking a process that
+has imported torch but run nothing is safe and the server is tested; elsewhere `start` returns None
+and the sweep starts a fresh worker.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+
+from .worker_server import MAX_MESSAGE
+
+# How long the server may take to import torch and the run modules, and to fork a worker.
+READY_TIMEOUT_SECONDS = 120
+START_TIMEOUT_SECONDS = 30
+
+
+class ForkedWorker:
+    """A forked worker, with what the sweep uses of subprocess.Popen: pid, stdout, poll, wait."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.stdout = None
+        self.returncode: int | None = None
+        self._ended = threading.Event()
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self._ended.wait(timeout):
+            raise subprocess.TimeoutExpired(f"run worker {self.pid}", timeout)
+        return self.returncode
+
+    def end(self, returncode: int) -> None:
+        self.returncode = returncode
+        self._ended.set()
+
+
+class ServerGone(RuntimeError):
+    pass
+
+
+class WorkerServer:
+    """One worker_server.py process and the thread that reads what it says."""
+
+    def __init__(self):
+        self.serves = (dict(os.environ), os.getcwd())
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.errors = tempfile.TemporaryFile()  # its traceback, should it fail
+        with theirs:
+            # Its own session: a terminal's Ctrl-C reaches the sweep, which stops the workers itself.
+            self.process = subprocess.Popen([sys.executable, "-m", "batchlab.runner.worker_server", str(theirs.fileno())],
+                                            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
+                                            stdout=subprocess.DEVNULL, stderr=self.errors, start_new_session=True)
+        self.socket = ours
+        self.lock = threading.Lock()
+        self.replies: queue.Queue = queue.Queue()  # "ready" and "started" messages, in order; None: gone
+        self.workers: dict[int, ForkedWorker] = {}
+        self.cpu_seconds = 0.0  # of the workers that have ended
+        threading.Thread(target=self._listen, name="batchlab-worker-server", daemon=True).start()
+        try:
+            self._expect("ready", READY_TIMEOUT_SECONDS)
+        except BaseException:  # failed, or Ctrl-C while it imports: it would only notice once done
+            self.process.kill()
+            self.process.wait()
+            self.socket.close()
+            raise
+
+    def start(self, job: str, stderr: int, memory_limit: int | None) -> ForkedWorker:
+        """Fork a worker for `job`; its messages come on the returned worker's stdout."""
+        read_end, write_end = os.pipe()
+        try:
+            with self.lock:
+                request = json.dumps({"job": job, "memory_limit": memory_limit}).encode()
+                socket.send_fds(self.socket, [request], [write_end, stderr])
+                worker = self._expect("started", START_TIMEOUT_SECONDS)
+        except BaseException:
+            os.close(read_end)
+            raise
+        finally:
+            os.close(write_end)  # the worker has its own copy: its end closes when it ends
+        worker.stdout = os.fdopen(read_end, "r")
+        return worker
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        try:  # the server ends when its end closes; shutdown wakes the listener blocked on it too
+            self.socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.socket.close()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:  # stopped, or stuck in a fork
+            self.process.kill()
+            self.process.wait()
+
+    def _expect(self, kind: str, timeout: float):
+        try:
+            reply = self.replies.get(timeout=timeout)
+        except queue.Empty:
+            reply = None
+        if reply is None or kind not in reply:
+            raise ServerGone(f"the run-worker server did not answer ({self._last_error()})")
+        return reply.get("worker", reply)
+
+    def _last_error(self) -> str:
+        self.errors.seek(0)
+        lines = [line for line in self.errors.read().decode(errors="replace").splitlines() if line.strip()]
+        return lines[-1] if lines else f"exit code {self.process.poll()}"
+
+    def _listen(self) -> None:
+        try:
+            while True:
+                packet = self.socket.recv(MAX_MESSAGE)
+                if not packet:
+                    break
+                message = json.loads(packet)
+                if "started" in message:
+                    worker = self.workers[message["started"]] = ForkedWorker(message["started"])
+                    self.replies.put({"started": True, "worker": worker})
+                elif "ended" in message:
+                    self.cpu_seconds += message["cpu_seconds"]
+                    worker = self.workers.pop(message["ended"], None)
+                    if worker is not None:
+                        worker.end(message["returncode"])
+                else:
+                    self.replies.put(message)
+        except OSError:
+            pass  # closed by close()
+        finally:
+            self.replies.put(None)
+            # The server is gone: its workers end with it (worker.py's exit_with_parent). Their
+            # exit codes are lost; 3 is what exit_with_parent exits with.
+            for worker in list(self.workers.values()):
+                worker.end(3)
+
+
+_server: WorkerServer | None = None
+_server_failed = False  # this process could not start one: its runs get fresh workers
+_ended_servers_cpu_seconds = 0.0
+_server_lock = threading.Lock()
+
+
+def supported() -> bool:
+    """Whether runs get forked workers here: on Linux, unless $BATCHLAB_FRESH_WORKERS is 1."""
+    return (sys.platform == "linux" and hasattr(socket, "send_fds") and not _server_failed
+            and os.environ.get("BATCHLAB_FRESH_WORKERS") != "1")
+
+
+def ready() -> WorkerServer | None:
+    """The server for this environment and working directory, started (and waited for) if need be;
+    None where workers are not forked, or no server could be started (the runs then get fresh
+    workers, which show whatever stopped it)."""
+    global _server, _server_failed
+    with _server_lock:
+        if not supported():
+            return None
+        if _server is not None and (not _server.alive() or _server.serves != (dict(os.environ), os.getcwd())):
+            _discard()
+        if _server is None:
+            try:
+                _server = WorkerServer()
+            except (ServerGone, OSError):
+                _server_failed = True
+        return _server
+
+
+def start(job: str, stderr: int, memory_limit: int | None) -> ForkedWorker | None:
+    """A worker forked for `job` (see WorkerServer.start); None where workers are not forked or
+    the server did not fork one (stopped, or gone: it is replaced for the next run)."""
+    server = ready()
+    if server is None:
+        return None
+    try:
+        return server.start(job, stderr, memory_limit)
+    except (ServerGone, OSError):
+        with _server_lock:
+            if _server is server:
+                _discard()
+        return None
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """The sweep is ending: so does its server (it would too once the socket closes, a moment later)."""
+    with _server_lock:
+        if _server is not None:
+            _discard()
+
+
+def _discard() -> None:
+    global _server, _ended_servers_cpu_seconds
+    _server.close()
+    _ended_servers_cpu_seconds += _server.cpu_seconds
+    _server = None
+
+
+def reaped_cpu_seconds() -> float:
+    """CPU seconds of every forked worker that has ended in this process's sweeps, with what they
+    waited for: what resource.getrusage(RUSAGE_CHILDREN) counts for fresh workers."""
+    return _ended_servers_cpu_seconds + (_server.cpu_seconds if _server is not None else 0.0)

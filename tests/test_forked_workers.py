@@ -1,0 +1,109 @@
+"""Run workers forked from the run-worker server (runner/forked_workers.py, worker_server.py): the
+same results as fresh workers, as separate as they are, and no process left behind."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import psutil
+import pytest
+from processes_helpers import still_alive, wait_for
+
+from batchlab.runner import forked_workers
+from batchlab.runner.machine_noise import is_run_worker
+from batchlab.runner.sweep import run_in_worker
+from batchlab.runner.worker_server import RUN_PROCESS_NAME
+from batchlab.spec.run import RunSpec
+
+pytestmark = pytest.mark.skipif(not forked_workers.supported(), reason="workers are forked on Linux only")
+
+
+def small_run(folder, **changes) -> RunSpec:
+    return RunSpec(**{"dataset": f"folder:{folder}", "model": "mlp", "batch_size": 16, "epochs": 2,
+                      "limit_train": 256, "threads": 1, **changes})
+
+
+def run(spec: RunSpec, **kwargs):
+    outcome = run_in_worker(spec, None, lambda record: None, **kwargs)
+    assert outcome.result is not None, outcome
+    return outcome.result
+
+
+def test_a_forked_worker_trains_exactly_as_a_fresh_one(synthetic_folder, monkeypatch):
+    forked = run(small_run(synthetic_folder))
+    monkeypatch.setenv("BATCHLAB_FRESH_WORKERS", "1")
+    assert not forked_workers.supported()
+    fresh = run(small_run(synthetic_folder))
+    for measured in ("train_loss", "test_loss", "test_accuracy"):
+        assert [getattr(epoch, measured) for epoch in forked.epochs] == [getattr(epoch, measured) for epoch in fresh.epochs]
+    # The fresh worker's start-up includes its interpreter and imports, the fork's does not.
+    assert forked.startup_seconds < fresh.startup_seconds
+
+
+def test_the_forked_worker_is_its_own_group_named_as_a_run(synthetic_folder, tmp_path):
+    server = forked_workers.ready()
+    job = json.dumps({"kind": "train", "spec": dataclasses.asdict(small_run(synthetic_folder, epochs=3))})
+    with open(tmp_path / "stderr", "w+") as stderr:
+        worker = server.start(job, stderr.fileno(), None)
+        process = psutil.Process(worker.pid)
+        assert os.getpgid(worker.pid) == worker.pid  # stop() signals the group: the worker and its children
+        assert process.parent().pid == server.process.pid
+        wait_for(lambda: process.name() == RUN_PROCESS_NAME)  # named as it starts: other sweeps see a run
+        assert is_run_worker(process.cmdline(), process.name())
+        messages = worker.stdout.read()
+        assert worker.wait(60) == 0, stderr.read()
+    assert '"event": "result"' in messages
+    idle = psutil.Process(server.process.pid)
+    assert not is_run_worker(idle.cmdline(), idle.name())  # the idle server is no run of anybody's
+
+
+def test_a_failing_job_is_reported_and_its_traceback_kept(tmp_path):
+    with open(tmp_path / "stderr", "w+") as stderr:
+        worker = forked_workers.start('{"kind": "nothing"}', stderr.fileno(), None)
+        messages = worker.stdout.read()
+        assert worker.wait(30) == 1
+        stderr.seek(0)
+        assert "KeyError: 'nothing'" in stderr.read() and '"event": "error"' in messages
+
+
+def test_a_changed_environment_gets_a_new_server(monkeypatch):
+    first = forked_workers.ready()
+    assert forked_workers.ready() is first
+    monkeypatch.setenv("BATCHLAB_SOME_SETTING", "changed")  # a fork would see the server's environment
+    second = forked_workers.ready()
+    assert second is not first and second.alive()
+    assert first.process.poll() is not None  # the old one has ended
+
+
+def test_without_a_server_the_run_gets_a_fresh_worker(synthetic_folder, monkeypatch):
+    monkeypatch.setattr(forked_workers, "READY_TIMEOUT_SECONDS", 0)  # the server cannot be ready in time
+    monkeypatch.setattr(forked_workers, "_server_failed", False)  # (restored after the test)
+    monkeypatch.setenv("BATCHLAB_SOME_SETTING", "a new server")  # so the next run asks for one
+    run(small_run(synthetic_folder, epochs=1))
+    assert forked_workers._server_failed and forked_workers.ready() is None
+
+
+KILLED_SWEEP = """
+import sys, time
+from batchlab.runner import forked_workers
+server = forked_workers.ready()
+worker = server.start('{"kind": "nothing"}', 2, None)
+print(server.process.pid, worker.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_sweep_leaves_no_server_and_no_worker():
+    sweep = subprocess.Popen([sys.executable, "-c", textwrap.dedent(KILLED_SWEEP)], stdout=subprocess.PIPE, text=True)
+    server_pid, worker_pid = map(int, sweep.stdout.readline().split())
+    processes = [psutil.Process(pid) for pid in (server_pid, worker_pid) if psutil.pid_exists(pid)]
+    assert processes  # the server at least: it waits for its next job
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait()
+    wait_for(lambda: still_alive(processes) == [], timeout=10)
