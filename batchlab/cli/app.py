@@ -252,16 +252,19 @@ def opened_executor(choice: ExecutorChoice, db: Path):
 
 def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str], save_weights: bool = False,
             memory_limit: Optional[float] = None, oversubscribe: bool = False, may_start=None, left=None,
-            executor: Optional[ExecutorChoice] = None):
+            executor: Optional[ExecutorChoice] = None, new_repeat: bool = False):
     """Run the specs with a progress bar; print what was skipped and how the runs ended. Exits 1
     when a run failed (FAILED, or ended by a signal; DIVERGED and OOM are results, not failures).
     `may_start`, `left`: see progress_events. On a cluster executor the runs' CPUs are the nodes'
     (the executor checks them), not this machine's; runs left running on Slurm (--detach) are
-    said, with how to collect them, and are no failure."""
+    said, with how to collect them, and are no failure. `new_repeat` (batchlab train): each spec
+    becomes its next repeat not yet run, so that the same command again stores another."""
     from ..runner.sweep import SweepInterrupted, run_sweep
 
     executor = executor or ExecutorChoice()
     limit = preflight(specs, data_dir, memory_limit, oversubscribe, here=executor.name == "local")
+    if new_repeat:  # after the checks: opening the store creates it
+        specs = next_repeats(specs, db)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with opened_executor(executor, db) as cluster, Progress(*columns, console=err, transient=True) as progress:
@@ -308,6 +311,17 @@ def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str]
         err.print(f"[red]{len(failed)} run(s) failed:[/red] {escape(names)}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     return summary
+
+
+def next_repeats(specs, db: Path) -> list:
+    """Each spec as its first repeat neither finished on this machine nor running elsewhere."""
+    from ..device.machine import fingerprint, machine_id
+    from ..runner.sweep import next_repeat
+    from ..store.store import Store
+
+    with Store(db) as store:
+        machine = machine_id(fingerprint())
+        return [next_repeat(store, spec, machine) for spec in specs]
 
 
 def job_list(job_ids: list[str], shown: int = 5) -> str:
@@ -402,9 +416,7 @@ def train(
     Example: batchlab train --dataset fashion-mnist --model seed-cnn --batch-size 64 --epochs 2
     """
     from ..data.registry import check_data_dir
-    from ..device.machine import fingerprint, machine_id, resolve_device
-    from ..runner.sweep import next_repeat
-    from ..store.store import Store
+    from ..device.machine import resolve_device
     from ..train.ddp import launched_externally
 
     spec = RunSpec(**spec_values(RunSpec, fields)).validated()
@@ -420,10 +432,7 @@ def train(
             record_result(db, result, saved_weights(result))
             out.print(run_line(spec, result.status, result, result.error), markup=False, highlight=False, soft_wrap=True)
         return
-    preflight([spec], data_dir, memory_limit, oversubscribe)
-    with Store(db) as store:
-        spec = next_repeat(store, spec, machine_id(fingerprint()))
-    execute([spec], db, data_dir, None, save_weights, memory_limit, oversubscribe)
+    execute([spec], db, data_dir, None, save_weights, memory_limit, oversubscribe, new_repeat=True)
 
 
 @app.command()
