@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 
 import psutil
 import pytest
@@ -18,7 +17,7 @@ from processes_helpers import still_alive, wait_for
 from batchlab.runner import forked_workers
 from batchlab.runner.machine_noise import is_run_worker
 from batchlab.runner.sweep import run_in_worker
-from batchlab.runner.worker_server import RUN_PROCESS_NAME
+from batchlab.runner.worker_server import RUN_PROCESS_NAME, reseed_numpy
 from batchlab.spec.run import RunSpec
 
 pytestmark = pytest.mark.skipif(not forked_workers.supported(), reason="workers are forked on Linux only")
@@ -40,6 +39,7 @@ def test_a_forked_worker_trains_exactly_as_a_fresh_one(synthetic_folder, monkeyp
     monkeypatch.setenv("BATCHLAB_FRESH_WORKERS", "1")
     assert not forked_workers.supported()
     fresh = run(small_run(synthetic_folder))
+    assert (forked.environment["run_process"], fresh.environment["run_process"]) == ("forked", "fresh")
     for measured in ("train_loss", "test_loss", "test_accuracy"):
         assert [getattr(epoch, measured) for epoch in forked.epochs] == [getattr(epoch, measured) for epoch in fresh.epochs]
     # The fresh worker's start-up includes its interpreter and imports, the fork's does not.
@@ -90,20 +90,58 @@ def test_without_a_server_the_run_gets_a_fresh_worker(synthetic_folder, monkeypa
 
 
 KILLED_SWEEP = """
-import sys, time
+import dataclasses, json, sys, time
 from batchlab.runner import forked_workers
+from batchlab.spec.run import RunSpec
 server = forked_workers.ready()
-worker = server.start('{"kind": "nothing"}', 2, None)
+spec = RunSpec(dataset="folder:" + sys.argv[1], model="mlp", batch_size=16, epochs=1000, threads=1)
+worker = server.start(json.dumps({"kind": "train", "spec": dataclasses.asdict(spec)}), 2, None)
 print(server.process.pid, worker.pid, flush=True)
 time.sleep(600)
 """
 
 
-def test_a_killed_sweep_leaves_no_server_and_no_worker():
-    sweep = subprocess.Popen([sys.executable, "-c", textwrap.dedent(KILLED_SWEEP)], stdout=subprocess.PIPE, text=True)
+def test_a_killed_sweep_leaves_no_server_and_no_worker(synthetic_folder):
+    sweep = subprocess.Popen([sys.executable, "-c", KILLED_SWEEP, str(synthetic_folder)], stdout=subprocess.PIPE,
+                             text=True)
     server_pid, worker_pid = map(int, sweep.stdout.readline().split())
-    processes = [psutil.Process(pid) for pid in (server_pid, worker_pid) if psutil.pid_exists(pid)]
-    assert processes  # the server at least: it waits for its next job
+    processes = [psutil.Process(server_pid), psutil.Process(worker_pid)]
+    wait_for(lambda: sum(processes[1].cpu_times()[:2]) > 1)  # the worker trains (1,000 epochs: it would go on)
     sweep.send_signal(signal.SIGKILL)
     sweep.wait()
     wait_for(lambda: still_alive(processes) == [], timeout=10)
+
+
+def test_an_interrupted_start_closes_the_server_and_the_next_run_gets_its_own_worker(synthetic_folder, monkeypatch):
+    server = forked_workers.ready()
+
+    def interrupted(kind, timeout):
+        raise KeyboardInterrupt  # after the request went out: its "started" would answer the next one
+
+    monkeypatch.setattr(server, "_expect", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        server.start('{"kind": "nothing"}', 2, None)
+    assert not server.alive()
+    result = run(small_run(synthetic_folder, epochs=1))
+    assert result.environment["run_process"] == "forked" and forked_workers.ready() is not server
+
+
+def test_forks_draw_their_own_numpy_numbers():
+    """Unseeded numpy in a user's model: each forked run draws its own numbers, as fresh processes
+    do; without the reseed both forks would repeat the server's stream."""
+    import numpy
+
+    numpy.random.seed(0)
+    drawn = []
+    for _ in range(2):
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # as run_forked does
+            reseed_numpy()
+            os.write(write_end, repr(numpy.random.rand()).encode())
+            os._exit(0)
+        os.close(write_end)
+        drawn.append(float(os.read(read_end, 64)))
+        os.close(read_end)
+        os.waitpid(pid, 0)
+    assert len(set(drawn)) == 2 and numpy.random.rand() not in drawn

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from batchlab.cli.app import app
 from batchlab.core.records import EpochRecord, RunResult
-from batchlab.runner import machine_noise
+from batchlab.runner import forked_workers, machine_noise
 from batchlab.runner.machine_noise import NoiseWatch, other_batchlab_runs
 from batchlab.runner.sweep import run_in_worker
 from batchlab.spec.run import RunSpec
@@ -34,7 +34,9 @@ def short_run(folder) -> RunSpec:
 
 
 def watched_run(spec: RunSpec) -> tuple[dict, RunResult]:
-    """As the sweep runs one run: the watch around the worker, its summary into the result."""
+    """As the sweep runs one run: the run-worker server ready, the watch around the worker, its
+    summary into the result."""
+    forked_workers.ready()
     with NoiseWatch(sample_seconds=0.5) as watch:
         outcome = run_in_worker(spec, None, lambda record: None)
     assert outcome.status == "DONE", outcome.error

@@ -59,42 +59,46 @@ class WorkerServer:
 
     def __init__(self):
         self.serves = (dict(os.environ), os.getcwd())
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.lock = threading.Lock()
+        self.replies: queue.Queue = queue.Queue()  # "ready" and "started" messages, in order; None: gone
+        self.workers: dict[int, ForkedWorker] = {}
+        self.cpu_seconds = 0.0  # of the workers that have ended
         self.errors = tempfile.TemporaryFile()  # its traceback, should it fail
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.socket = ours
         with theirs:
             # Its own session: a terminal's Ctrl-C reaches the sweep, which stops the workers itself.
             self.process = subprocess.Popen([sys.executable, "-m", "batchlab.runner.worker_server", str(theirs.fileno())],
                                             pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                                             stdout=subprocess.DEVNULL, stderr=self.errors, start_new_session=True)
-        self.socket = ours
-        self.lock = threading.Lock()
-        self.replies: queue.Queue = queue.Queue()  # "ready" and "started" messages, in order; None: gone
-        self.workers: dict[int, ForkedWorker] = {}
-        self.cpu_seconds = 0.0  # of the workers that have ended
-        threading.Thread(target=self._listen, name="batchlab-worker-server", daemon=True).start()
         try:
+            threading.Thread(target=self._listen, name="batchlab-worker-server", daemon=True).start()
             self._expect("ready", READY_TIMEOUT_SECONDS)
         except BaseException:  # failed, or Ctrl-C while it imports: it would only notice once done
             self.process.kill()
-            self.process.wait()
-            self.socket.close()
+            self.close()
             raise
 
     def start(self, job: str, stderr: int, memory_limit: int | None) -> ForkedWorker:
-        """Fork a worker for `job`; its messages come on the returned worker's stdout."""
+        """Fork a worker for `job`; its messages come on the returned worker's stdout. Should this
+        fail or be interrupted half-way, the server is closed (with any worker it forked): its
+        replies would no longer match the requests."""
         read_end, write_end = os.pipe()
         try:
             with self.lock:
                 request = json.dumps({"job": job, "memory_limit": memory_limit}).encode()
                 socket.send_fds(self.socket, [request], [write_end, stderr])
+                os.close(write_end)  # the worker has its own copy: its end closes when it ends
+                write_end = None
                 worker = self._expect("started", START_TIMEOUT_SECONDS)
+                worker.stdout = os.fdopen(read_end, "r")
+                return worker
         except BaseException:
-            os.close(read_end)
+            for end in (read_end, write_end):
+                if end is not None:
+                    os.close(end)
+            self.close()
             raise
-        finally:
-            os.close(write_end)  # the worker has its own copy: its end closes when it ends
-        worker.stdout = os.fdopen(read_end, "r")
-        return worker
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -116,6 +120,8 @@ class WorkerServer:
             reply = self.replies.get(timeout=timeout)
         except queue.Empty:
             reply = None
+        if reply is not None and "refused" in reply:
+            raise ServerGone(f"the run-worker server could not fork a worker: {reply['refused']}")
         if reply is None or kind not in reply:
             raise ServerGone(f"the run-worker server did not answer ({self._last_error()})")
         return reply.get("worker", reply)
@@ -154,7 +160,6 @@ class WorkerServer:
 
 _server: WorkerServer | None = None
 _server_failed = False  # this process could not start one: its runs get fresh workers
-_ended_servers_cpu_seconds = 0.0
 _server_lock = threading.Lock()
 
 
@@ -206,13 +211,15 @@ def _close_at_exit() -> None:
 
 
 def _discard() -> None:
-    global _server, _ended_servers_cpu_seconds
+    global _server
     _server.close()
-    _ended_servers_cpu_seconds += _server.cpu_seconds
     _server = None
 
 
 def reaped_cpu_seconds() -> float:
-    """CPU seconds of every forked worker that has ended in this process's sweeps, with what they
-    waited for: what resource.getrusage(RUSAGE_CHILDREN) counts for fresh workers."""
-    return _ended_servers_cpu_seconds + (_server.cpu_seconds if _server is not None else 0.0)
+    """CPU seconds of the forked workers the current server has waited for, with what they waited
+    for: what resource.getrusage(RUSAGE_CHILDREN) counts for fresh workers. A server this process
+    has closed and waited for is in RUSAGE_CHILDREN itself, its workers with it (the server waits
+    for every one, killed ones too), so its count is dropped with it."""
+    server = _server
+    return server.cpu_seconds if server is not None else 0.0

@@ -127,12 +127,11 @@ def other_batchlab_runs(me: int | None = None) -> list[int]:
     """Pids of batchlab run workers on this machine that are not this process (`me`) or started by
     it: another sweep's runs, or a `batchlab train` in another terminal."""
     me = os.getpid() if me is None else me
-    found = []
-    for process in psutil.process_iter(["pid", "cmdline", "name"]):
-        command = process.info.get("cmdline") or []
-        if is_run_worker(command, process.info.get("name") or "") and not descends_from(process.info["pid"], me):
-            found.append(process.info["pid"])
-    return sorted(found)
+    workers = {process.info["pid"]: process.info["ppid"]
+               for process in psutil.process_iter(["pid", "ppid", "cmdline", "name"])
+               if is_run_worker(process.info.get("cmdline") or [], process.info.get("name") or "")}
+    # A forked run's own forks (DataLoader workers) carry its name: one run, counted once.
+    return sorted(pid for pid, parent in workers.items() if parent not in workers and not descends_from(pid, me))
 
 
 class NoiseWatch:

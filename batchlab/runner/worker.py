@@ -110,9 +110,11 @@ def main() -> int:
     return run(sys.stdin.read(), startup_seconds)
 
 
-def run(job_text: str, startup_seconds: float) -> int:
+def run(job_text: str, startup_seconds: float, forked: bool = False) -> int:
     """Run the job in this process, reporting on stdout; the exit code. `startup_seconds`: from
-    the process's start (or fork, worker_server.py) to here."""
+    the process's start (or fork, worker_server.py) to here. `forked`: this process was forked from
+    the run-worker server, which imported torch before: the run's start-up and wall time leave out
+    those imports (~3.5 s), which a fresh process's include; the result says which it was."""
     exit_with_parent()
     job = json.loads(job_text)
     try:
@@ -124,6 +126,7 @@ def run(job_text: str, startup_seconds: float) -> int:
         if KINDS[job["kind"]].records_startup:
             result.startup_seconds = startup_seconds
             result.wall_seconds += startup_seconds
+        result.environment["run_process"] = "forked" if forked else "fresh"
         send({"event": "result", "kind": job["kind"], "result": dataclasses.asdict(result)})
         return 0
     except Exception as error:  # reported to the sweep, which stores it; the traceback goes to stderr

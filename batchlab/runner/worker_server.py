@@ -64,7 +64,15 @@ def serve(connection: socket.socket) -> None:
                 message, fds, _, _ = socket.recv_fds(connection, MAX_MESSAGE, 2)
                 if not message:
                     break  # the sweep closed its end, or died
-                pid = fork_worker(json.loads(message), fds, keep_out=(connection.fileno(), wake_read, wake_write))
+                try:
+                    if len(fds) != 2:
+                        raise ValueError(f"{len(fds)} file descriptors instead of 2")
+                    pid = fork_worker(json.loads(message), fds, keep_out=(connection.fileno(), wake_read, wake_write))
+                except Exception as error:  # this request only (fork refused: EAGAIN, ENOMEM): said, and on
+                    for fd in fds:
+                        os.close(fd)
+                    connection.send(json.dumps({"refused": f"{type(error).__name__}: {error}"}).encode())
+                    continue
                 children.add(pid)
                 connection.send(json.dumps({"started": pid}).encode())
     except (BrokenPipeError, ConnectionResetError):
@@ -74,6 +82,11 @@ def serve(connection: socket.socket) -> None:
             try:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
+                pass
+        for pid in children:  # and waited for: their CPU time reaches the sweep with this process's
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
                 pass
 
 
@@ -112,26 +125,30 @@ def fork_worker(request: dict, fds: list[int], keep_out: tuple[int, ...]) -> int
 
 
 def run_forked(request: dict, stdout: int, stderr: int, keep_out: tuple[int, ...], forked_at: float) -> None:
-    """The forked worker: its own group, limits and output, then the job, as worker.py runs it."""
+    """The forked worker: its own group, output, limits and signal handling, then the job, as
+    worker.py runs it; exits with the job's exit code."""
     code = 1
     try:
         os.setpgid(0, 0)
         name_process(RUN_PROCESS_NAME)
+        null = os.open(os.devnull, os.O_RDONLY)  # first: what goes wrong from here on is the run's to report
+        for source, target in ((null, 0), (stdout, 1), (stderr, 2)):
+            os.dup2(source, target)
+            os.close(source)
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGCHLD, signal.SIGTERM):
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for fd in keep_out:
             os.close(fd)
+        reseed_numpy()
         from .worker import limit_memory, run
 
         if request.get("memory_limit"):
             limit_memory(request["memory_limit"])
-        null = os.open(os.devnull, os.O_RDONLY)
-        for source, target in ((null, 0), (stdout, 1), (stderr, 2)):
-            os.dup2(source, target)
-            os.close(source)
-        code = run(request["job"], startup_seconds=time.time() - forked_at)
+        code = run(request["job"], startup_seconds=time.time() - forked_at, forked=True)
+    except SystemExit as exit_:  # as a fresh worker would exit
+        code = exit_.code if isinstance(exit_.code, int) else 1
     except BaseException:
         traceback.print_exc()
     finally:
@@ -141,6 +158,14 @@ def run_forked(request: dict, stdout: int, stderr: int, keep_out: tuple[int, ...
             except Exception:
                 pass
         os._exit(code)  # never back into the server's loop, nor its exit handlers
+
+
+def reseed_numpy() -> None:
+    """numpy's global generator was seeded once, in the server: every fork would draw the same
+    numbers where a fresh process draws its own (Python's `random` reseeds itself at a fork)."""
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()
 
 
 def name_process(name: str) -> None:
