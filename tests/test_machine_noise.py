@@ -86,8 +86,9 @@ def test_run_on_an_idle_machine_is_not_noisy(synthetic_folder):
         pytest.skip(f"another batchlab run started meanwhile: {summary['reason']}")
     assert summary["noisy"] is False and summary["reason"] is None, summary
     assert summary["other_cpu_share"] < machine_noise.OTHER_CPU_SHARE_LIMIT
-    # The worker's start-up (interpreter, torch import: over a CPU second) counts as the run's own.
-    assert summary["run_cpu_seconds"] > 1.0, summary
+    # The worker's CPU time counts as the run's own (waited for by the run-worker server, or by this
+    # process for a fresh worker): it loaded and trained on up to 2 threads for most of the watch.
+    assert summary["run_cpu_seconds"] > 0.5 * summary["wall_seconds"], summary
     assert summary["other_batchlab_runs"] == [] and summary["cpus"] == psutil.cpu_count()
     assert summary["load_before"] is None or len(summary["load_before"]) == 3
     # The step-time spread of the run's 125 steps is recorded with it.
