@@ -145,3 +145,50 @@ def test_forks_draw_their_own_numpy_numbers():
         os.close(read_end)
         os.waitpid(pid, 0)
     assert len(set(drawn)) == 2 and numpy.random.rand() not in drawn
+
+
+@pytest.fixture
+def no_server():
+    """This test process without a run-worker server, as a command is when it begins."""
+    forked_workers._close_at_exit()
+    yield
+    forked_workers._close_at_exit()
+
+
+def test_a_prestarted_server_is_the_one_the_runs_get(no_server):
+    forked_workers.prestart()
+    pending = forked_workers._server
+    assert pending is not None and not pending.is_ready  # started, not waited for
+    assert forked_workers.ready() is pending and pending.is_ready
+    forked_workers.prestart()  # one is running: no second one
+    assert forked_workers._server is pending
+
+
+def test_a_command_failing_before_its_runs_kills_the_prestarted_server_at_once(no_server):
+    class Refused(Exception):
+        pass
+
+    with pytest.raises(Refused):
+        with forked_workers.prestarted():
+            pending = forked_workers._server
+            raise Refused  # a check of the command, while the server still imports torch
+    # Killed and waited for, not left to notice the closed socket once its imports are done.
+    assert pending.process.poll() == -signal.SIGKILL and forked_workers._server is None
+
+
+def test_a_ready_server_outlives_a_failed_block(no_server):
+    server = forked_workers.ready()
+    with pytest.raises(RuntimeError):
+        with forked_workers.prestarted():
+            raise RuntimeError  # a run that failed: the next command in this process forks from it again
+    assert forked_workers._server is server and server.alive()
+
+
+def test_a_refused_command_leaves_no_server_behind(tmp_path):
+    """The CLI prestarts the server before its checks; a check that fails ends both at once."""
+    done = subprocess.run([sys.executable, "-m", "batchlab", "train", "--dataset", "fashion-mnist", "--data-dir",
+                           str(tmp_path / "nowhere"), "--db", str(tmp_path / "s.db")], capture_output=True, text=True)
+    assert done.returncode == 2 and "does not exist" in done.stderr
+    servers = [process for process in psutil.process_iter(["cmdline", "ppid"])
+               if "batchlab.runner.worker_server" in (process.info["cmdline"] or []) and process.info["ppid"] != os.getpid()]
+    assert servers == []

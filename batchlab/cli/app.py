@@ -259,9 +259,20 @@ def execute(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str]
     (the executor checks them), not this machine's; runs left running on Slurm (--detach) are
     said, with how to collect them, and are no failure. `new_repeat` (batchlab train): each spec
     becomes its next repeat not yet run, so that the same command again stores another."""
-    from ..runner.sweep import SweepInterrupted, run_sweep
+    from ..runner import forked_workers
 
     executor = executor or ExecutorChoice()
+    with forked_workers.prestarted(executor.name == "local"):  # local runs fork from it; its imports overlap ours
+        return execute_here_or_there(specs, db, data_dir, experiment, save_weights, memory_limit, oversubscribe,
+                                     may_start, left, executor, new_repeat)
+
+
+def execute_here_or_there(specs, db: Path, data_dir: Optional[Path], experiment: Optional[str], save_weights: bool,
+                          memory_limit: Optional[float], oversubscribe: bool, may_start, left,
+                          executor: ExecutorChoice, new_repeat: bool):
+    """execute's work, on this machine or on the executor's cluster."""
+    from ..runner.sweep import SweepInterrupted, run_sweep
+
     limit = preflight(specs, data_dir, memory_limit, oversubscribe, here=executor.name == "local")
     if new_repeat:  # after the checks: opening the store creates it
         specs = next_repeats(specs, db)
@@ -415,13 +426,25 @@ def train(
 
     Example: batchlab train --dataset fashion-mnist --model seed-cnn --batch-size 64 --epochs 2
     """
-    from ..data.registry import check_data_dir
-    from ..device.machine import resolve_device
-    from ..train.ddp import launched_externally
+    from ..core.launch import launched_externally
+    from ..runner import forked_workers
 
     spec = RunSpec(**spec_values(RunSpec, fields)).validated()
+    external = launched_externally()
+    # The run-worker server imports torch beside this process, which imports it next.
+    with forked_workers.prestarted(not external):
+        train_or_rank(spec, external, save_weights, memory_limit, oversubscribe, db, data_dir)
+
+
+def train_or_rank(spec: RunSpec, external: bool, save_weights: bool, memory_limit: Optional[float],
+                  oversubscribe: bool, db: Path, data_dir: Optional[Path]) -> None:
+    """`batchlab train`'s run, in a run worker as every run; or, `external`ly launched, in this process
+    as one rank of a torchrun job."""
+    from ..data.registry import check_data_dir
+    from ..device.machine import resolve_device
+
     resolve_device(spec.device)  # a missing device is an error here, not a skipped run
-    if launched_externally():  # one rank of a torchrun job: every rank trains, rank 0 stores
+    if external:  # one rank of a torchrun job: every rank trains, rank 0 stores
         from ..report.training import run_line
         from ..runner.sweep import record_result, saved_weights
         from ..train.strategies import run

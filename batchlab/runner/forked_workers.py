@@ -1,10 +1,12 @@
 """The sweep's side of worker_server.py: run workers forked from a server that has already imported
 what a run imports, instead of fresh processes that import it all again (~3.5 s a run).
 
-One server per sweep process, started by `ready()` before the first run's noise watch (its imports
-would count as another process's CPU time) and again whenever the environment or the working
-directory has changed since it started: a fork sees the server's, and a fresh worker would have seen
-the sweep's. It ends with the sweep (its socket closes). Only on Linux, where forking a process that
+One server per sweep process. The command starts it as it begins (`prestarted`), so that the
+server's imports overlap the command's own, and `ready()` waits for it before the first run's noise
+watch (its imports would count as another process's CPU time). A new one replaces it whenever the
+environment or the working directory has changed since it started: a fork sees the server's, and a
+fresh worker would have seen the sweep's. It ends with the sweep (its socket closes), at once if
+still importing. Only on Linux, where forking a process that
 has imported torch but run nothing is safe and the server is tested; elsewhere `start` returns None
 and the sweep starts a fresh worker.
 """
@@ -12,6 +14,7 @@ and the sweep starts a fresh worker.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import queue
@@ -71,13 +74,23 @@ class WorkerServer:
             self.process = subprocess.Popen([sys.executable, "-m", "batchlab.runner.worker_server", str(theirs.fileno())],
                                             pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
                                             stdout=subprocess.DEVNULL, stderr=self.errors, start_new_session=True)
+        self.is_ready = False  # its imports done (wait_ready); until then it would notice a close only after them
         try:
             threading.Thread(target=self._listen, name="batchlab-worker-server", daemon=True).start()
-            self._expect("ready", READY_TIMEOUT_SECONDS)
-        except BaseException:  # failed, or Ctrl-C while it imports: it would only notice once done
-            self.process.kill()
+        except BaseException:
             self.close()
             raise
+
+    def wait_ready(self) -> None:
+        """Until the server has imported what a run imports; closed if it fails or the wait is interrupted."""
+        if self.is_ready:
+            return
+        try:
+            self._expect("ready", READY_TIMEOUT_SECONDS)
+        except BaseException:  # failed, or Ctrl-C while it imports
+            self.close()
+            raise
+        self.is_ready = True
 
     def start(self, job: str, stderr: int, memory_limit: int | None) -> ForkedWorker:
         """Fork a worker for `job`; its messages come on the returned worker's stdout. Should this
@@ -104,6 +117,8 @@ class WorkerServer:
         return self.process.poll() is None
 
     def close(self) -> None:
+        if not self.is_ready:  # still importing: it would read the closed socket only seconds later
+            self.process.kill()
         try:  # the server ends when its end closes; shutdown wakes the listener blocked on it too
             self.socket.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -169,21 +184,55 @@ def supported() -> bool:
             and os.environ.get("BATCHLAB_FRESH_WORKERS") != "1")
 
 
+def prestart() -> None:
+    """Start the server without waiting for it, where workers are forked and none is running: its
+    imports (~3.5 s) then overlap the command's own (torch, the dataset's checks) on a second core.
+    `ready()` waits for it; `prestarted` closes it if the command fails before that."""
+    global _server, _server_failed
+    with _server_lock:
+        if _server is None and supported():
+            try:
+                _server = WorkerServer()
+            except OSError:
+                _server_failed = True
+
+
+@contextlib.contextmanager
+def prestarted(wanted: bool = True):
+    """The block with the server starting beside it (`prestart`, if `wanted`); a server still
+    importing when the block fails or is interrupted is killed at once (no run will need it)."""
+    if wanted:
+        prestart()
+    try:
+        yield
+    except BaseException:
+        with _server_lock:
+            if _server is not None and not _server.is_ready:
+                _discard()
+        raise
+
+
 def ready() -> WorkerServer | None:
-    """The server for this environment and working directory, started (and waited for) if need be;
-    None where workers are not forked, or no server could be started (the runs then get fresh
+    """The server for this environment and working directory, started (or prestarted) and waited
+    for; None where workers are not forked, or no server could be started (the runs then get fresh
     workers, which show whatever stopped it)."""
     global _server, _server_failed
     with _server_lock:
         if not supported():
             return None
-        if _server is not None and (not _server.alive() or _server.serves != (dict(os.environ), os.getcwd())):
+        # A prestarted server that died while importing says why in wait_ready; one that died since is replaced.
+        if _server is not None and ((_server.is_ready and not _server.alive())
+                                    or _server.serves != (dict(os.environ), os.getcwd())):
             _discard()
-        if _server is None:
-            try:
+        try:
+            if _server is None:
                 _server = WorkerServer()
-            except (ServerGone, OSError):
-                _server_failed = True
+            _server.wait_ready()
+        except (ServerGone, OSError):
+            _server, _server_failed = None, True
+        except BaseException:  # interrupted: wait_ready has closed it
+            _server = None
+            raise
         return _server
 
 

@@ -27,6 +27,7 @@ from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 
 from ..core.errors import SpecError
+from ..core.launch import launched_externally
 from ..core.records import EpochRecord, RunResult
 from ..data.device import ddp_order
 from ..device.heap import keep_freed_memory
@@ -49,12 +50,6 @@ from .graphs import graphed_steps
 from .team import Team
 
 NO_BAD_STEP = 2**62  # stands for "every loss finite" in the MIN all-reduce of first bad steps
-LAUNCH_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def launched_externally() -> bool:
-    """True when torchrun (or another launcher) made this process one rank of a job."""
-    return all(name in os.environ for name in LAUNCH_ENV)
 
 
 def all_reduced(work: EpochWork, device: torch.device) -> EpochWork:
