@@ -10,10 +10,12 @@ import signal
 import subprocess
 import sys
 
+import pandas
 import psutil
 import pytest
 from processes_helpers import still_alive, wait_for
 
+from batchlab.report.run_process import process_lines
 from batchlab.runner import forked_workers
 from batchlab.runner.machine_noise import is_run_worker
 from batchlab.runner.sweep import run_in_worker
@@ -42,8 +44,11 @@ def test_a_forked_worker_trains_exactly_as_a_fresh_one(synthetic_folder, monkeyp
     assert (forked.environment["run_process"], fresh.environment["run_process"]) == ("forked", "fresh")
     for measured in ("train_loss", "test_loss", "test_accuracy"):
         assert [getattr(epoch, measured) for epoch in forked.epochs] == [getattr(epoch, measured) for epoch in fresh.epochs]
-    # The fresh worker's start-up includes its interpreter and imports, the fork's does not.
+    # The fresh worker's start-up includes its interpreter and imports, the fork's does not; a report
+    # of both kinds says so.
     assert forked.startup_seconds < fresh.startup_seconds
+    stored = pandas.DataFrame({"environment": [json.dumps(run.environment) for run in (forked, fresh)]})
+    assert len(process_lines(stored)) == 1 and process_lines(stored.iloc[:1]) == []
 
 
 def test_the_forked_worker_is_its_own_group_named_as_a_run(synthetic_folder, tmp_path):
@@ -91,6 +96,7 @@ def test_without_a_server_the_run_gets_a_fresh_worker(synthetic_folder, monkeypa
 
 KILLED_SWEEP = """
 import dataclasses, json, sys, time
+from batchlab.report.run_process import process_lines
 from batchlab.runner import forked_workers
 from batchlab.spec.run import RunSpec
 server = forked_workers.ready()

@@ -72,3 +72,33 @@ def test_table_shows_validation_accuracy_only_when_measured(tmp_path):
     layout = fit(TRAINING, aggregate(load_runs(db)), 200)
     column = [c.label for c in layout.columns].index("val acc")
     assert "0.7700" in [row[column] for row in layout.texts]
+
+
+def test_the_report_says_when_fresh_and_forked_run_processes_are_side_by_side(tmp_path):
+    """A fresh Python's wall time includes importing torch, a forked one's does not: a store with
+    both says so under the table (and a store of one kind does not)."""
+    from typer.testing import CliRunner
+
+    from batchlab.cli.app import app
+
+    def stored(db, kinds):
+        with Store(db) as store:
+            store.record_machine("m1", {"hostname": "box"})
+            for repeat, kind in enumerate(kinds):
+                spec = RunSpec(model="mlp", batch_size=64, threads=1, repeat=repeat, seed=repeat)
+                epochs = [EpochRecord(epoch=1, train_loss=1.0, train_accuracy=0.5, val_loss=None, val_accuracy=None,
+                                      test_loss=0.5, test_accuracy=0.8, train_seconds=1.0, eval_seconds=0.1,
+                                      images=1000, steps=10)]
+                store.finish(store.start(spec, "m1"), RunResult(spec=spec, epochs=epochs,
+                                                                environment={"run_process": kind}))
+        return db
+
+    def report(db):
+        result = CliRunner().invoke(app, ["report", "--db", str(db)], env={"COLUMNS": "400"})
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.split())
+
+    mixed = report(stored(tmp_path / "mixed.db", ["fresh", "forked", "forked"]))
+    assert ("wall seconds: 1 run(s) started in a fresh Python, whose wall time includes importing torch, and 2 "
+            "were forked") in mixed
+    assert "started in a fresh Python" not in report(stored(tmp_path / "forked.db", ["forked", "forked"]))

@@ -622,6 +622,7 @@ def report(
     from ..report.inference import comparison_lines, folding_lines, load_inference, with_best
     from ..report.noise import noise_lines
     from ..report.precision import precision_lines
+    from ..report.run_process import process_lines
     from ..report.terminal import inference_table, runs_table, training_table, tuned_table
     from ..report.training import aggregate, json_rows, load_runs, merged
     from ..report.tuning import tuned
@@ -667,7 +668,8 @@ def report(
             screen.print(inference_table(measured, screen.width))
             for line in comparison_lines(measured) + folding_lines(measured):
                 screen.print(line, highlight=False, markup=False)
-        for line in precision_lines(training, measured):  # a bf16 slowdown that is the CPU's, said so
+        # A bf16 slowdown that is the CPU's, and wall times of fresh and forked run processes side by side: said so.
+        for line in precision_lines(training, measured) + process_lines(training):
             screen.print(line, highlight=False, markup=False)
 
 
@@ -676,6 +678,7 @@ def write_figures(sources: list[Path], training, measured, html: Optional[Path],
     from ..report.html import page
     from ..report.inference import folding_lines
     from ..report.precision import precision_lines
+    from ..report.run_process import process_lines
     from ..report.training import aggregate, load_epochs, load_evaluations, load_machines, merged
 
     rows = aggregate(training) if len(training) else training
@@ -689,7 +692,7 @@ def write_figures(sources: list[Path], training, measured, html: Optional[Path],
 
         machines = {k: v for source in sources for k, v in load_machines(source).items()}
         studies = [study for source in sources for study in stored_advice(source)]
-        notes = precision_lines(training, measured) + folding_lines(measured)
+        notes = precision_lines(training, measured) + process_lines(training) + folding_lines(measured)
         html.write_text(page(figures, rows, measured, machines, [str(s) for s in sources], studies, notes))
         err.print(f"report written to {html}")
 
