@@ -129,3 +129,26 @@ def test_folder_dataset(tmp_path):
     assert bright.mean() > 150
     (tmp_path / "dark" / "broken.png").write_bytes(b"not an image")
     assert len(data.load(f"folder:{tmp_path}").skipped) == 1  # skipped with a note (tests/test_image_shapes.py)
+
+
+def test_a_preloaded_dataset_is_served_only_while_its_files_are_unchanged(synthetic_dataset, tmp_path, monkeypatch):
+    """The run-worker server's preload (registry.preload): a run forked after it gets the arrays it
+    loaded, verified, without reading them again; a file replaced since is read and verified again,
+    so a corrupted one is refused as it is without the preload, and nothing corrupted is held."""
+    monkeypatch.setattr(data, "_preloaded", None)  # this process's, as a fresh server's
+    folder = shutil.copytree(synthetic_dataset.directory, tmp_path / "copy")
+    data.preload(synthetic_dataset.name, folder)
+    held = data.load_registered(synthetic_dataset.name, folder)
+    assert data.load_registered(synthetic_dataset.name, folder) is held  # not read again
+    assert data.load_registered(synthetic_dataset.name, synthetic_dataset.directory) is not held  # other files
+    labels = folder / "t10k-labels-idx1-ubyte.gz"
+    content = bytearray(gzip.decompress(labels.read_bytes()))
+    content[100] ^= 0xFF  # one flipped byte, in a file that replaces the original as a download would
+    (tmp_path / "new.gz").write_bytes(gzip.compress(bytes(content), mtime=0))
+    (tmp_path / "new.gz").replace(labels)
+    with pytest.raises(DataError, match="checksum mismatch"):
+        data.load_registered(synthetic_dataset.name, folder)
+    data.preload(synthetic_dataset.name, folder)  # corrupted: the run says so, the server holds nothing
+    assert data._preloaded is None
+    data.preload("folder:" + str(tmp_path), None)  # a folder of images is decoded by each run: not held
+    assert data._preloaded is None

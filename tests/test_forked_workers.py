@@ -198,3 +198,32 @@ def test_a_refused_command_leaves_no_server_behind(tmp_path):
     servers = [process for process in psutil.process_iter(["cmdline", "ppid"])
                if "batchlab.runner.worker_server" in (process.info["cmdline"] or []) and process.info["ppid"] != os.getpid()]
     assert servers == []
+
+
+@pytest.mark.real_data
+def test_runs_after_the_first_get_the_servers_dataset_until_a_file_changes(fashion_dir, tmp_path):
+    """The server loads a run's registered dataset before it forks it (registry.preload); the next
+    run on the same files trains on it, and a file replaced in between is verified again: a
+    corrupted one fails its run as it would without the server."""
+    import gzip
+    import shutil
+
+    folder = tmp_path / "fashion"
+    folder.mkdir()
+    for path in fashion_dir.glob("*-ubyte.gz"):
+        shutil.copy(path, folder)
+    spec = RunSpec(dataset="fashion-mnist", model="mlp", batch_size=64, epochs=1, limit_train=512, threads=1)
+
+    def outcome():
+        return run_in_worker(spec, str(folder), lambda record: None)
+
+    first, second = outcome(), outcome()
+    assert first.status == second.status == "DONE", (first.error, second.error)
+    assert first.result.epochs[-1].test_accuracy == second.result.epochs[-1].test_accuracy  # the same data
+    labels = folder / "t10k-labels-idx1-ubyte.gz"
+    content = bytearray(gzip.decompress(labels.read_bytes()))
+    content[100] = (content[100] + 1) % 10  # one test label changed: a valid file, not Fashion-MNIST's
+    (tmp_path / "new.gz").write_bytes(gzip.compress(bytes(content)))
+    (tmp_path / "new.gz").replace(labels)
+    corrupted = outcome()
+    assert corrupted.status == "FAILED" and "checksum mismatch" in corrupted.error, corrupted.error
