@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 import shutil
 
@@ -131,16 +132,24 @@ def test_folder_dataset(tmp_path):
     assert len(data.load(f"folder:{tmp_path}").skipped) == 1  # skipped with a note (tests/test_image_shapes.py)
 
 
-def test_a_preloaded_dataset_is_served_only_while_its_files_are_unchanged(synthetic_dataset, tmp_path, monkeypatch):
-    """The run-worker server's preload (registry.preload): a run forked after it gets the arrays it
-    loaded, verified, without reading them again; a file replaced since is read and verified again,
-    so a corrupted one is refused as it is without the preload, and nothing corrupted is held."""
+def test_a_preloaded_dataset_is_handed_over_once_while_its_files_are_unchanged(synthetic_dataset, tmp_path,
+                                                                             monkeypatch):
+    """The run-worker server's preload (registry.preload): the run forked after it gets the arrays it
+    loaded, verified, without reading them again, and this process keeps no reference to them; not
+    under another dataset's name reading the same files; a file replaced since is read and verified
+    again, so a corrupted one is refused as it is without the preload, and nothing corrupted is held."""
     monkeypatch.setattr(data, "_preloaded", None)  # this process's, as a fresh server's
     folder = shutil.copytree(synthetic_dataset.directory, tmp_path / "copy")
     data.preload(synthetic_dataset.name, folder)
-    held = data.load_registered(synthetic_dataset.name, folder)
-    assert data.load_registered(synthetic_dataset.name, folder) is held  # not read again
-    assert data.load_registered(synthetic_dataset.name, synthetic_dataset.directory) is not held  # other files
+    held = data._preloaded[2]
+    handed = data.load_registered(synthetic_dataset.name, folder)
+    assert handed.preloaded and handed.train_images is held.train_images and data._preloaded is None
+    again = data.load_registered(synthetic_dataset.name, folder)  # read from the files
+    assert not again.preloaded and np.array_equal(again.train_images, held.train_images)
+    # Another name over the same files (cifar100-coarse reads cifar100's archive into other labels).
+    monkeypatch.setitem(data.DATASETS, "twin", dataclasses.replace(synthetic_dataset.info, name="twin"))
+    data.preload(synthetic_dataset.name, folder)
+    assert not data.load_registered("twin", folder).preloaded
     labels = folder / "t10k-labels-idx1-ubyte.gz"
     content = bytearray(gzip.decompress(labels.read_bytes()))
     content[100] ^= 0xFF  # one flipped byte, in a file that replaces the original as a download would
@@ -150,5 +159,7 @@ def test_a_preloaded_dataset_is_served_only_while_its_files_are_unchanged(synthe
         data.load_registered(synthetic_dataset.name, folder)
     data.preload(synthetic_dataset.name, folder)  # corrupted: the run says so, the server holds nothing
     assert data._preloaded is None
+    data.preload(synthetic_dataset.name, synthetic_dataset.directory)
+    assert data._preloaded is not None
     data.preload("folder:" + str(tmp_path), None)  # a folder of images is decoded by each run: not held
     assert data._preloaded is None

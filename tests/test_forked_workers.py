@@ -96,7 +96,6 @@ def test_without_a_server_the_run_gets_a_fresh_worker(synthetic_folder, monkeypa
 
 KILLED_SWEEP = """
 import dataclasses, json, sys, time
-from batchlab.report.run_process import process_lines
 from batchlab.runner import forked_workers
 from batchlab.spec.run import RunSpec
 server = forked_workers.ready()
@@ -192,16 +191,23 @@ def test_a_ready_server_outlives_a_failed_block(no_server):
 
 def test_a_refused_command_leaves_no_server_behind(tmp_path):
     """The CLI prestarts the server before its checks; a check that fails ends both at once."""
+    marker = f"refused-{os.getpid()}-{tmp_path.name}"  # in the environment of the command and its server only
     done = subprocess.run([sys.executable, "-m", "batchlab", "train", "--dataset", "fashion-mnist", "--data-dir",
-                           str(tmp_path / "nowhere"), "--db", str(tmp_path / "s.db")], capture_output=True, text=True)
+                           str(tmp_path / "nowhere"), "--db", str(tmp_path / "s.db")], capture_output=True, text=True,
+                          env={**os.environ, "BATCHLAB_TEST_MARKER": marker})
     assert done.returncode == 2 and "does not exist" in done.stderr
-    servers = [process for process in psutil.process_iter(["cmdline", "ppid"])
-               if "batchlab.runner.worker_server" in (process.info["cmdline"] or []) and process.info["ppid"] != os.getpid()]
-    assert servers == []
+
+    def marked(process) -> bool:
+        try:
+            return process.environ().get("BATCHLAB_TEST_MARKER") == marker
+        except psutil.Error:
+            return False
+
+    assert [process for process in psutil.process_iter() if marked(process)] == []
 
 
 @pytest.mark.real_data
-def test_runs_after_the_first_get_the_servers_dataset_until_a_file_changes(fashion_dir, tmp_path):
+def test_runs_after_the_first_get_the_servers_dataset_until_a_file_changes(fashion_dir, tmp_path, monkeypatch):
     """The server loads a run's registered dataset before it forks it (registry.preload); the next
     run on the same files trains on it, and a file replaced in between is verified again: a
     corrupted one fails its run as it would without the server."""
@@ -219,7 +225,12 @@ def test_runs_after_the_first_get_the_servers_dataset_until_a_file_changes(fashi
 
     first, second = outcome(), outcome()
     assert first.status == second.status == "DONE", (first.error, second.error)
-    assert first.result.epochs[-1].test_accuracy == second.result.epochs[-1].test_accuracy  # the same data
+    assert first.result.environment["dataset_preloaded"] and second.result.environment["dataset_preloaded"]
+    monkeypatch.setenv("BATCHLAB_FRESH_WORKERS", "1")
+    fresh = outcome()  # reads its files itself
+    assert not fresh.result.environment["dataset_preloaded"]
+    assert fresh.result.epochs[-1].test_accuracy == second.result.epochs[-1].test_accuracy  # the same data
+    monkeypatch.delenv("BATCHLAB_FRESH_WORKERS")
     labels = folder / "t10k-labels-idx1-ubyte.gz"
     content = bytearray(gzip.decompress(labels.read_bytes()))
     content[100] = (content[100] + 1) % 10  # one test label changed: a valid file, not Fashion-MNIST's

@@ -22,6 +22,7 @@ class Dataset:
     class_names: tuple[str, ...]  # label i is class_names[i]; recorded with the run
     notes: tuple[str, ...] = field(default=())  # what the loader decided or skipped: said to the user, recorded
     skipped: tuple[str, ...] = field(default=())  # files that could not be decoded, each "path (why)"
+    preloaded: bool = False  # loaded by the run-worker server before this run's fork (registry.preload)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

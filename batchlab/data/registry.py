@@ -19,6 +19,7 @@ directly in it.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import math
@@ -407,20 +408,30 @@ def load_registered(name: str, data_dir: str | Path | None = None) -> Dataset:
     if directory is None:
         raise DataError(missing_message(name, data_dir))
     info = registered(name)
-    if _preloaded is not None and _preloaded[0] == files_identity(info, directory):
-        return _preloaded[1]
-    return info.format.load(info, directory)
+    return take_preloaded(name, info, directory) or info.format.load(info, directory)
 
 
-# The dataset the run-worker server loaded before it forked a run (runner/worker_server.py), with the
-# identity of its files: the fork finds it here, verified, instead of reading, decompressing and hashing
-# the files again (Fashion-MNIST: ~0.35 s of every run). One dataset at most, so that a fork carries no
-# other in its address space (which --memory-limit bounds). A file replaced or written since is read again.
-_preloaded: tuple[tuple, Dataset] | None = None
+# The dataset the run-worker server loaded before it forked a run (runner/worker_server.py), with its
+# name and the identity of its files: the fork finds it here, verified, instead of reading,
+# decompressing and hashing the files again (Fashion-MNIST: ~0.35 s of every run). The name too: two
+# datasets can read the same files (cifar100 and cifar100-coarse) into different labels. One dataset
+# at most. A file replaced or written since is read again.
+_preloaded: tuple[str, tuple, Dataset] | None = None
+
+
+def take_preloaded(name: str, info: DatasetInfo, directory: Path) -> Dataset | None:
+    """The preloaded dataset if it is `name` from these very files, handed over: this process keeps
+    no reference to it, so a run frees what it does not copy to its device (a maxbatch probe keeps
+    only its batch's images, and --memory-limit counts nothing more than without the server)."""
+    global _preloaded
+    if _preloaded is None or _preloaded[:2] != (name, files_identity(info, directory)):
+        return None
+    dataset, _preloaded = _preloaded[2], None
+    return dataclasses.replace(dataset, preloaded=True)
 
 
 def files_identity(info: DatasetInfo, directory: Path) -> tuple | None:
-    """Path, size, modification and change times and inode of each of the dataset's files in
+    """Path, size, modification and change times, inode and device of each of the dataset's files in
     `directory`; None where one is missing or cannot be read."""
     identity = []
     for file in info.files:
@@ -455,10 +466,10 @@ def preload(name: str, data_dir: str | Path | None = None) -> None:
     identity = files_identity(info, directory) if directory is not None else None
     if identity is None:
         _preloaded = None
-    elif _preloaded is None or _preloaded[0] != identity:
+    elif _preloaded is None or _preloaded[:2] != (name, identity):
         _preloaded = None  # freed before the next one is read: never two in memory
         try:
-            _preloaded = (identity, info.format.load(info, directory))
+            _preloaded = (name, identity, info.format.load(info, directory))
         except DataError:
             pass
 

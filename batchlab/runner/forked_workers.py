@@ -26,9 +26,10 @@ import threading
 
 from .worker_server import MAX_MESSAGE
 
-# How long the server may take to import torch and the run modules, and to fork a worker.
+# How long the server may take to import torch and the run modules, and to load a run's dataset
+# (registry.preload: read, checksum, decode; CIFAR-100 from a slow disk on a busy machine) and fork it.
 READY_TIMEOUT_SECONDS = 120
-START_TIMEOUT_SECONDS = 30
+START_TIMEOUT_SECONDS = 300
 
 
 class ForkedWorker:
@@ -87,6 +88,8 @@ class WorkerServer:
             return
         try:
             self._expect("ready", READY_TIMEOUT_SECONDS)
+            if not self.alive():  # said it was ready, then died: its first fork would fail
+                raise ServerGone(f"the run-worker server ended after its start ({self._last_error()})")
         except BaseException:  # failed, or Ctrl-C while it imports
             self.close()
             raise
@@ -267,7 +270,8 @@ def _discard() -> None:
 
 def reaped_cpu_seconds() -> float:
     """CPU seconds of the forked workers the current server has waited for, with what they waited
-    for: what resource.getrusage(RUSAGE_CHILDREN) counts for fresh workers. A server this process
+    for and what the server spent loading their data: what resource.getrusage(RUSAGE_CHILDREN)
+    counts for fresh workers. A server this process
     has closed and waited for is in RUSAGE_CHILDREN itself, its workers with it (the server waits
     for every one, killed ones too), so its count is dropped with it."""
     server = _server

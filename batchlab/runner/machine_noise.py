@@ -14,7 +14,7 @@ How "other processes' CPU time" is measured, without watching every process:
   collected from its own waited-for children (the worker joins its hogwild workers / DDP ranks /
   loader workers), so the worker's start-up and imports count as the run's, not as "other"; a
   worker forked by the run-worker server is waited for by the server, which reports the same
-  figure (os.wait4: forked_workers.reaped_cpu_seconds);
+  figure (os.wait4), with its own CPU time loading the run's data (forked_workers.reaped_cpu_seconds);
 - this process (the sweep: its output reader, heartbeat and our sampler threads) used S
   (RUSAGE_SELF);
 - other processes used B - C - S, shown as a share of the machine's CPU capacity over the watch

@@ -13,7 +13,7 @@ file) or an inference measurement ("infer": an InferSpec; with "weights_in", the
 while it trains, evaluates or watches its team of worker processes. The sweep ends a worker that
 sends nothing for $BATCHLAB_WORKER_TIMEOUT seconds.
 
-A process of its own per run (fresh, or forked from a server that has only imported modules) keeps
+A process of its own per run (fresh, or forked from a server that has only imported modules and loaded its data) keeps
 thread settings, allocator state, memory growth and crashes inside the run. The worker never
 touches the store: the sweep process is its only writer.
 """
@@ -76,7 +76,7 @@ def perform(job: dict):
     from ..device.heap import keep_freed_memory
     from ..device.threads import flush_denormals
 
-    heartbeat.beat()  # imports done; next the data load (~1 s), then warm-up and steps beat
+    heartbeat.beat()  # imports done; next the data load (~1 s; ~0 preloaded by the server), then warm-up and steps beat
     flush_denormals()  # this process is the run's own: before its first tensor work
     keep_freed_memory()
     kind = KINDS[job["kind"]]
@@ -112,7 +112,8 @@ def main() -> int:
 
 def run(job_text: str, startup_seconds: float, forked: bool = False) -> int:
     """Run the job in this process, reporting on stdout; the exit code. `startup_seconds`: from
-    the process's start (or fork, worker_server.py) to here. `forked`: this process was forked from
+    the process's start (or, forked, from the request to the server, which loads the run's
+    registered dataset before it forks: worker_server.py) to here. `forked`: this process was forked from
     the run-worker server, which imported torch before: the run's start-up and wall time leave out
     those imports (~3.5 s), which a fresh process's include; the result says which it was."""
     exit_with_parent()

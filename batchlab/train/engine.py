@@ -393,7 +393,9 @@ def data_notes(dataset, input_note: str | None = None) -> dict:
     """What the data loader (and the input path choice) decided or skipped, for the run record
     (and said to the user)."""
     notes = [*dataset.notes, *([input_note] if input_note else [])]
-    return {"data_notes": notes, "skipped_image_examples": list(dataset.skipped[:SKIPPED_EXAMPLES])}
+    # Preloaded: its read and checks are in the run's start-up (the server's, before the fork), not its load.
+    return {"data_notes": notes, "skipped_image_examples": list(dataset.skipped[:SKIPPED_EXAMPLES]),
+            "dataset_preloaded": dataset.preloaded}
 
 
 def build_model(spec: RunSpec, dd: DeviceData, device: torch.device) -> nn.Module:
