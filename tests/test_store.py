@@ -135,6 +135,9 @@ def test_a_schema_1_store_is_migrated_keeping_its_runs(tmp_path):
         db.execute("INSERT INTO runs (run_key, machine_id, status, created_at, batch_size, model) "
                    "VALUES ('k', 'm1', 'DONE', 'then', 256, 'mlp')")
         db.execute("INSERT INTO epochs (run_id, epoch, train_seconds, images) VALUES (1, 1, 2.0, 1000)")
+        for key, device in (("c", "cpu"), ("g", "cuda:0")):
+            db.execute("INSERT INTO inference (run_key, machine_id, status, created_at, batch_size, model, device) "
+                       "VALUES (?, 'm1', 'DONE', 'then', 16, 'mlp', ?)", (key, device))
     before = path.read_bytes()
     runs = load_runs(path)  # a report reads it migrated in memory, the file untouched
     assert runs.loc[0, "micro_batch"] == 256 and runs.loc[0, "slicing"] == "whole"
@@ -146,6 +149,8 @@ def test_a_schema_1_store_is_migrated_keeping_its_runs(tmp_path):
     assert path.read_bytes() == before
     Store(path).close()  # a sweep's store migrates the file
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 11
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 12
+        # Inference measured before --graph: eager on the CPU, CUDA graphs where possible on CUDA (auto then).
+        assert dict(db.execute("SELECT device, graph FROM inference")) == {"cpu": "off", "cuda:0": "auto"}
     migrated = load_runs(path)  # its tables rebuilt by schema 10: the run keeps its epochs
     assert migrated.loc[0, "micro_batch"] == 256 and migrated.loc[0, "images_per_second"] == 500

@@ -619,7 +619,7 @@ def report(
     """
     from ..report.columns import INFERENCE, RUNS, TRAINING, TUNED, machine_rows
     from ..report.critical_batch import fit_lines
-    from ..report.inference import comparison_lines, folding_lines, load_inference, with_best
+    from ..report.inference import comparison_lines, load_inference, preparation_lines, with_best
     from ..report.noise import noise_lines
     from ..report.precision import precision_lines
     from ..report.run_process import process_lines
@@ -666,7 +666,7 @@ def report(
                 screen.print(tuned_table(best, screen.width))
         if len(measured) and not tuned_only:
             screen.print(inference_table(measured, screen.width))
-            for line in comparison_lines(measured) + folding_lines(measured):
+            for line in comparison_lines(measured) + preparation_lines(measured):
                 screen.print(line, highlight=False, markup=False)
         # A bf16 slowdown that is the CPU's, and wall times of fresh and forked run processes side by side: said so.
         for line in precision_lines(training, measured) + process_lines(training):
@@ -676,7 +676,7 @@ def report(
 def write_figures(sources: list[Path], training, measured, html: Optional[Path], png: Optional[Path]) -> None:
     from ..report.figures import all_figures
     from ..report.html import page
-    from ..report.inference import folding_lines
+    from ..report.inference import preparation_lines
     from ..report.precision import precision_lines
     from ..report.run_process import process_lines
     from ..report.training import aggregate, load_epochs, load_evaluations, load_machines, merged
@@ -692,7 +692,7 @@ def write_figures(sources: list[Path], training, measured, html: Optional[Path],
 
         machines = {k: v for source in sources for k, v in load_machines(source).items()}
         studies = [study for source in sources for study in stored_advice(source)]
-        notes = precision_lines(training, measured) + process_lines(training) + folding_lines(measured)
+        notes = precision_lines(training, measured) + process_lines(training) + preparation_lines(measured)
         html.write_text(page(figures, rows, measured, machines, [str(s) for s in sources], studies, notes))
         err.print(f"report written to {html}")
 

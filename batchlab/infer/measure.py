@@ -8,9 +8,11 @@
   inference deployments prepare a model; the result records how many were folded.
 - first call: the very first forward pass of the fresh model (allocator, kernel selection), timed
   once and reported apart; both series above start after it.
-- on a CUDA device with whole batches, both series replay a CUDA graph of the forward pass
-  (normalisation and model; graphs.py), each call copying its batch into the graph's input first;
-  the first call stays eager.
+- the forward pass timed (spec.graph "auto"): on the CPU in fp32, frozen oneDNN graphs of it
+  (normalisation and model, one per slice size; cpu_graph.py), used only where they match the
+  eager pass on the measured images; on a CUDA device with whole batches, a CUDA graph of it
+  (graphs.py), each call copying its batch into the graph's input first. The first call stays
+  eager; building a graph is timed apart and recorded, as is why none was used. "off": eager.
 
 The batch is the test set tiled (repeated) up to the batch size, so any size can be measured.
 Each series repeats until it has MIN_REPEATS calls and MIN_SECONDS of measurement (at most
@@ -44,6 +46,7 @@ from ..nn.folding import fold_batch_norms
 from ..nn.placement import autocast, place
 from ..nn.texts import shape_text
 from ..spec.run import InferSpec
+from . import cpu_graph
 from .graphs import graphed_forward
 
 MIN_REPEATS = 3
@@ -81,6 +84,7 @@ def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None 
     torch.set_num_threads(spec.threads)
     result = InferResult(spec=spec)
     cuda_notes: dict = {}  # what a CUDA measurement set, for its record
+    graph_notes: dict = {}  # whether the timed forward is a graph, and why not
     if device.type == "cuda":
         make_current(device)  # the capture's streams (graphs.py) are the current device's
         # Before the first op: fp32 is IEEE unless the measurement asks for tf32.
@@ -127,9 +131,8 @@ def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None 
         predictions = with_overheads()
     result.first_call_seconds = first.seconds
     on_device = host_images.to(device)
-    # After the first call, which stays the cold eager call it reports; the capture is timed nowhere.
-    forward = graphed_forward(eager, lambda images: model(normalized(images)), on_device, spec.precision, slice_size,
-                              cuda_notes)
+    # After the first call, which stays the cold eager call it reports; building a graph is timed apart.
+    forward = timed_forward(spec, eager, model, normalized, on_device, slice_size, graph_notes)
     result.compute_seconds = repeat_timed(lambda: forward(on_device), device)
     result.overhead_seconds = repeat_timed(with_overheads, device)
     if weights is not None:
@@ -144,5 +147,19 @@ def measure(spec: InferSpec, data_dir: str | None = None, weights: bytes | None 
                           "precision_units": precision_units(spec.precision, device),
                           "precision_product_speed": product_speed(spec.precision, device),
                           "denormals_flushed": denormals_flushed(), "batch_norms_folded": folded,
-                          **({"batch_norm_unfolded": unfolded} if unfolded else {}), **cuda_notes}
+                          **({"batch_norm_unfolded": unfolded} if unfolded else {}), **cuda_notes, **graph_notes}
     return result
+
+
+def timed_forward(spec: InferSpec, eager, model, normalized: Normalize, sample: torch.Tensor, slice_size: int,
+                  notes: dict):
+    """The forward pass the series time: with --graph auto a graph of it where the device allows
+    and it is built (cpu_graph.py on the CPU, graphs.py on CUDA), else `eager`; `notes` records which."""
+    if spec.graph == "off":
+        return eager
+    if sample.device.type == "cpu":
+        def eager_slice(images: torch.Tensor) -> torch.Tensor:
+            return model(normalized(images))
+        return cpu_graph.fused_forward(eager, eager_slice, model, normalized, sample, slice_size, spec.precision,
+                                       notes)
+    return graphed_forward(eager, lambda images: model(normalized(images)), sample, spec.precision, slice_size, notes)

@@ -281,3 +281,11 @@ class Dropout(nn.Dropout):
             keep, p = torch.rand(inputs.shape, device=inputs.device) >= self.p, self.p
         mask = keep.to(inputs.dtype).mul_(1 / (1 - p))
         return inputs.mul_(mask) if self.inplace else inputs * mask
+
+
+# Each drop-in layer's torch.nn parent, whose forward gives the same results: what a graph
+# compiler is given instead (infer/cpu_graph.py), since the faster eager paths above call ops
+# it does not fuse.
+TORCH_NN_PARENTS: dict[type[nn.Module], type[nn.Module]] = {
+    Linear: nn.Linear, Conv2d: nn.Conv2d, MaxPool2d: nn.MaxPool2d, Dropout: nn.Dropout,
+}

@@ -205,6 +205,7 @@ INFERENCE = [
     setting("threads", align="right", show_if="always"),
     setting("precision", show_if="always"),
     setting("slicing"),
+    setting("graph"),
     setting("weights_source", "weights", show_if="always"),
     setting("machine"),
     setting("batch_size", "batch", align="right", show_if="always", fmt="count", split=False),

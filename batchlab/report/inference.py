@@ -12,7 +12,7 @@ from ..store.store import Store
 from .precision import recorded
 from .training import read_store
 
-CONFIG_KEYS = ["device", "threads", "precision", "slicing", "machine"]  # one "device" in comparisons
+CONFIG_KEYS = ["device", "threads", "precision", "slicing", "graph", "machine"]  # one "device" in comparisons
 SERIES_KEYS = ["dataset", "model", "weights_source"]  # only measurements of the same work compare
 
 
@@ -24,6 +24,7 @@ def load_inference(db: str | Path) -> pd.DataFrame:
 def config_name(row) -> str:
     return f"{row['device']} t={row['threads']} {row['precision']}" + (
         "" if row.get("slicing", "auto") == "auto" else f" slices={row['slicing']}") + (
+        "" if row.get("graph", "auto") == "auto" else f" graph={row['graph']}") + (
         f" @{row['machine']}" if "machine" in row and row["machine"] else "")
 
 
@@ -105,3 +106,41 @@ def folding_lines(rows: pd.DataFrame) -> list[str]:
              f"them as they are)." for model, counts in sorted(folded.items())]
     lines += [f"{model}: inference ran its batch norm as it is, {reason}." for model, reason in sorted(unfolded.items())]
     return lines
+
+
+# Environment keys of the graphs a measurement may time (infer/cpu_graph.py, infer/graphs.py).
+GRAPH_KINDS = (("onednn_graph", "oneDNN graphs"), ("cuda_graphs", "CUDA graphs"))
+
+
+def graph_lines(rows: pd.DataFrame) -> list[str]:
+    """Per model and kind of graph: how many measurements timed a graph of the forward pass, with
+    the partitions fused and the seconds spent building and checking it (timed nowhere else), and
+    why the others ran eagerly; --graph off measurements record neither and are not counted."""
+    if not len(rows) or "environment" not in rows:
+        return []
+    lines = []
+    for model, part in rows.groupby("model", sort=True):
+        fields = [recorded(environment) for environment in part["environment"]]
+        for key, name in GRAPH_KINDS:
+            outcomes = [f for f in fields if key in f]
+            used = [f for f in outcomes if f[key] is True]
+            reasons = sorted({str(f[key]).removeprefix("not used: ") for f in outcomes if f[key] is not True})
+            if not outcomes:
+                continue
+            text = f"{model}: {len(used)} of {len(outcomes)} measurement(s) timed {name} of the forward pass"
+            if used:
+                fused = sorted({int(f["onednn_graph_fused"]) for f in used if "onednn_graph_fused" in f})
+                seconds = [float(f["onednn_graph_seconds"]) for f in used if "onednn_graph_seconds" in f]
+                details = ([f"{'/'.join(map(str, fused))} fused partitions"] if fused else []) + (
+                    [f"built and checked against eager in {min(seconds):.2f}–{max(seconds):.2f} s, not timed"]
+                    if seconds else [])
+                text += f" ({'; '.join(details)})" if details else ""
+            if reasons:
+                text += f"; the others ran eagerly: {'; '.join(reasons)}"
+            lines.append(text + ".")
+    return lines
+
+
+def preparation_lines(rows: pd.DataFrame) -> list[str]:
+    """What the report says about how each model was prepared for inference: folding and graphs."""
+    return folding_lines(rows) + graph_lines(rows)

@@ -30,6 +30,9 @@ OPTIMIZERS = ("sgd", "momentum", "adam")
 STRATEGIES = ("single", "hogwild", "ddp")
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 INPUTS = ("auto", "device", "loader")  # data/batches.py, data/input_path.py
+GRAPHS = ("auto", "off")  # infer/cpu_graph.py, infer/graphs.py
+GRAPH_HELP = ("auto = time the forward pass as a graph where it runs and matches eager (oneDNN Graph on the CPU "
+              "in fp32, CUDA graphs for whole batches), recording why not elsewhere; off = eager PyTorch.")
 LR_SCALINGS = ("none", "linear", "sqrt")  # train/schedule.py
 SCHEDULES = ("constant", "cosine", "step")
 
@@ -250,16 +253,18 @@ class InferSpec(Keyed):
     weights: str = setting("", "'' = fresh seeded weights; a training run's key (prefix) or 'latest' "
                                "(needs --save-weights on train).", grid=False, cli_default="")
     micro_batch: int = setting(0, MICRO_BATCH_HELP, group="slicing", cli_default="0")
+    graph: str = setting("auto", GRAPH_HELP, cli_default="auto")
     image_size: int = setting(0, IMAGE_SIZE_HELP, grid=False, cli_default="0")
     strict_images: bool = setting(False, STRICT_IMAGES_HELP, grid=False, group=None, cli_default=None)
     seed: int = setting(0, "Seed of the fresh weights.", group=None, cli_default="0")
 
     def label(self) -> str:
         return (f"infer {self.model} {self.dataset} bs={self.batch_size} {self.device} t={self.threads} "
-                f"{self.precision}{' trained' if self.weights else ''}")
+                f"{self.precision}{' trained' if self.weights else ''}{' graph=off' if self.graph == 'off' else ''}")
 
     def validated(self) -> InferSpec:
         check_common(self)
+        need(self.graph in GRAPHS, f"unknown graph setting {self.graph!r}; choose one of {', '.join(GRAPHS)}")
         return dataclasses.replace(self, threads=self.threads or available_cores())
 
 

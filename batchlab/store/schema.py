@@ -242,6 +242,12 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     """,
     _claims,
     _cluster_jobs,
+    # 12: inference graphs (--graph). Measurements stored before ran eagerly on the CPU and as CUDA
+    # graphs where they could on CUDA, which is what auto did there then.
+    """
+    ALTER TABLE inference ADD COLUMN graph TEXT;
+    UPDATE inference SET graph = CASE WHEN device LIKE 'cuda%' THEN 'auto' ELSE 'off' END;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # The statuses the current schema allows are the ones a run can have.

@@ -1,0 +1,202 @@
+"""oneDNN Graph for inference on the CPU: the forward pass (normalisation and model) traced with
+TorchScript, frozen, and run by PyTorch's oneDNN Graph fuser (torch.jit.enable_onednn_fusion),
+which compiles each convolution or linear layer together with the element-wise ops around it
+(bias, pooling, ReLU) into one oneDNN partition. At small batches an eager forward pass is bound
+by the per-operator cost of Python and the dispatcher, not by arithmetic; the frozen graph runs
+without either. Measured on a 2-core AMD EPYC (Zen 4), batchlab's own eager pass against this one,
+alternating: seed-cnn 1.85x at batch 1, 2.36x at 4, 1.54x at 16, 1.02-1.10x at 64-4,096; keras-cnn
+1.74x, 2.02x, 1.42x, then 1.10-1.17x (docs/performance.md).
+
+What is traced: the model with batchlab's drop-in layers (nn/layers.py) running their torch.nn
+parents' forward, since their faster eager paths (im2col, oneDNN's linear through an autograd
+Function, pooling as maxima) are ops the fuser does not take; the results are the same up to
+rounding. One graph per slice size the batch runs in (microbatch.bounds: at most two), because a
+graph is specialised to its input's shape; the measurement's calls all have those shapes.
+
+Why every graph is checked before it is used: the fuser got seed-cnn's normalisation wrong on
+this PyTorch (torch.add(shift, uint8 images, alpha=scale): its alpha was lost, the logits off by
+0.07, no error), failed to compile the same op on floats, and refused `uint8 * float` at run
+time. Here the normalisation is written as cast, multiply, add, which it handles; and each graph's
+output on the measurement's own images is compared with the eager pass's. A graph is not used,
+and the measurement records why, when tracing warns (a Python value taken from a tensor: control
+flow the trace would freeze), when building or running it raises, when no operation was fused (an
+unfused TorchScript pass ran slower than eager, 0.5-0.9x), or when its logits differ from eager's
+by more than MAX_DIFFERENCE of their largest magnitude. Only fp32: the other precisions run
+eagerly under autocast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from ..core.errors import one_line
+from ..data.device import Normalize
+from ..nn import layers, microbatch
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+# Calls before the check: TorchScript's profiling executor records shapes on the first calls and
+# only then hands the graph to the fuser (one profiled run by default).
+WARMUP_CALLS = 3
+# Largest difference from the eager logits accepted, relative to their largest magnitude: fp32
+# rounding in another summation order gave 1e-7 to 2e-6 (seed-cnn, keras-cnn); the wrong
+# normalisation above was 0.07 on logits below 1.
+MAX_DIFFERENCE = 1e-3
+FUSED_NODE = "prim::oneDNNFusionGroup"
+
+
+def decide(device_type: str, precision: str) -> tuple[bool, str]:
+    """Whether a CPU measurement's forward passes run as a oneDNN graph, and the reason if not."""
+    if device_type != "cpu":
+        return False, "oneDNN Graph is for the CPU"
+    if precision != "fp32":
+        return False, f"{precision}: only fp32 runs as a oneDNN graph; other precisions run eagerly under autocast"
+    if not torch.backends.mkldnn.is_available():
+        return False, "this PyTorch is built without oneDNN"
+    return True, ""
+
+
+@contextlib.contextmanager
+def torch_nn_layers(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` with batchlab's drop-in layers made their torch.nn parents for the block (in place,
+    so no weight is copied), and made batchlab's again after it."""
+    swapped = []
+    for module in model.modules():
+        parent = layers.TORCH_NN_PARENTS.get(type(module))
+        if parent is not None:
+            swapped.append((module, type(module)))
+            module.__class__ = parent
+    try:
+        yield model
+    finally:
+        for module, own in swapped:
+            module.__class__ = own
+
+
+class _NormalizedModel(nn.Module):
+    """uint8 images → logits, with the normalisation in ops the fuser gets right (see above)."""
+
+    def __init__(self, model: nn.Module, normalize: Normalize):
+        super().__init__()
+        self.model, self.scale, self.shift = model, normalize.scale, normalize.shift
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images.to(torch.float32) * self.scale + self.shift)
+
+
+@contextlib.contextmanager
+def onednn_fusion() -> Iterator[None]:
+    """The fuser on for the block, as it was after. It acts when a graph is optimised, during the
+    warm-up calls; the optimised graph keeps its fused partitions once the fuser is off again."""
+    before = torch.jit.onednn_fusion_enabled()
+    torch.jit.enable_onednn_fusion(True)
+    try:
+        yield
+    finally:
+        torch.jit.enable_onednn_fusion(before)
+
+
+def fused_nodes(graph: torch.Graph | None) -> int:
+    """Fused partitions in an optimised graph, at any depth (each sits in the branch of a guard
+    that checks its input's shape and strides)."""
+    def count(nodes) -> int:
+        return sum((node.kind() == FUSED_NODE) + sum(count(block.nodes()) for block in node.blocks())
+                   for node in nodes)
+    return 0 if graph is None else count(graph.nodes())
+
+
+class FrozenGraph(Exception):
+    """Why a graph is not used, in the words the measurement records."""
+
+
+def build_one(model: nn.Module, images: torch.Tensor, reference: torch.Tensor) -> tuple[torch.jit.ScriptModule, int]:
+    """The frozen, fused graph of `model` (uint8 → logits) for inputs shaped as `images`, checked
+    against `reference` (the eager logits of `images`); with its count of fused partitions."""
+    with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        warnings.simplefilter("always", torch.jit.TracerWarning)
+        traced = torch.jit.trace(model, images, check_trace=False)
+    tracer_warnings = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    if tracer_warnings:
+        raise FrozenGraph(f"tracing warned: {str(tracer_warnings[0].message).splitlines()[0][:300]}")
+    with torch.no_grad(), warnings.catch_warnings():
+        # TorchScript is deprecated in favour of torch.compile, which has no frozen-graph path to
+        # oneDNN Graph on the CPU (its freezing mode crashed on these models, docs/performance.md);
+        # should a later PyTorch drop it, the measurement runs eagerly and says why.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        graph = torch.jit.freeze(traced.eval())
+        for _ in range(WARMUP_CALLS):
+            graph(images)
+        fused = fused_nodes(torch.jit.last_executed_optimized_graph())
+        logits = graph(images)
+    if fused == 0:
+        raise FrozenGraph("no operation was fused (an unfused TorchScript pass is slower than eager)")
+    if logits.shape != reference.shape:
+        raise FrozenGraph(f"its logits are shaped {tuple(logits.shape)}, eager's {tuple(reference.shape)}")
+    difference = float((logits - reference).abs().max())
+    scale = float(reference.abs().max())
+    if not difference <= MAX_DIFFERENCE * scale:  # NaN is a difference too
+        raise FrozenGraph(f"its logits differ from eager's by {difference:.3g} (largest logit {scale:.3g})")
+    return graph, fused
+
+
+class GraphForward:
+    """The batch through one frozen graph per slice size, slice by slice (microbatch.bounds)."""
+
+    def __init__(self, graphs: dict[int, torch.jit.ScriptModule], bounds: list[tuple[int, int]]):
+        self.graphs, self.bounds = graphs, bounds
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            logits = [self.graphs[stop - start](images[start:stop]) for start, stop in self.bounds]
+        return logits[0] if len(logits) == 1 else torch.cat(logits)
+
+
+def build(model: nn.Module, normalize: Normalize, sample: torch.Tensor, slice_size: int,
+          eager_slice: Forward) -> tuple[GraphForward, int]:
+    """One checked graph per slice size of batches shaped as `sample` (uint8), each checked on the
+    first slice of that size against `eager_slice` (uint8 slice → logits); with the fused
+    partitions of each graph, summed."""
+    bounds = microbatch.bounds(len(sample), slice_size)
+    graphs: dict[int, torch.jit.ScriptModule] = {}
+    fused = 0
+    with torch_nn_layers(model) as plain, onednn_fusion():
+        for start, stop in bounds:
+            if stop - start not in graphs:
+                images = sample[start:stop]
+                with torch.inference_mode():
+                    reference = eager_slice(images)
+                graphs[stop - start], count = build_one(_NormalizedModel(plain, normalize), images, reference)
+                fused += count
+    return GraphForward(graphs, bounds), fused
+
+
+def fused_forward(eager: Forward, eager_slice: Forward, model: nn.Module, normalize: Normalize,
+                  sample: torch.Tensor, slice_size: int, precision: str, environment: dict) -> Forward:
+    """The forward a CPU measurement times: the checked oneDNN graphs where decide() allows and
+    build() succeeds, else `eager`. Recorded in `environment`: onednn_graph (true or "not used:
+    <reason>"), and when built, the partitions fused and the seconds spent building and checking
+    (timed nowhere else: a deployment pays them once)."""
+    use, reason = decide(sample.device.type, precision)
+    if not use:
+        environment["onednn_graph"] = f"not used: {reason}"
+        return eager
+    start = time.perf_counter()
+    try:
+        forward, fused = build(model, normalize, sample, slice_size, eager_slice)
+    except FrozenGraph as refusal:
+        environment["onednn_graph"] = f"not used: {refusal}"
+        return eager
+    except Exception as error:  # trace, freeze, fuser compile: the measurement runs eagerly
+        environment["onednn_graph"] = f"not used: {one_line(error)}"
+        return eager
+    finally:
+        environment["onednn_graph_seconds"] = time.perf_counter() - start
+    environment["onednn_graph"] = True
+    environment["onednn_graph_fused"] = fused
+    return forward

@@ -1,0 +1,164 @@
+"""Inference as frozen oneDNN graphs on the CPU (infer/cpu_graph.py): used only where they give the
+eager pass's logits, and every other case runs eagerly with the reason recorded."""
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from batchlab.cli.app import app
+from batchlab.data.device import Normalize, channel_stats
+from batchlab.infer import cpu_graph
+from batchlab.infer.measure import measure, tiled
+from batchlab.nn import layers, microbatch, models
+from batchlab.nn.placement import place
+from batchlab.report.inference import graph_lines
+from batchlab.spec.run import InferSpec
+
+
+def prepared(name: str, dataset, batch: int):
+    """A model, its normalisation, a uint8 batch and its slice size, as `batchlab infer` sets them up."""
+    torch.manual_seed(0)
+    model = place(models.build(name, input_shape=dataset.input_shape, classes=dataset.classes).eval(),
+                  torch.device("cpu"), "fp32").eval()
+    normalize = Normalize(*channel_stats(dataset.train_images), "cpu")
+    images, _ = tiled(dataset.test_images, dataset.test_labels, batch)
+    slice_size = microbatch.slice_size(0, batch, model, normalize(images[:1]), "fp32")
+    return model, normalize, images, slice_size
+
+
+def eager_passes(model, normalize, slice_size):
+    def eager_slice(images):
+        return model(normalize(images))
+
+    def eager(images):
+        with torch.inference_mode():
+            return torch.cat([eager_slice(images[a:b]) for a, b in microbatch.bounds(len(images), slice_size)])
+    return eager, eager_slice
+
+
+@pytest.fixture
+def synthetic(synthetic_dataset):
+    from batchlab.data import registry
+
+    return registry.load(synthetic_dataset.name, str(synthetic_dataset.directory), 0, False)
+
+
+@pytest.mark.parametrize("name", ["seed-cnn", "keras-cnn", "mlp"])
+def test_graphs_give_eager_logits_in_slices_of_two_sizes(synthetic, name):
+    batch = 7
+    model, normalize, images, _ = prepared(name, synthetic, batch)
+    slice_size = 3  # slices of 2, 2 and 3 images: two graphs
+    eager, eager_slice = eager_passes(model, normalize, slice_size)
+    own_layers = [type(module) for module in model.modules()]
+    notes = {}
+    forward = cpu_graph.fused_forward(eager, eager_slice, model, normalize, images, slice_size, "fp32", notes)
+    assert notes["onednn_graph"] is True and notes["onednn_graph_fused"] > 0 and notes["onednn_graph_seconds"] > 0
+    assert isinstance(forward, cpu_graph.GraphForward) and sorted(forward.graphs) == [2, 3]
+    expected = eager(images)
+    assert forward(images).shape == expected.shape == (batch, 10)
+    assert torch.allclose(forward(images), expected, rtol=1e-4, atol=1e-5)
+    # The drop-in layers were traced as their torch.nn parents, and are batchlab's again.
+    assert [type(module) for module in model.modules()] == own_layers
+    assert any(type(module).__module__ == layers.__name__ for module in model.modules())
+
+
+def test_a_graph_that_differs_from_eager_is_not_used(synthetic):
+    model, normalize, images, slice_size = prepared("seed-cnn", synthetic, 4)
+    eager, eager_slice = eager_passes(model, normalize, slice_size)
+    notes = {}
+    forward = cpu_graph.fused_forward(eager, lambda x: eager_slice(x) + 0.5, model, normalize, images, slice_size,
+                                      "fp32", notes)
+    assert forward is eager
+    assert notes["onednn_graph"].startswith("not used: its logits differ from eager's by 0.5")
+
+
+def test_the_fusers_own_mistake_is_caught(synthetic):
+    """Why the check exists: on this PyTorch the fuser drops add's alpha, so seed-cnn behind
+    Normalize's one-op form, torch.add(shift, uint8 images, alpha=scale), comes out of a graph
+    wrong, without an error. (cpu_graph writes the normalisation in ops the fuser gets right.)"""
+    model, normalize, images, _ = prepared("seed-cnn", synthetic, 4)
+
+    class OneOpNormalization(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, images):
+            return self.model(normalize(images))
+
+    with cpu_graph.torch_nn_layers(model), cpu_graph.onednn_fusion():
+        module = OneOpNormalization(model)
+        with torch.no_grad():
+            reference = module(images)
+        with pytest.raises(cpu_graph.FrozenGraph, match="its logits differ from eager's"):
+            cpu_graph.build_one(module, images, reference)
+
+
+def test_precisions_other_than_fp32_run_eagerly(synthetic):
+    model, normalize, images, slice_size = prepared("mlp", synthetic, 4)
+    eager, eager_slice = eager_passes(model, normalize, slice_size)
+    notes = {}
+    assert cpu_graph.fused_forward(eager, eager_slice, model, normalize, images, slice_size, "bf16", notes) is eager
+    assert notes == {"onednn_graph": "not used: bf16: only fp32 runs as a oneDNN graph; other precisions run "
+                                     "eagerly under autocast"}
+
+
+BRANCHING_MODEL = '''
+import torch
+from torch import nn
+
+class Branching(nn.Module):
+    """A model whose path depends on its input's values: a trace would freeze one path."""
+    def __init__(self, classes):
+        super().__init__()
+        self.dense = nn.Linear(28 * 28, classes)
+
+    def forward(self, images):
+        flat = images.flatten(1)
+        if flat.mean() > 0:
+            return self.dense(flat)
+        return -self.dense(flat)
+
+def build(classes):
+    return Branching(classes)
+'''
+
+
+def test_a_model_with_value_dependent_control_flow_runs_eagerly(synthetic_dataset, tmp_path):
+    (tmp_path / "branching.py").write_text(BRANCHING_MODEL)
+    result = measure(InferSpec(dataset=synthetic_dataset.name, model=f"{tmp_path / 'branching.py'}:build",
+                               batch_size=4, threads=1), str(synthetic_dataset.directory))
+    assert result.status == "DONE"
+    assert result.environment["onednn_graph"].startswith("not used: tracing warned: Converting a tensor to a Python")
+
+
+def test_measure_records_the_graph_and_graph_off_runs_eagerly(synthetic_dataset):
+    data_dir = str(synthetic_dataset.directory)
+    graphed = measure(InferSpec(dataset=synthetic_dataset.name, model="seed-cnn", batch_size=8, threads=1), data_dir)
+    eager = measure(InferSpec(dataset=synthetic_dataset.name, model="seed-cnn", batch_size=8, threads=1, graph="off"),
+                    data_dir)
+    assert graphed.environment["onednn_graph"] is True and graphed.environment["onednn_graph_fused"] > 0
+    assert "onednn_graph" not in eager.environment
+    assert InferSpec(graph="off").key != InferSpec().key and "graph=off" in InferSpec(graph="off").label()
+
+
+def test_an_unknown_graph_setting_is_refused_in_one_line():
+    result = CliRunner().invoke(app, ["infer", "--graph", "always"])
+    assert result.exit_code != 0
+    assert "unknown graph setting 'always'; choose one of auto, off" in result.output
+
+
+def test_report_says_which_measurements_timed_a_graph_and_why_not():
+    environments = [{"onednn_graph": True, "onednn_graph_fused": 7, "onednn_graph_seconds": 0.05},
+                    {"onednn_graph": True, "onednn_graph_fused": 7, "onednn_graph_seconds": 0.2},
+                    {"onednn_graph": "not used: bf16: only fp32 runs as a oneDNN graph"},
+                    {}]  # --graph off: not counted
+    rows = pd.DataFrame({"model": ["seed-cnn"] * 4, "environment": [json.dumps(e) for e in environments]})
+    assert graph_lines(rows) == [
+        "seed-cnn: 2 of 3 measurement(s) timed oneDNN graphs of the forward pass (7 fused partitions; built and "
+        "checked against eager in 0.05–0.20 s, not timed); the others ran eagerly: bf16: only fp32 runs as a oneDNN "
+        "graph."]
+    assert graph_lines(rows.iloc[3:]) == []
