@@ -150,12 +150,13 @@ def plain_train(prep, batch: int, repeats: int, model_name: str = "seed-cnn", ch
     return rates
 
 
-def batchlab_infer(batch: int, data_dir: str | None, repeats: int, model_name: str = "seed-cnn") -> list[float]:
+def batchlab_infer(batch: int, data_dir: str | None, repeats: int, model_name: str = "seed-cnn",
+                   graph: str = "auto") -> list[float]:
     """images/s of `batchlab infer`'s compute-only series (at least 3 timed calls and 1 s), once
-    per repeat, each in a fresh measurement as `batchlab infer` makes it."""
+    per repeat, each in a fresh measurement as `batchlab infer` makes it (`graph`: its --graph)."""
     rates = []
     for _ in range(repeats):
-        result = measure(InferSpec(model=model_name, batch_size=batch), data_dir)
+        result = measure(InferSpec(model=model_name, batch_size=batch, graph=graph), data_dir)
         rates.append(images_per_second(batch, result.compute_seconds))
     return rates
 
@@ -282,28 +283,32 @@ def main() -> None:
         print("Keras/TensorFlow: not installed (make bench-tf); timing the PyTorch loops only")
     # Each plain loop twice: in PyTorch's default layout, and moved to channels-last as a user may
     # (for seed-cnn's inference the faster of the two).
-    modes = [("train", train_sizes, flops["train"], lambda b: batchlab_train(prep, b, 1, model_name=model_name),
+    # Inference also times batchlab's eager pass (--graph off) beside its default oneDNN graph: not a peer,
+    # the measure of what the graph adds.
+    modes = [("train", train_sizes, flops["train"], lambda b: batchlab_train(prep, b, 1, model_name=model_name), {},
               {"plain_torch": lambda b: plain_train(prep, b, 1, model_name),
                "plain_torch_channels_last": lambda b: plain_train(prep, b, 1, model_name, channels_last=True)}),
              ("infer", infer_sizes, flops["infer"], lambda b: batchlab_infer(b, args.data_dir, 1, model_name),
+              {"batchlab_eager": lambda b: batchlab_infer(b, args.data_dir, 1, model_name, graph="off")},
               {"plain_torch": lambda b: plain_infer(prep, b, 1, model_name),
                "plain_torch_channels_last": lambda b: plain_infer(prep, b, 1, model_name, channels_last=True)})]
-    for mode, sizes, flop_per_image, ours, plains in modes:
+    for mode, sizes, flop_per_image, ours, own_variants, plains in modes:
         for batch in sizes:
             # batchlab and the plain loops alternate repeat by repeat, Keras follows at the same size.
-            figures = {"batchlab": [], **{name: [] for name in plains}}
+            figures = {"batchlab": [], **{name: [] for name in own_variants}, **{name: [] for name in plains}}
             for _ in range(repeats):
                 figures["batchlab"].append(ours(batch)[0])
-                for name, plain in plains.items():
-                    figures[name].append(plain(batch)[0])
+                for name, run in {**own_variants, **plains}.items():
+                    figures[name].append(run(batch)[0])
             rates = {name: spread(values) for name, values in figures.items()}
             keras_rates = keras.rates(mode, batch, repeats, model_name)
             if keras_rates:
                 rates["keras"] = spread(keras_rates)
             results[mode][batch] = rates
             mine = rates["batchlab"]["median"]
-            best = max(rates[name]["median"] for name in rates if name != "batchlab")
-            print(f"{mode} bs={batch:>5}: batchlab {mine:>8,.0f} img/s ({mine * flop_per_image / ceiling:5.1%} of GEMM)  "
+            best = max(rates[name]["median"] for name in rates if name != "batchlab" and name not in own_variants)
+            eager = (f" (eager {rates['batchlab_eager']['median']:>8,.0f})" if "batchlab_eager" in rates else "")
+            print(f"{mode} bs={batch:>5}: batchlab {mine:>8,.0f} img/s{eager} ({mine * flop_per_image / ceiling:5.1%} of GEMM)  "
                   f"plain PyTorch {rates['plain_torch']['median']:>8,.0f} (channels-last "
                   f"{rates['plain_torch_channels_last']['median']:>7,.0f})  Keras "
                   + (f"{rates['keras']['median']:>8,.0f}" if "keras" in rates else f"{'—':>8}")

@@ -121,10 +121,15 @@ def test_trained_weights_give_accuracy(synthetic_folder, tmp_path):
     trained = invoke("train", "--model", "mlp", "--save-weights", "--db", db, "--dataset", dataset)
     assert trained.exit_code == 0, trained.output
     result = invoke("infer", "--model", "mlp", "--batch-size", "1000", "--weights", "latest", "--db", db,
-                    "--dataset", dataset)
+                    "--dataset", dataset, "--graph", "auto,off")
     assert result.exit_code == 0, result.output
     rows = json.loads(invoke("report", "--db", db, "--inference", "--format", "json").stdout)
     assert rows[0]["accuracy"] > 0.6 and rows[0]["weights_source"] == rows[0]["weights"] != ""
+    # The accuracy is that of the pass timed: the oneDNN graph's (cpu_graph.py) or eager PyTorch's.
+    assert sorted(row["graph"] for row in rows) == ["auto", "off"] and rows[0]["accuracy"] == rows[1]["accuracy"]
+    with sqlite3.connect(db) as con:
+        recorded = dict(con.execute("SELECT graph, json_extract(environment, '$.onednn_graph') FROM inference"))
+    assert recorded == {"auto": 1, "off": None}
     untrained = invoke("infer", "--model", "keras-cnn", "--weights", "latest", "--db", db)
     assert untrained.exit_code == 2 and "no finished training run of keras-cnn" in untrained.output
 
