@@ -97,13 +97,30 @@ def test_the_fusers_own_mistake_is_caught(synthetic):
             cpu_graph.build_one(module, images, reference)
 
 
-def test_precisions_other_than_fp32_run_eagerly(synthetic):
+def test_bf16_graphs_hold_bf16_weights_and_give_autocasts_logits(synthetic):
+    model, normalize, images, slice_size = prepared("seed-cnn", synthetic, 6)
+
+    def eager_slice(images):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return model(normalize(images))
+
+    notes = {}
+    forward = cpu_graph.fused_forward(None, eager_slice, model, normalize, images, slice_size, "bf16", notes)
+    assert notes["onednn_graph"] is True and isinstance(forward, cpu_graph.GraphForward)
+    with torch.inference_mode():
+        logits, expected = forward(images), eager_slice(images)
+    assert logits.dtype == expected.dtype == torch.bfloat16
+    assert float((logits.float() - expected.float()).abs().max()) <= 1e-2 * float(expected.float().abs().max())
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the run's own model keeps fp32 weights
+
+
+def test_fp16_runs_eagerly(synthetic):
     model, normalize, images, slice_size = prepared("mlp", synthetic, 4)
     eager, eager_slice = eager_passes(model, normalize, slice_size)
     notes = {}
-    assert cpu_graph.fused_forward(eager, eager_slice, model, normalize, images, slice_size, "bf16", notes) is eager
-    assert notes == {"onednn_graph": "not used: bf16: only fp32 runs as a oneDNN graph; other precisions run "
-                                     "eagerly under autocast"}
+    assert cpu_graph.fused_forward(eager, eager_slice, model, normalize, images, slice_size, "fp16", notes) is eager
+    assert notes == {"onednn_graph": "not used: fp16: only fp32 and bf16 run as oneDNN graphs; fp16 runs eagerly "
+                                     "under autocast"}
 
 
 BRANCHING_MODEL = '''
@@ -154,11 +171,11 @@ def test_an_unknown_graph_setting_is_refused_in_one_line():
 def test_report_says_which_measurements_timed_a_graph_and_why_not():
     environments = [{"onednn_graph": True, "onednn_graph_fused": 7, "onednn_graph_seconds": 0.05},
                     {"onednn_graph": True, "onednn_graph_fused": 7, "onednn_graph_seconds": 0.2},
-                    {"onednn_graph": "not used: bf16: only fp32 runs as a oneDNN graph"},
+                    {"onednn_graph": "not used: fp16: only fp32 and bf16 run as oneDNN graphs"},
                     {}]  # --graph off: not counted
     rows = pd.DataFrame({"model": ["seed-cnn"] * 4, "environment": [json.dumps(e) for e in environments]})
     assert graph_lines(rows) == [
         "seed-cnn: 2 of 3 measurement(s) timed oneDNN graphs of the forward pass (7 fused partitions; built and "
-        "checked against eager in 0.05–0.20 s, not timed); the others ran eagerly: bf16: only fp32 runs as a oneDNN "
-        "graph."]
+        "checked against eager in 0.05–0.20 s, not timed); the others ran eagerly: fp16: only fp32 and bf16 run as "
+        "oneDNN graphs."]
     assert graph_lines(rows.iloc[3:]) == []

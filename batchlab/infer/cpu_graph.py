@@ -21,13 +21,19 @@ output on the measurement's own images is compared with the eager pass's. A grap
 and the measurement records why, when tracing warns (a Python value taken from a tensor: control
 flow the trace would freeze), when building or running it raises, when no operation was fused (an
 unfused TorchScript pass ran slower than eager, 0.5-0.9x), or when its logits differ from eager's
-by more than MAX_DIFFERENCE of their largest magnitude. Only fp32: the other precisions run
-eagerly under autocast.
+by more than MAX_DIFFERENCE of their largest magnitude.
+
+Precisions: fp32, and bf16 with the model's weights cast to bf16 once (as a bf16 deployment holds
+them) instead of autocast casting them on every call; the images are normalised in fp32 and cast,
+as under autocast. The check compares with the eager pass under autocast, which it matched to
+within bf16 rounding (seed-cnn: 1.05x-3.45x that pass at batch 1,024-1, docs/performance.md).
+fp16 (AVX512-FP16 CPUs, none measured here) runs eagerly under autocast.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 import warnings
 from typing import Callable, Iterator
@@ -44,10 +50,14 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 # Calls before the check: TorchScript's profiling executor records shapes on the first calls and
 # only then hands the graph to the fuser (one profiled run by default).
 WARMUP_CALLS = 3
-# Largest difference from the eager logits accepted, relative to their largest magnitude: fp32
-# rounding in another summation order gave 1e-7 to 2e-6 (seed-cnn, keras-cnn); the wrong
-# normalisation above was 0.07 on logits below 1.
-MAX_DIFFERENCE = 1e-3
+# The precisions a graph computes in, with its dtype.
+GRAPH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# Largest difference from the eager logits accepted, relative to their largest magnitude. fp32:
+# rounding in another summation order gave 1e-7 to 2e-6 (seed-cnn, keras-cnn). bf16 graphs gave
+# autocast's logits exactly (seed-cnn, keras-cnn, mlp at batch 1-2,000); the limit leaves room for
+# a few roundings of bf16's 8-bit mantissa (2^-8 = 0.004 each). The wrong normalisation above
+# was 0.07 on logits below 1.
+MAX_DIFFERENCE = {"fp32": 1e-3, "bf16": 1e-2}
 FUSED_NODE = "prim::oneDNNFusionGroup"
 
 
@@ -55,8 +65,8 @@ def decide(device_type: str, precision: str) -> tuple[bool, str]:
     """Whether a CPU measurement's forward passes run as a oneDNN graph, and the reason if not."""
     if device_type != "cpu":
         return False, "oneDNN Graph is for the CPU"
-    if precision != "fp32":
-        return False, f"{precision}: only fp32 runs as a oneDNN graph; other precisions run eagerly under autocast"
+    if precision not in GRAPH_DTYPES:
+        return False, f"{precision}: only fp32 and bf16 run as oneDNN graphs; {precision} runs eagerly under autocast"
     if not torch.backends.mkldnn.is_available():
         return False, "this PyTorch is built without oneDNN"
     return True, ""
@@ -80,14 +90,16 @@ def torch_nn_layers(model: nn.Module) -> Iterator[nn.Module]:
 
 
 class _NormalizedModel(nn.Module):
-    """uint8 images → logits, with the normalisation in ops the fuser gets right (see above)."""
+    """uint8 images → logits, with the normalisation in fp32 ops the fuser gets right (see above),
+    its result cast to the model's dtype."""
 
-    def __init__(self, model: nn.Module, normalize: Normalize):
+    def __init__(self, model: nn.Module, normalize: Normalize, dtype: torch.dtype):
         super().__init__()
-        self.model, self.scale, self.shift = model, normalize.scale, normalize.shift
+        self.model, self.scale, self.shift, self.dtype = model, normalize.scale, normalize.shift, dtype
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.model(images.to(torch.float32) * self.scale + self.shift)
+        normalized = images.to(torch.float32) * self.scale + self.shift
+        return self.model(normalized if self.dtype == torch.float32 else normalized.to(self.dtype))
 
 
 @contextlib.contextmanager
@@ -115,9 +127,11 @@ class FrozenGraph(Exception):
     """Why a graph is not used, in the words the measurement records."""
 
 
-def build_one(model: nn.Module, images: torch.Tensor, reference: torch.Tensor) -> tuple[torch.jit.ScriptModule, int]:
+def build_one(model: nn.Module, images: torch.Tensor, reference: torch.Tensor,
+              max_difference: float = MAX_DIFFERENCE["fp32"]) -> tuple[torch.jit.ScriptModule, int]:
     """The frozen, fused graph of `model` (uint8 → logits) for inputs shaped as `images`, checked
-    against `reference` (the eager logits of `images`); with its count of fused partitions."""
+    against `reference` (the eager logits of `images`) to `max_difference` of their largest
+    magnitude; with its count of fused partitions."""
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always", torch.jit.TracerWarning)
         traced = torch.jit.trace(model, images, check_trace=False)
@@ -138,9 +152,9 @@ def build_one(model: nn.Module, images: torch.Tensor, reference: torch.Tensor) -
         raise FrozenGraph("no operation was fused (an unfused TorchScript pass is slower than eager)")
     if logits.shape != reference.shape:
         raise FrozenGraph(f"its logits are shaped {tuple(logits.shape)}, eager's {tuple(reference.shape)}")
-    difference = float((logits - reference).abs().max())
-    scale = float(reference.abs().max())
-    if not difference <= MAX_DIFFERENCE * scale:  # NaN is a difference too
+    difference = float((logits.float() - reference.float()).abs().max())
+    scale = float(reference.float().abs().max())
+    if not difference <= max_difference * scale:  # NaN is a difference too
         raise FrozenGraph(f"its logits differ from eager's by {difference:.3g} (largest logit {scale:.3g})")
     return graph, fused
 
@@ -157,21 +171,24 @@ class GraphForward:
         return logits[0] if len(logits) == 1 else torch.cat(logits)
 
 
-def build(model: nn.Module, normalize: Normalize, sample: torch.Tensor, slice_size: int,
+def build(model: nn.Module, normalize: Normalize, sample: torch.Tensor, slice_size: int, precision: str,
           eager_slice: Forward) -> tuple[GraphForward, int]:
-    """One checked graph per slice size of batches shaped as `sample` (uint8), each checked on the
-    first slice of that size against `eager_slice` (uint8 slice → logits); with the fused
-    partitions of each graph, summed."""
+    """One checked graph per slice size of batches shaped as `sample` (uint8), computing in
+    `precision`, each checked on the first slice of that size against `eager_slice` (uint8 slice
+    → logits, under the run's autocast); with the fused partitions of each graph, summed."""
     bounds = microbatch.bounds(len(sample), slice_size)
     graphs: dict[int, torch.jit.ScriptModule] = {}
     fused = 0
+    dtype = GRAPH_DTYPES[precision]
     with torch_nn_layers(model) as plain, onednn_fusion():
+        # bf16: a copy holding bf16 weights (torch.nn layers: the copy keeps the swapped classes).
+        traced = _NormalizedModel(plain if dtype == torch.float32 else copy.deepcopy(plain).to(dtype), normalize, dtype)
         for start, stop in bounds:
             if stop - start not in graphs:
                 images = sample[start:stop]
                 with torch.inference_mode():
                     reference = eager_slice(images)
-                graphs[stop - start], count = build_one(_NormalizedModel(plain, normalize), images, reference)
+                graphs[stop - start], count = build_one(traced, images, reference, MAX_DIFFERENCE[precision])
                 fused += count
     return GraphForward(graphs, bounds), fused
 
@@ -188,7 +205,7 @@ def fused_forward(eager: Forward, eager_slice: Forward, model: nn.Module, normal
         return eager
     start = time.perf_counter()
     try:
-        forward, fused = build(model, normalize, sample, slice_size, eager_slice)
+        forward, fused = build(model, normalize, sample, slice_size, precision, eager_slice)
     except FrozenGraph as refusal:
         environment["onednn_graph"] = f"not used: {refusal}"
         return eager

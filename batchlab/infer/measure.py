@@ -8,7 +8,7 @@
   inference deployments prepare a model; the result records how many were folded.
 - first call: the very first forward pass of the fresh model (allocator, kernel selection), timed
   once and reported apart; both series above start after it.
-- the forward pass timed (spec.graph "auto"): on the CPU in fp32, frozen oneDNN graphs of it
+- the forward pass timed (spec.graph "auto"): on the CPU in fp32 and bf16, frozen oneDNN graphs of it
   (normalisation and model, one per slice size; cpu_graph.py), used only where they match the
   eager pass on the measured images; on a CUDA device with whole batches, a CUDA graph of it
   (graphs.py), each call copying its batch into the graph's input first. The first call stays
@@ -161,7 +161,8 @@ def timed_forward(spec: InferSpec, eager, model, normalized: Normalize, sample: 
         return eager
     if sample.device.type == "cpu":
         def eager_slice(images: torch.Tensor) -> torch.Tensor:
-            return model(normalized(images))
+            with autocast(sample.device, spec.precision):
+                return model(normalized(images))
         return cpu_graph.fused_forward(eager, eager_slice, model, normalized, sample, slice_size, spec.precision,
                                        notes)
     return graphed_forward(eager, lambda images: model(normalized(images)), sample, spec.precision, slice_size, notes)
