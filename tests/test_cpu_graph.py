@@ -13,9 +13,13 @@ from batchlab.data.device import Normalize, channel_stats
 from batchlab.infer import cpu_graph
 from batchlab.infer.measure import measure, tiled
 from batchlab.nn import layers, microbatch, models
+from batchlab.nn.folding import fold_batch_norms
 from batchlab.nn.placement import place
 from batchlab.report.inference import graph_lines
 from batchlab.spec.run import InferSpec
+
+# The fuser is part of PyTorch's oneDNN build, as on every x86 CPU build.
+pytestmark = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
 
 
 def prepared(name: str, dataset, batch: int):
@@ -29,14 +33,12 @@ def prepared(name: str, dataset, batch: int):
     return model, normalize, images, slice_size
 
 
-def eager_passes(model, normalize, slice_size):
-    def eager_slice(images):
-        return model(normalize(images))
-
+def eager_pass(model, normalize, slice_size, precision="fp32"):
+    """batchlab's eager pass as measure() makes it: slice by slice, in inference mode, under autocast for bf16."""
     def eager(images):
-        with torch.inference_mode():
-            return torch.cat([eager_slice(images[a:b]) for a, b in microbatch.bounds(len(images), slice_size)])
-    return eager, eager_slice
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            return torch.cat([model(normalize(images[a:b])) for a, b in microbatch.bounds(len(images), slice_size)])
+    return eager
 
 
 @pytest.fixture
@@ -51,11 +53,11 @@ def test_graphs_give_eager_logits_in_slices_of_two_sizes(synthetic, name):
     batch = 7
     model, normalize, images, _ = prepared(name, synthetic, batch)
     slice_size = 3  # slices of 2, 2 and 3 images: two graphs
-    eager, eager_slice = eager_passes(model, normalize, slice_size)
+    eager = eager_pass(model, normalize, slice_size)
     own_layers = [type(module) for module in model.modules()]
     notes = {}
-    forward = cpu_graph.fused_forward(eager, eager_slice, model, normalize, images, slice_size, "fp32", notes)
-    assert notes["onednn_graph"] is True and notes["onednn_graph_fused"] > 0 and notes["onednn_graph_seconds"] > 0
+    forward = cpu_graph.fused_forward(eager, model, normalize, images, slice_size, "fp32", notes)
+    assert notes["onednn_graph"] is True and len(notes["onednn_graph_fused"]) == 2 and min(notes["onednn_graph_fused"]) > 0
     assert isinstance(forward, cpu_graph.GraphForward) and sorted(forward.graphs) == [2, 3]
     expected = eager(images)
     assert forward(images).shape == expected.shape == (batch, 10)
@@ -67,11 +69,13 @@ def test_graphs_give_eager_logits_in_slices_of_two_sizes(synthetic, name):
 
 def test_a_graph_that_differs_from_eager_is_not_used(synthetic):
     model, normalize, images, slice_size = prepared("seed-cnn", synthetic, 4)
-    eager, eager_slice = eager_passes(model, normalize, slice_size)
+    eager = eager_pass(model, normalize, slice_size)
+
+    def wrong(images):
+        return eager(images) + 0.5
+
     notes = {}
-    forward = cpu_graph.fused_forward(eager, lambda x: eager_slice(x) + 0.5, model, normalize, images, slice_size,
-                                      "fp32", notes)
-    assert forward is eager
+    assert cpu_graph.fused_forward(wrong, model, normalize, images, slice_size, "fp32", notes) is wrong
     assert notes["onednn_graph"].startswith("not used: its logits differ from eager's by 0.5")
 
 
@@ -93,22 +97,21 @@ def test_the_fusers_own_mistake_is_caught(synthetic):
         module = OneOpNormalization(model)
         with torch.no_grad():
             reference = module(images)
-        with pytest.raises(cpu_graph.FrozenGraph, match="its logits differ from eager's"):
-            cpu_graph.build_one(module, images, reference)
+        graph, fused = cpu_graph.build_one(module, images)
+        with torch.no_grad():
+            logits = graph(images)
+    assert fused > 0
+    with pytest.raises(cpu_graph.FrozenGraph, match="its logits differ from eager's"):
+        cpu_graph.compare(logits, reference, cpu_graph.MAX_DIFFERENCE["fp32"])
 
 
 def test_bf16_graphs_hold_bf16_weights_and_give_autocasts_logits(synthetic):
     model, normalize, images, slice_size = prepared("seed-cnn", synthetic, 6)
-
-    def eager_slice(images):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return model(normalize(images))
-
+    eager = eager_pass(model, normalize, slice_size, "bf16")
     notes = {}
-    forward = cpu_graph.fused_forward(None, eager_slice, model, normalize, images, slice_size, "bf16", notes)
+    forward = cpu_graph.fused_forward(eager, model, normalize, images, slice_size, "bf16", notes)
     assert notes["onednn_graph"] is True and isinstance(forward, cpu_graph.GraphForward)
-    with torch.inference_mode():
-        logits, expected = forward(images), eager_slice(images)
+    logits, expected = forward(images), eager(images)
     assert logits.dtype == expected.dtype == torch.bfloat16
     assert float((logits.float() - expected.float()).abs().max()) <= 1e-2 * float(expected.float().abs().max())
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the run's own model keeps fp32 weights
@@ -116,11 +119,38 @@ def test_bf16_graphs_hold_bf16_weights_and_give_autocasts_logits(synthetic):
 
 def test_fp16_runs_eagerly(synthetic):
     model, normalize, images, slice_size = prepared("mlp", synthetic, 4)
-    eager, eager_slice = eager_passes(model, normalize, slice_size)
+    eager = eager_pass(model, normalize, slice_size)
     notes = {}
-    assert cpu_graph.fused_forward(eager, eager_slice, model, normalize, images, slice_size, "fp16", notes) is eager
+    assert cpu_graph.fused_forward(eager, model, normalize, images, slice_size, "fp16", notes) is eager
     assert notes == {"onednn_graph": "not used: fp16: only fp32 and bf16 run as oneDNN graphs; fp16 runs eagerly "
                                      "under autocast"}
+
+
+def test_three_channels_and_a_folded_batch_norm(synthetic):
+    """Normalisation per channel ((C, 1, 1) tensors) and a convolution with its batch norm folded in."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(layers.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), layers.MaxPool2d(2),
+                                torch.nn.Flatten(), layers.Linear(8 * 15 * 15, 10))
+    model[1].running_mean.normal_()
+    model[1].running_var.uniform_(0.5, 2.0)
+    model, folded, _ = fold_batch_norms(model.eval())
+    model = place(model, torch.device("cpu"), "fp32").eval()
+    normalize = Normalize((0.5, 0.4, 0.3), (0.2, 0.25, 0.3), "cpu")
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    eager = eager_pass(model, normalize, 5)
+    notes = {}
+    forward = cpu_graph.fused_forward(eager, model, normalize, images, 5, "fp32", notes)
+    assert folded == 1 and notes["onednn_graph"] is True
+    assert torch.allclose(forward(images), eager(images), rtol=1e-4, atol=1e-5)
+
+
+def test_the_layers_are_batchlabs_again_after_a_failure(synthetic):
+    model, _, _, _ = prepared("seed-cnn", synthetic, 1)
+    own_layers = [type(module) for module in model.modules()]
+    with pytest.raises(ValueError), cpu_graph.torch_nn_layers(model):
+        assert type(model[0]) is torch.nn.Conv2d
+        raise ValueError
+    assert [type(module) for module in model.modules()] == own_layers
 
 
 BRANCHING_MODEL = '''
@@ -157,7 +187,7 @@ def test_measure_records_the_graph_and_graph_off_runs_eagerly(synthetic_dataset)
     graphed = measure(InferSpec(dataset=synthetic_dataset.name, model="seed-cnn", batch_size=8, threads=1), data_dir)
     eager = measure(InferSpec(dataset=synthetic_dataset.name, model="seed-cnn", batch_size=8, threads=1, graph="off"),
                     data_dir)
-    assert graphed.environment["onednn_graph"] is True and graphed.environment["onednn_graph_fused"] > 0
+    assert graphed.environment["onednn_graph"] is True and graphed.environment["onednn_graph_fused"][0] > 0
     assert "onednn_graph" not in eager.environment
     assert InferSpec(graph="off").key != InferSpec().key and "graph=off" in InferSpec(graph="off").label()
 
@@ -169,13 +199,13 @@ def test_an_unknown_graph_setting_is_refused_in_one_line():
 
 
 def test_report_says_which_measurements_timed_a_graph_and_why_not():
-    environments = [{"onednn_graph": True, "onednn_graph_fused": 7, "onednn_graph_seconds": 0.05},
-                    {"onednn_graph": True, "onednn_graph_fused": 7, "onednn_graph_seconds": 0.2},
+    environments = [{"onednn_graph": True, "onednn_graph_fused": [7], "onednn_graph_seconds": 0.05},
+                    {"onednn_graph": True, "onednn_graph_fused": [7, 7], "onednn_graph_seconds": 0.2},
                     {"onednn_graph": "not used: fp16: only fp32 and bf16 run as oneDNN graphs"},
                     {}]  # --graph off: not counted
     rows = pd.DataFrame({"model": ["seed-cnn"] * 4, "environment": [json.dumps(e) for e in environments]})
     assert graph_lines(rows) == [
-        "seed-cnn: 2 of 3 measurement(s) timed oneDNN graphs of the forward pass (7 fused partitions; built and "
+        "seed-cnn: 2 of 3 measurement(s) timed oneDNN graphs of the forward pass (7 fused partitions a graph; built and "
         "checked against eager in 0.05–0.20 s, not timed); the others ran eagerly: fp16: only fp32 and bf16 run as "
         "oneDNN graphs."]
     assert graph_lines(rows.iloc[3:]) == []

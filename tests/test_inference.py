@@ -125,8 +125,11 @@ def test_trained_weights_give_accuracy(synthetic_folder, tmp_path):
     assert result.exit_code == 0, result.output
     rows = json.loads(invoke("report", "--db", db, "--inference", "--format", "json").stdout)
     assert rows[0]["accuracy"] > 0.6 and rows[0]["weights_source"] == rows[0]["weights"] != ""
-    # The accuracy is that of the pass timed: the oneDNN graph's (cpu_graph.py) or eager PyTorch's.
-    assert sorted(row["graph"] for row in rows) == ["auto", "off"] and rows[0]["accuracy"] == rows[1]["accuracy"]
+    # The accuracy is that of the pass timed: the oneDNN graph's (cpu_graph.py) or eager PyTorch's,
+    # whose logits agree within 1e-3 of the largest (an argmax near a tie may differ: 1 image of 1,000).
+    assert sorted(row["graph"] for row in rows) == ["auto", "off"]
+    assert abs(rows[0]["accuracy"] - rows[1]["accuracy"]) <= 0.001
+    assert "mlp: 1 of 1 measurement(s) timed oneDNN graphs" in result.output
     with sqlite3.connect(db) as con:
         recorded = dict(con.execute("SELECT graph, json_extract(environment, '$.onednn_graph') FROM inference"))
     assert recorded == {"auto": 1, "off": None}
@@ -149,3 +152,18 @@ def test_each_model_gets_its_own_trained_weights(synthetic_folder, tmp_path):
         trained_keys = dict(con.execute("SELECT model, run_key FROM runs").fetchall())
     assert {row["model"]: row["weights"] for row in rows} == trained_keys
     assert all(row["accuracy"] > 0.3 for row in rows), rows  # chance is 0.1; 2,000 images, 1 epoch
+
+
+def test_comparisons_take_the_median_of_a_configurations_measurements_at_a_batch_size():
+    """Two measurements of one configuration at one batch size (repeats with other seeds, or one
+    measured again after its key changed): compared by their median, not refused."""
+    import pandas as pd
+
+    base = {"status": "DONE", "dataset": "d", "model": "mlp", "weights_source": "random", "threads": 1,
+            "precision": "fp32", "slicing": "auto", "machine": "m"}
+    rows = pd.DataFrame([{**base, "device": "cpu", "graph": graph, "batch_size": batch, "images_per_second": rate}
+                         for graph, batch, rate in [("off", 16, 100.0), ("off", 16, 300.0), ("off", 64, 400.0),
+                                                    ("auto", 16, 400.0), ("auto", 64, 800.0)]])
+    (found,) = comparisons(rows)
+    assert found["baseline"] == "cpu t=1 fp32 graph=off @m" and found["other"] == "cpu t=1 fp32 @m"
+    assert found["speedup"] == {16: 2.0, 64: 2.0} and found["crossover"] == 16

@@ -568,7 +568,7 @@ def infer(
 
     Example: batchlab infer --batch-size 1,16,256,4096,40000 --threads 1,0 --precision fp32,bf16
     """
-    from ..report.inference import comparison_lines, load_inference
+    from ..report.inference import comparison_lines, load_inference, preparation_lines
     from ..spec.experiment import ExperimentSpec
     from ..store.store import Store
 
@@ -592,8 +592,8 @@ def infer(
 
                 screen = console()  # $COLUMNS wide if set, else the terminal's width, else 200
                 screen.print(inference_table(mine, screen.width))
-                for line in comparison_lines(mine):
-                    screen.print(line, highlight=False)
+                for line in comparison_lines(mine) + preparation_lines(mine):
+                    screen.print(line, highlight=False, markup=False)
 
 
 @app.command()

@@ -4,8 +4,8 @@ which compiles each convolution or linear layer together with the element-wise o
 (bias, pooling, ReLU) into one oneDNN partition. At small batches an eager forward pass is bound
 by the per-operator cost of Python and the dispatcher, not by arithmetic; the frozen graph runs
 without either. Measured on a 2-core AMD EPYC (Zen 4), batchlab's own eager pass against this one,
-alternating: seed-cnn 1.85x at batch 1, 2.36x at 4, 1.54x at 16, 1.02-1.10x at 64-4,096; keras-cnn
-1.74x, 2.02x, 1.42x, then 1.10-1.17x (docs/performance.md).
+alternating (fp32, `batchlab infer --graph auto` against `off`): seed-cnn 1.63x at batch 1, 2.52x
+at 4, 1.59x at 16, 1.05-1.23x at 64-40,000 (docs/performance.md).
 
 What is traced: the model with batchlab's drop-in layers (nn/layers.py) running their torch.nn
 parents' forward, since their faster eager paths (im2col, oneDNN's linear through an autograd
@@ -13,21 +13,23 @@ Function, pooling as maxima) are ops the fuser does not take; the results are th
 rounding. One graph per slice size the batch runs in (microbatch.bounds: at most two), because a
 graph is specialised to its input's shape; the measurement's calls all have those shapes.
 
-Why every graph is checked before it is used: the fuser got seed-cnn's normalisation wrong on
+Why the graphs are checked before they are used: the fuser got seed-cnn's normalisation wrong on
 this PyTorch (torch.add(shift, uint8 images, alpha=scale): its alpha was lost, the logits off by
 0.07, no error), failed to compile the same op on floats, and refused `uint8 * float` at run
-time. Here the normalisation is written as cast, multiply, add, which it handles; and each graph's
-output on the measurement's own images is compared with the eager pass's. A graph is not used,
-and the measurement records why, when tracing warns (a Python value taken from a tensor: control
-flow the trace would freeze), when building or running it raises, when no operation was fused (an
-unfused TorchScript pass ran slower than eager, 0.5-0.9x), or when its logits differ from eager's
-by more than MAX_DIFFERENCE of their largest magnitude.
+time. Here the normalisation is written as cast, multiply, add, which it handles; and the graphs'
+logits for the whole batch the measurement times are compared with batchlab's own eager pass's
+(one untimed pass of each). The graphs are not used, and the measurement records why, when
+tracing warns (a Python value taken from a tensor: control flow the trace would freeze), when
+building or running them raises, when no operation was fused (an unfused TorchScript pass ran
+slower than eager, 0.5-0.9x), or when their logits differ from eager's by more than
+MAX_DIFFERENCE of the largest.
 
 Precisions: fp32, and bf16 with the model's weights cast to bf16 once (as a bf16 deployment holds
 them) instead of autocast casting them on every call; the images are normalised in fp32 and cast,
-as under autocast. The check compares with the eager pass under autocast, which it matched to
-within bf16 rounding (seed-cnn: 1.05x-3.45x that pass at batch 1,024-1, docs/performance.md).
-fp16 (AVX512-FP16 CPUs, none measured here) runs eagerly under autocast.
+as under autocast. The check compares with the eager pass under autocast, whose logits the graphs
+gave exactly here (seed-cnn, against that pass: 5.09x at batch 1, 2.24x at 4, 1.23x at 16, 1.50x
+at 64, 1.03-1.08x at 256-4,096; docs/performance.md). fp16 (AVX512-FP16 CPUs, none measured
+here) runs eagerly under autocast.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ from ..nn import layers, microbatch
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
-# Calls before the check: TorchScript's profiling executor records shapes on the first calls and
-# only then hands the graph to the fuser (one profiled run by default).
+# Calls before the fused partitions are counted: TorchScript's profiling executor records shapes
+# on the first call (one profiled run by default) and only then hands the graph to the fuser.
 WARMUP_CALLS = 3
 # The precisions a graph computes in, with its dtype.
 GRAPH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -127,11 +129,9 @@ class FrozenGraph(Exception):
     """Why a graph is not used, in the words the measurement records."""
 
 
-def build_one(model: nn.Module, images: torch.Tensor, reference: torch.Tensor,
-              max_difference: float = MAX_DIFFERENCE["fp32"]) -> tuple[torch.jit.ScriptModule, int]:
-    """The frozen, fused graph of `model` (uint8 → logits) for inputs shaped as `images`, checked
-    against `reference` (the eager logits of `images`) to `max_difference` of their largest
-    magnitude; with its count of fused partitions."""
+def build_one(model: nn.Module, images: torch.Tensor) -> tuple[torch.jit.ScriptModule, int]:
+    """The frozen, fused graph of `model` (uint8 → logits) for inputs shaped as `images`, with its
+    count of fused partitions; run with the fuser on (onednn_fusion)."""
     with warnings.catch_warnings(record=True) as caught, torch.no_grad():
         warnings.simplefilter("always", torch.jit.TracerWarning)
         traced = torch.jit.trace(model, images, check_trace=False)
@@ -144,68 +144,79 @@ def build_one(model: nn.Module, images: torch.Tensor, reference: torch.Tensor,
         # should a later PyTorch drop it, the measurement runs eagerly and says why.
         warnings.simplefilter("ignore", DeprecationWarning)
         graph = torch.jit.freeze(traced.eval())
+    with torch.inference_mode():  # as the timed calls run
         for _ in range(WARMUP_CALLS):
             graph(images)
-        fused = fused_nodes(torch.jit.last_executed_optimized_graph())
-        logits = graph(images)
+    fused = fused_nodes(torch.jit.last_executed_optimized_graph())
     if fused == 0:
         raise FrozenGraph("no operation was fused (an unfused TorchScript pass is slower than eager)")
-    if logits.shape != reference.shape:
-        raise FrozenGraph(f"its logits are shaped {tuple(logits.shape)}, eager's {tuple(reference.shape)}")
-    difference = float((logits.float() - reference.float()).abs().max())
-    scale = float(reference.float().abs().max())
-    if not difference <= max_difference * scale:  # NaN is a difference too
-        raise FrozenGraph(f"its logits differ from eager's by {difference:.3g} (largest logit {scale:.3g})")
     return graph, fused
 
 
+def compare(logits: torch.Tensor, expected: torch.Tensor, max_difference: float) -> None:
+    """Refuse (FrozenGraph) logits that differ from the eager pass's `expected` by more than
+    `max_difference` of their largest magnitude, or that are shaped otherwise."""
+    if logits.shape != expected.shape:
+        raise FrozenGraph(f"its logits are shaped {tuple(logits.shape)}, eager's {tuple(expected.shape)}")
+    difference = float((logits.float() - expected.float()).abs().max())
+    scale = float(expected.float().abs().max())
+    if not difference <= max_difference * scale:  # NaN is a difference too
+        raise FrozenGraph(f"its logits differ from eager's by {difference:.3g} (largest logit {scale:.3g})")
+
+
 class GraphForward:
-    """The batch through one frozen graph per slice size, slice by slice (microbatch.bounds)."""
+    """The batch through one frozen graph per slice size, slice by slice (microbatch.bounds), with
+    the fuser on as when the graphs were built: should TorchScript optimise a graph again, it
+    fuses it again (it has not been seen to)."""
 
     def __init__(self, graphs: dict[int, torch.jit.ScriptModule], bounds: list[tuple[int, int]]):
         self.graphs, self.bounds = graphs, bounds
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            logits = [self.graphs[stop - start](images[start:stop]) for start, stop in self.bounds]
+        fusing = torch.jit.onednn_fusion_enabled()
+        torch.jit.enable_onednn_fusion(True)
+        try:
+            with torch.inference_mode():
+                logits = [self.graphs[stop - start](images[start:stop]) for start, stop in self.bounds]
+        finally:
+            torch.jit.enable_onednn_fusion(fusing)
         return logits[0] if len(logits) == 1 else torch.cat(logits)
 
 
-def build(model: nn.Module, normalize: Normalize, sample: torch.Tensor, slice_size: int, precision: str,
-          eager_slice: Forward) -> tuple[GraphForward, int]:
-    """One checked graph per slice size of batches shaped as `sample` (uint8), computing in
-    `precision`, each checked on the first slice of that size against `eager_slice` (uint8 slice
-    → logits, under the run's autocast); with the fused partitions of each graph, summed."""
+def build(model: nn.Module, normalize: Normalize, sample: torch.Tensor, slice_size: int,
+          precision: str) -> tuple[GraphForward, list[int]]:
+    """One graph per slice size of batches shaped as `sample` (uint8), computing in `precision`;
+    with each graph's count of fused partitions."""
     bounds = microbatch.bounds(len(sample), slice_size)
     graphs: dict[int, torch.jit.ScriptModule] = {}
-    fused = 0
+    fused = []
     dtype = GRAPH_DTYPES[precision]
     with torch_nn_layers(model) as plain, onednn_fusion():
         # bf16: a copy holding bf16 weights (torch.nn layers: the copy keeps the swapped classes).
         traced = _NormalizedModel(plain if dtype == torch.float32 else copy.deepcopy(plain).to(dtype), normalize, dtype)
         for start, stop in bounds:
             if stop - start not in graphs:
-                images = sample[start:stop]
-                with torch.inference_mode():
-                    reference = eager_slice(images)
-                graphs[stop - start], count = build_one(traced, images, reference, MAX_DIFFERENCE[precision])
-                fused += count
+                graphs[stop - start], count = build_one(traced, sample[start:stop])
+                fused.append(count)
     return GraphForward(graphs, bounds), fused
 
 
-def fused_forward(eager: Forward, eager_slice: Forward, model: nn.Module, normalize: Normalize,
-                  sample: torch.Tensor, slice_size: int, precision: str, environment: dict) -> Forward:
-    """The forward a CPU measurement times: the checked oneDNN graphs where decide() allows and
-    build() succeeds, else `eager`. Recorded in `environment`: onednn_graph (true or "not used:
-    <reason>"), and when built, the partitions fused and the seconds spent building and checking
-    (timed nowhere else: a deployment pays them once)."""
+def fused_forward(eager: Forward, model: nn.Module, normalize: Normalize, sample: torch.Tensor, slice_size: int,
+                  precision: str, environment: dict) -> Forward:
+    """The forward a CPU measurement times: the oneDNN graphs where decide() allows, build()
+    succeeds, and their logits for the whole of `sample` (the batch the measurement times) match
+    those of `eager` (batchlab's own eager pass, with its layers' own paths and the run's autocast);
+    else `eager`. Recorded in `environment`: onednn_graph (true or "not used: <reason>"), the
+    partitions fused in each graph, and the seconds spent building and checking (timed nowhere
+    else: a deployment pays them once)."""
     use, reason = decide(sample.device.type, precision)
     if not use:
         environment["onednn_graph"] = f"not used: {reason}"
         return eager
     start = time.perf_counter()
     try:
-        forward, fused = build(model, normalize, sample, slice_size, precision, eager_slice)
+        forward, fused = build(model, normalize, sample, slice_size, precision)
+        compare(forward(sample), eager(sample), MAX_DIFFERENCE[precision])
     except FrozenGraph as refusal:
         environment["onednn_graph"] = f"not used: {refusal}"
         return eager
@@ -215,5 +226,5 @@ def fused_forward(eager: Forward, eager_slice: Forward, model: nn.Module, normal
     finally:
         environment["onednn_graph_seconds"] = time.perf_counter() - start
     environment["onednn_graph"] = True
-    environment["onednn_graph_fused"] = fused
+    environment["onednn_graph_fused"] = fused  # one count per graph (slice size)
     return forward

@@ -1,7 +1,8 @@
 """Inference throughput and latency at one batch size, compute only and with overheads.
 
-- compute only: the batch already on the device as normalised floats, the model warmed up; each
-  timed call is one forward pass in inference mode, the device synchronised before and after.
+- compute only: the uint8 batch already on the device, the model warmed up; each timed call
+  normalises it and runs one forward pass in inference mode, the device synchronised before and
+  after.
 - with overheads: each timed call starts from the uint8 batch in host memory and includes the
   host→device copy, normalisation, the forward pass and the device→host copy of the predictions.
 - the model: in eval mode, batch norm folded into the convolution before it (nn/folding.py), as
@@ -160,9 +161,5 @@ def timed_forward(spec: InferSpec, eager, model, normalized: Normalize, sample: 
     if spec.graph == "off":
         return eager
     if sample.device.type == "cpu":
-        def eager_slice(images: torch.Tensor) -> torch.Tensor:
-            with autocast(sample.device, spec.precision):
-                return model(normalized(images))
-        return cpu_graph.fused_forward(eager, eager_slice, model, normalized, sample, slice_size, spec.precision,
-                                       notes)
+        return cpu_graph.fused_forward(eager, model, normalized, sample, slice_size, spec.precision, notes)
     return graphed_forward(eager, lambda images: model(normalized(images)), sample, spec.precision, slice_size, notes)

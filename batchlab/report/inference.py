@@ -46,7 +46,9 @@ def comparisons(rows: pd.DataFrame, series: str = "images_per_second") -> list[d
     done = rows[rows["status"] == "DONE"]
     found = []
     for key, group in done.groupby(SERIES_KEYS):
-        configs = {name: part.set_index("batch_size")[series]
+        # The median of a configuration's measurements at each batch size (repeats with other seeds,
+        # or the same configuration measured again after a change of keys).
+        configs = {name: part.groupby("batch_size")[series].median()
                    for name, part in group.groupby(group.apply(config_name, axis=1))}
         if len(configs) < 2:
             continue
@@ -129,9 +131,9 @@ def graph_lines(rows: pd.DataFrame) -> list[str]:
                 continue
             text = f"{model}: {len(used)} of {len(outcomes)} measurement(s) timed {name} of the forward pass"
             if used:
-                fused = sorted({int(f["onednn_graph_fused"]) for f in used if "onednn_graph_fused" in f})
+                fused = sorted({int(count) for f in used for count in f.get("onednn_graph_fused", [])})
                 seconds = [float(f["onednn_graph_seconds"]) for f in used if "onednn_graph_seconds" in f]
-                details = ([f"{'/'.join(map(str, fused))} fused partitions"] if fused else []) + (
+                details = ([f"{'/'.join(map(str, fused))} fused partitions a graph"] if fused else []) + (
                     [f"built and checked against eager in {min(seconds):.2f}–{max(seconds):.2f} s, not timed"]
                     if seconds else [])
                 text += f" ({'; '.join(details)})" if details else ""

@@ -32,7 +32,7 @@ PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 INPUTS = ("auto", "device", "loader")  # data/batches.py, data/input_path.py
 GRAPHS = ("auto", "off")  # infer/cpu_graph.py, infer/graphs.py
 GRAPH_HELP = ("auto = time the forward pass as a graph where it runs and matches eager (oneDNN Graph on the CPU "
-              "in fp32, CUDA graphs for whole batches), recording why not elsewhere; off = eager PyTorch.")
+              "in fp32 and bf16, CUDA graphs for whole batches), recording why not elsewhere; off = eager PyTorch.")
 LR_SCALINGS = ("none", "linear", "sqrt")  # train/schedule.py
 SCHEDULES = ("constant", "cosine", "step")
 

@@ -242,11 +242,12 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     """,
     _claims,
     _cluster_jobs,
-    # 12: inference graphs (--graph). Measurements stored before ran eagerly on the CPU and as CUDA
-    # graphs where they could on CUDA, which is what auto did there then.
+    # 12: inference graphs (--graph). Measurements stored before ran eagerly on the CPU, which is
+    # what off does; elsewhere what auto does now (CUDA graphs where they could, MPS eagerly). Their
+    # keys stay: a new measurement of either setting is measured again (its key names the setting).
     """
     ALTER TABLE inference ADD COLUMN graph TEXT;
-    UPDATE inference SET graph = CASE WHEN device LIKE 'cuda%' THEN 'auto' ELSE 'off' END;
+    UPDATE inference SET graph = CASE WHEN device = 'cpu' THEN 'off' ELSE 'auto' END;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
