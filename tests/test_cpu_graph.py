@@ -15,7 +15,7 @@ from batchlab.infer.measure import measure, tiled
 from batchlab.nn import layers, microbatch, models
 from batchlab.nn.folding import fold_batch_norms
 from batchlab.nn.placement import place
-from batchlab.report.inference import graph_lines
+from batchlab.report.inference import graph_lines, timed_pass
 from batchlab.spec.run import InferSpec
 
 # The fuser is part of PyTorch's oneDNN build, as on every x86 CPU build.
@@ -209,3 +209,12 @@ def test_report_says_which_measurements_timed_a_graph_and_why_not():
         "checked against eager in 0.05–0.20 s, not timed); the others ran eagerly: fp16: only fp32 and bf16 run as "
         "oneDNN graphs."]
     assert graph_lines(rows.iloc[3:]) == []
+
+
+def test_each_measurement_says_what_it_timed():
+    assert timed_pass("DONE", json.dumps({"onednn_graph": True})) == "oneDNN graph"
+    assert timed_pass("DONE", json.dumps({"cuda_graphs": True})) == "CUDA graph"
+    # A graph that was not used, --graph off, and rows stored before graphs existed: the eager pass.
+    assert timed_pass("DONE", json.dumps({"onednn_graph": "not used: tracing warned"})) == "eager"
+    assert timed_pass("DONE", json.dumps({})) == "eager" == timed_pass("DONE", None)
+    assert timed_pass("FAILED", json.dumps({"onednn_graph": True})) is None  # nothing was timed

@@ -133,6 +133,10 @@ def test_trained_weights_give_accuracy(synthetic_folder, tmp_path):
     with sqlite3.connect(db) as con:
         recorded = dict(con.execute("SELECT graph, json_extract(environment, '$.onednn_graph') FROM inference"))
     assert recorded == {"auto": 1, "off": None}
+    # Each row says what it timed, beside the setting that asked for it.
+    assert {row["graph"]: row["timed"] for row in rows} == {"auto": "oneDNN graph", "off": "eager"}
+    table = invoke("report", "--db", db, "--inference")
+    assert "oneDNN graph" in table.output and "timed" in table.output
     untrained = invoke("infer", "--model", "keras-cnn", "--weights", "latest", "--db", db)
     assert untrained.exit_code == 2 and "no finished training run of keras-cnn" in untrained.output
 

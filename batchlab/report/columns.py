@@ -206,6 +206,8 @@ INFERENCE = [
     setting("precision", show_if="always"),
     setting("slicing"),
     setting("graph"),
+    # What each measurement timed (report/inference.timed_pass): said once when all agree.
+    Column("timed", "timed", priority=2, fold=True),
     setting("weights_source", "weights", show_if="always"),
     setting("machine"),
     setting("batch_size", "batch", align="right", show_if="always", fmt="count", split=False),

@@ -18,7 +18,17 @@ SERIES_KEYS = ["dataset", "model", "weights_source"]  # only measurements of the
 
 def load_inference(db: str | Path) -> pd.DataFrame:
     rows = read_store(db, Store.inference_frame)
+    rows["timed"] = [timed_pass(status, environment) for status, environment in zip(rows["status"], rows["environment"])]
     return rows.sort_values(SERIES_KEYS + CONFIG_KEYS + ["batch_size"]).reset_index(drop=True)
+
+
+def timed_pass(status: str, environment) -> str | None:
+    """What a finished measurement timed: a graph of the forward pass, or the eager pass (--graph
+    off, or a graph that was not used). The graph setting says what was asked; this says what ran."""
+    if status != "DONE":
+        return None
+    fields = recorded(environment)
+    return next((name for key, name in TIMED_GRAPHS.items() if fields.get(key) is True), "eager")
 
 
 def config_name(row) -> str:
@@ -112,6 +122,7 @@ def folding_lines(rows: pd.DataFrame) -> list[str]:
 
 # Environment keys of the graphs a measurement may time (infer/cpu_graph.py, infer/graphs.py).
 GRAPH_KINDS = (("onednn_graph", "oneDNN graphs"), ("cuda_graphs", "CUDA graphs"))
+TIMED_GRAPHS = {"onednn_graph": "oneDNN graph", "cuda_graphs": "CUDA graph"}  # a measurement's `timed` value
 
 
 def graph_lines(rows: pd.DataFrame) -> list[str]:
