@@ -141,8 +141,10 @@ def build_one(model: nn.Module, images: torch.Tensor) -> tuple[torch.jit.ScriptM
     with torch.no_grad(), warnings.catch_warnings():
         # TorchScript is deprecated in favour of torch.compile, which has no frozen-graph path to
         # oneDNN Graph on the CPU (its freezing mode crashed on these models, docs/performance.md);
-        # should a later PyTorch drop it, the measurement runs eagerly and says why.
+        # should a later PyTorch drop it, the measurement runs eagerly and says why. (2.13 warns with a
+        # DeprecationWarning, 2.14 with a FutureWarning.)
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
         graph = torch.jit.freeze(traced.eval())
     with torch.inference_mode():  # as the timed calls run
         for _ in range(WARMUP_CALLS):
