@@ -115,6 +115,29 @@ def test_bf16_graphs_hold_bf16_weights_and_give_autocasts_logits(synthetic):
     assert logits.dtype == expected.dtype == torch.bfloat16
     assert float((logits.float() - expected.float()).abs().max()) <= 1e-2 * float(expected.float().abs().max())
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the run's own model keeps fp32 weights
+    # bf16 was checked against fp32's logits, beside autocast's distance from them (recorded).
+    distances = notes["onednn_graph_bf16"]
+    fp32 = cpu_graph.fp32_pass(model, normalize, images, slice_size)
+    assert distances["largest_fp32_logit"] == pytest.approx(float(fp32.abs().max()))
+    assert distances["autocast_from_fp32"] == pytest.approx(float((expected.float() - fp32).abs().max()))
+    assert 0 < distances["graph_from_fp32"] <= max(1e-2 * distances["largest_fp32_logit"],
+                                                   2 * distances["autocast_from_fp32"])
+
+
+def test_a_bf16_graph_may_round_as_far_from_fp32_as_twice_autocast():
+    fp32 = torch.tensor([[1.0, -0.5], [0.25, 0.0]])
+    autocast = fp32 + torch.tensor([[0.03, 0.0], [0.0, 0.0]])  # 3% of the largest logit off: a deep network
+    within = fp32 - torch.tensor([[0.0, 0.05], [0.0, 0.0]])  # further than 1% and than autocast, within twice
+    assert cpu_graph.compare_bf16(within, autocast, fp32) == pytest.approx(
+        {"graph_from_fp32": 0.05, "autocast_from_fp32": 0.03, "largest_fp32_logit": 1.0})
+    # Beyond both twice autocast's distance and 1% of the largest logit: refused, with both distances.
+    with pytest.raises(cpu_graph.FrozenGraph, match="its bf16 logits are 0.07 from fp32's, autocast's 0.03"):
+        cpu_graph.compare_bf16(fp32 + 0.07, autocast, fp32)
+    # Where autocast is exact, 1% of the largest logit is still allowed.
+    assert cpu_graph.compare_bf16(fp32 + 0.01, fp32, fp32)["graph_from_fp32"] == pytest.approx(0.01)
+    for wrong in (fp32 * float("nan"), fp32[:1]):  # NaN, or another shape
+        with pytest.raises(cpu_graph.FrozenGraph):
+            cpu_graph.compare_bf16(wrong, autocast, fp32)
 
 
 def test_fp16_runs_eagerly(synthetic):
@@ -209,6 +232,12 @@ def test_report_says_which_measurements_timed_a_graph_and_why_not():
         "checked against eager in 0.05–0.20 s, not timed); the others ran eagerly: fp16: only fp32 and bf16 run as "
         "oneDNN graphs."]
     assert graph_lines(rows.iloc[3:]) == []
+    bf16 = {"onednn_graph": True, "onednn_graph_fused": [7], "onednn_graph_seconds": 0.3,
+            "onednn_graph_bf16": {"graph_from_fp32": 0.011, "autocast_from_fp32": 0.0105, "largest_fp32_logit": 0.55}}
+    assert graph_lines(pd.DataFrame({"model": ["resnet"], "environment": [json.dumps(bf16)]})) == [
+        "resnet: 1 of 1 measurement(s) timed oneDNN graphs of the forward pass (7 fused partitions a graph; built and "
+        "checked against eager in 0.30–0.30 s, not timed; bf16 logits up to 2.0% of the largest from fp32's "
+        "(autocast's eager pass: 1.9%))."]
 
 
 def test_each_measurement_says_what_it_timed():

@@ -146,12 +146,25 @@ def graph_lines(rows: pd.DataFrame) -> list[str]:
                 seconds = [float(f["onednn_graph_seconds"]) for f in used if "onednn_graph_seconds" in f]
                 details = ([f"{'/'.join(map(str, fused))} fused partitions a graph"] if fused else []) + (
                     [f"built and checked against eager in {min(seconds):.2f}–{max(seconds):.2f} s, not timed"]
-                    if seconds else [])
+                    if seconds else []) + bf16_distances([f["onednn_graph_bf16"] for f in used if "onednn_graph_bf16" in f])
                 text += f" ({'; '.join(details)})" if details else ""
             if reasons:
                 text += f"; the others ran eagerly: {'; '.join(reasons)}"
             lines.append(text + ".")
     return lines
+
+
+def bf16_distances(checks: list[dict]) -> list[str]:
+    """The bf16 graphs' largest distance from the fp32 logits beside autocast's, as shares of the
+    largest fp32 logit (infer/cpu_graph.compare_bf16): what bf16 costs, through either pass."""
+    def share(name: str) -> float:
+        return max(float(c[name]) / float(c["largest_fp32_logit"]) if float(c["largest_fp32_logit"]) else 0.0
+                   for c in checks)
+
+    if not checks:
+        return []
+    return [f"bf16 logits up to {share('graph_from_fp32'):.1%} of the largest from fp32's "
+            f"(autocast's eager pass: {share('autocast_from_fp32'):.1%})"]
 
 
 def preparation_lines(rows: pd.DataFrame) -> list[str]:
