@@ -117,7 +117,7 @@ def test_bf16_graphs_hold_bf16_weights_and_give_autocasts_logits(synthetic):
     assert all(p.dtype == torch.float32 for p in model.parameters())  # the run's own model keeps fp32 weights
     # bf16 was checked against fp32's logits, beside autocast's distance from them (recorded).
     distances = notes["onednn_graph_bf16"]
-    fp32 = cpu_graph.fp32_pass(model, normalize, images, slice_size)
+    fp32 = eager_pass(model, normalize, slice_size, "fp32")(images)
     assert distances["largest_fp32_logit"] == pytest.approx(float(fp32.abs().max()))
     assert distances["autocast_from_fp32"] == pytest.approx(float((expected.float() - fp32).abs().max()))
     assert 0 < distances["graph_from_fp32"] <= max(1e-2 * distances["largest_fp32_logit"],
@@ -126,18 +126,37 @@ def test_bf16_graphs_hold_bf16_weights_and_give_autocasts_logits(synthetic):
 
 def test_a_bf16_graph_may_round_as_far_from_fp32_as_twice_autocast():
     fp32 = torch.tensor([[1.0, -0.5], [0.25, 0.0]])
-    autocast = fp32 + torch.tensor([[0.03, 0.0], [0.0, 0.0]])  # 3% of the largest logit off: a deep network
-    within = fp32 - torch.tensor([[0.0, 0.05], [0.0, 0.0]])  # further than 1% and than autocast, within twice
+    autocast = fp32 + torch.tensor([[0.012, 0.0], [0.0, 0.0]])  # 1.2% of the largest logit off: a deep network
+    within = fp32 - torch.tensor([[0.0, 0.02], [0.0, 0.0]])  # further than 1% and than autocast, within twice
     assert cpu_graph.compare_bf16(within, autocast, fp32) == pytest.approx(
-        {"graph_from_fp32": 0.05, "autocast_from_fp32": 0.03, "largest_fp32_logit": 1.0})
+        {"graph_from_fp32": 0.02, "autocast_from_fp32": 0.012, "largest_fp32_logit": 1.0}, rel=1e-5)
     # Beyond both twice autocast's distance and 1% of the largest logit: refused, with both distances.
-    with pytest.raises(cpu_graph.FrozenGraph, match="its bf16 logits are 0.07 from fp32's, autocast's 0.03"):
-        cpu_graph.compare_bf16(fp32 + 0.07, autocast, fp32)
+    with pytest.raises(cpu_graph.FrozenGraph, match="its bf16 logits are 0.03 from fp32's, autocast's 0.012"):
+        cpu_graph.compare_bf16(fp32 + 0.03, autocast, fp32)
     # Where autocast is exact, 1% of the largest logit is still allowed.
-    assert cpu_graph.compare_bf16(fp32 + 0.01, fp32, fp32)["graph_from_fp32"] == pytest.approx(0.01)
+    assert cpu_graph.compare_bf16(fp32 + 0.009, fp32, fp32)["graph_from_fp32"] == pytest.approx(0.009, rel=1e-4)
     for wrong in (fp32 * float("nan"), fp32[:1]):  # NaN, or another shape
         with pytest.raises(cpu_graph.FrozenGraph):
             cpu_graph.compare_bf16(wrong, autocast, fp32)
+    # However far autocast is, never beyond 3% of the largest logit: the fuser's wrong normalisation was 7%.
+    with pytest.raises(cpu_graph.FrozenGraph, match="its bf16 logits are 0.07 from fp32's, autocast's 0.5"):
+        cpu_graph.compare_bf16(fp32 + 0.07, fp32 + 0.5, fp32)
+    # An autocast pass that is not finite allows no more than 1%, and is recorded as null.
+    with pytest.raises(cpu_graph.FrozenGraph):
+        cpu_graph.compare_bf16(fp32 + 0.02, fp32 * float("inf"), fp32)
+    assert cpu_graph.compare_bf16(fp32, fp32 * float("nan"), fp32)["autocast_from_fp32"] is None
+
+
+def test_a_bf16_graph_far_from_fp32_is_not_used(synthetic, monkeypatch):
+    """The graph 0.5 from the fp32 logits (here: fp32's shifted), autocast as far: refused, since
+    however far autocast is, a graph may be at most 3% of the largest logit away."""
+    model, normalize, images, slice_size = prepared("seed-cnn", synthetic, 4)
+    autocast = eager_pass(model, normalize, slice_size, "bf16")
+    fp32 = cpu_graph.fp32_pass
+    monkeypatch.setattr(cpu_graph, "fp32_pass", lambda *args: fp32(*args) + 0.5)
+    notes = {}
+    assert cpu_graph.fused_forward(autocast, model, normalize, images, slice_size, "bf16", notes) is autocast
+    assert notes["onednn_graph"].startswith("not used: its bf16 logits are 0.5")
 
 
 def test_fp16_runs_eagerly(synthetic):

@@ -206,8 +206,9 @@ INFERENCE = [
     setting("precision", show_if="always"),
     setting("slicing"),
     setting("graph"),
-    # What each measurement timed (report/inference.timed_pass): said once when all agree.
-    Column("timed", "timed", priority=2, fold=True),
+    # What each measurement timed (report/inference.timed_pass), beside the setting that asked for it; shown
+    # where the rows differ (the line below the table gives the counts), in CSV and JSON always.
+    Column("timed", "timed", priority=2, show_if="varies", fold=True),
     setting("weights_source", "weights", show_if="always"),
     setting("machine"),
     setting("batch_size", "batch", align="right", show_if="always", fmt="count", split=False),

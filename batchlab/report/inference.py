@@ -157,14 +157,15 @@ def graph_lines(rows: pd.DataFrame) -> list[str]:
 def bf16_distances(checks: list[dict]) -> list[str]:
     """The bf16 graphs' largest distance from the fp32 logits beside autocast's, as shares of the
     largest fp32 logit (infer/cpu_graph.compare_bf16): what bf16 costs, through either pass."""
-    def share(name: str) -> float:
-        return max(float(c[name]) / float(c["largest_fp32_logit"]) if float(c["largest_fp32_logit"]) else 0.0
-                   for c in checks)
+    def share(name: str) -> str:
+        shares = [float(c[name]) / float(c["largest_fp32_logit"]) for c in checks if c.get(name) is not None]
+        return f"{max(shares):.1%}" if shares else "not finite"
 
+    checks = [c for c in checks if c.get("largest_fp32_logit")]  # all-zero logits have no shares
     if not checks:
         return []
-    return [f"bf16 logits up to {share('graph_from_fp32'):.1%} of the largest from fp32's "
-            f"(autocast's eager pass: {share('autocast_from_fp32'):.1%})"]
+    return [f"bf16 logits up to {share('graph_from_fp32')} of the largest from fp32's "
+            f"(autocast's eager pass: {share('autocast_from_fp32')})"]
 
 
 def preparation_lines(rows: pd.DataFrame) -> list[str]:
