@@ -122,7 +122,7 @@ def folding_lines(rows: pd.DataFrame) -> list[str]:
 
 # Environment keys of the graphs a measurement may time (infer/cpu_graph.py, infer/graphs.py).
 GRAPH_KINDS = (("onednn_graph", "oneDNN graphs"), ("cuda_graphs", "CUDA graphs"))
-TIMED_GRAPHS = {"onednn_graph": "oneDNN graph", "cuda_graphs": "CUDA graph"}  # a measurement's `timed` value
+TIMED_GRAPHS = {key: name.removesuffix("s") for key, name in GRAPH_KINDS}  # a measurement's `timed` value
 
 
 def graph_lines(rows: pd.DataFrame) -> list[str]:
