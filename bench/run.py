@@ -34,6 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 import plain_torch  # noqa: E402
+import standing  # noqa: E402
+from standing import FLOP_PER_IMAGE  # noqa: E402
 
 import batchlab  # noqa: E402
 from batchlab.core.cpus import available_cores  # noqa: E402
@@ -54,12 +56,13 @@ from batchlab.train.engine import (  # noqa: E402
 )
 from batchlab.train.gns import NoiseScale  # noqa: E402
 
-# Nominal FLOPs per 28×28 image (2 per multiply-add): forward + backward, and forward. keras-cnn:
-# conv1 26·26·32·9, conv2 24·24·64·288, dense 9216·128 + 128·10 multiply-adds forward; its backward
-# doubles all but conv1's (weight gradient only).
-FLOP_PER_IMAGE = {"seed-cnn": {"train": 20.3e6, "infer": 7.0e6}, "keras-cnn": {"train": 71.5e6, "infer": 23.96e6}}
 TRAIN_SIZES = [1, 4, 16, 64, 256, 1024, 4096]
 GNS_BATCH = 256  # the batch size the --gns overhead goal is stated at
+# Steps of small batches are bound by fixed costs per operator, which a shared machine's slow spells
+# stretch most: seed-cnn at batch 1 ran 0.54x to 1.51x as fast from one second to the next (two
+# threads against one, alternating). These sizes get more alternating runs than --repeats.
+NOISY_MAX_BATCH = 64
+NOISY_REPEATS = 5
 INFER_SIZES = [1, 4, 16, 64, 256, 1024, 4096, 10000, 40000]
 HERE = Path(__file__).parent
 TF_PYTHON = HERE / ".venv-tf" / "bin" / "python"
@@ -296,7 +299,7 @@ def main() -> None:
         for batch in sizes:
             # batchlab and the plain loops alternate repeat by repeat, Keras follows at the same size.
             figures = {"batchlab": [], **{name: [] for name in own_variants}, **{name: [] for name in plains}}
-            for _ in range(repeats):
+            for _ in range(repeats if args.quick or batch > NOISY_MAX_BATCH else max(repeats, NOISY_REPEATS)):
                 figures["batchlab"].append(ours(batch)[0])
                 for name, run in {**own_variants, **plains}.items():
                     figures[name].append(run(batch)[0])
@@ -315,6 +318,7 @@ def main() -> None:
                   + f"  ÷ best peer {mine / best:.2f}x", flush=True)
     scratch.cleanup()
     results["keras_version"] = keras.version
+    print(standing.table(results))
     if model_name != "seed-cnn":
         write_results(results, f"-{model_name}")
         return
