@@ -59,8 +59,10 @@ from batchlab.train.gns import NoiseScale  # noqa: E402
 TRAIN_SIZES = [1, 4, 16, 64, 256, 1024, 4096]
 GNS_BATCH = 256  # the batch size the --gns overhead goal is stated at
 # Steps of small batches are bound by fixed costs per operator, which a shared machine's slow spells
-# stretch most: seed-cnn at batch 1 ran 0.54x to 1.51x as fast from one second to the next (two
-# threads against one, alternating). These sizes get more alternating runs than --repeats.
+# stretch most: on a 2-core VM, seed-cnn's batch-1 steps with two threads ran 0.54x to 1.51x as fast
+# as with one from one round of alternating runs to the next, a second or two apart. The PyTorch
+# loops at these sizes get more alternating runs than --repeats (Keras, run after them in its own
+# process, keeps --repeats).
 NOISY_MAX_BATCH = 64
 NOISY_REPEATS = 5
 INFER_SIZES = [1, 4, 16, 64, 256, 1024, 4096, 10000, 40000]
@@ -318,9 +320,9 @@ def main() -> None:
                   + f"  ÷ best peer {mine / best:.2f}x", flush=True)
     scratch.cleanup()
     results["keras_version"] = keras.version
-    print(standing.table(results))
     if model_name != "seed-cnn":
         write_results(results, f"-{model_name}")
+        print(standing.table(results))
         return
     for batch in (1, 64):
         # The recorded loop between two runs of the bare one, so that a slow spell of a shared
@@ -356,6 +358,7 @@ def main() -> None:
         print("test accuracy after 1 epoch of 10,000 images at batch 2:", results["accuracy_after_1_epoch_bs2_10k"])
     results["bf16"] = bf16_check(prep, args.data_dir, repeats, args.quick)
     write_results(results)
+    print(standing.table(results))
 
 
 if __name__ == "__main__":

@@ -69,14 +69,48 @@ def test_keras_cnn_results_use_keras_cnn_flops():
     assert found[0].ours_share == pytest.approx(600 / 1000)  # 71.5 MFLOP per image: a 1,000 img/s ceiling
 
 
-def test_the_table_and_the_newest_files(tmp_path, monkeypatch):
+def test_the_newest_result_of_each_model_is_found_by_content(tmp_path, monkeypatch):
+    """Host names may contain what a file-name suffix would ("-images", "-keras-cnn"): the files are
+    told apart by what they hold, and the newest by the UTC time each records."""
     results = tmp_path / "results"
     results.mkdir()
-    for name in ("20261201-1000-vm.json", "20261202-1000-vm.json", "20261202-1100-vm-images.json",
-                 "20261202-1200-vm-images-resnet18.json", "20261202-1300-vm-bf16.json",
-                 "20261201-0900-vm-keras-cnn.json"):
-        (results / name).write_text(json.dumps(RESULT))
+
+    def write(name: str, content) -> None:
+        (results / name).write_text(content if isinstance(content, str) else json.dumps(content))
+
+    write("20261202-1000-ci-images-01.json", {**RESULT, "when": "2026-12-02T10:00:00+00:00"})
+    write("20261202-0900-ci-images-01.json", {**RESULT, "when": "2026-12-02T09:00:00+00:00"})
+    write("20261202-1100-box-keras-cnn.json", {**RESULT, "when": "2026-12-02T11:00:00+00:00"})  # seed-cnn inside
+    old_keras = {key: value for key, value in RESULT.items() if key != "model"} | {"model": "keras-cnn"}
+    write("20261201-0900-vm-keras-cnn.json", old_keras)
+    write("20261203-0900-vm-images.json", {"shape": [3, 32, 32], "train": {}, "infer": {}, "gemm_flops": 1})
+    write("20261203-0900-vm-bf16.json", {"machine": {}, "bf16": {}})
+    write("20261203-1000-vm.json", "{ cut off")
+    write("20261130-0900-vm.json", {key: value for key, value in RESULT.items() if key not in ("model", "when")})
     monkeypatch.setattr(standing, "HERE", tmp_path)
-    assert [p.name for p in standing.newest_results()] == ["20261202-1000-vm.json", "20261201-0900-vm-keras-cnn.json"]
-    text = standing.table(RESULT)
-    assert "| training | 4,096 | 6,000 | keras 7,000 | 0.86x | 60% | 105% | above the GEMM rate |" in text
+    assert [p.name for p in standing.newest_results()] == ["20261202-1100-box-keras-cnn.json",
+                                                           "20261201-0900-vm-keras-cnn.json"]
+
+
+def test_a_file_that_is_not_a_run_result_is_one_line_refused(tmp_path, monkeypatch, capsys):
+    images = tmp_path / "images.json"
+    images.write_text(json.dumps({"shape": [3, 32, 32], "train": {}, "infer": {}, "gemm_flops": 1}))
+    monkeypatch.setattr(sys, "argv", ["standing.py", str(images)])
+    with pytest.raises(SystemExit, match="not a bench/run.py result"):
+        standing.main()
+    broken = tmp_path / "broken.json"
+    broken.write_text("{ cut off")
+    monkeypatch.setattr(sys, "argv", ["standing.py", str(broken)])
+    with pytest.raises(SystemExit, match="cannot be read as JSON"):
+        standing.main()
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(RESULT))
+    monkeypatch.setattr(sys, "argv", ["standing.py", str(good)])
+    standing.main()
+    assert "| training | 4,096 | 6,000 | keras 7,000 | 0.86x | 60% | 105% | above the GEMM rate |" in capsys.readouterr().out
+
+
+def test_results_held_in_memory_with_integer_batch_sizes():
+    """bench/run.py prints the table from its own dict, whose batch sizes are ints, not JSON's strings."""
+    in_memory = {**RESULT, "train": {4096: RESULT["train"]["4096"], 1: RESULT["train"]["1"]}, "infer": {}}
+    assert [s.batch for s in standing.standings(in_memory)] == [1, 4096]
