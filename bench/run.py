@@ -289,7 +289,7 @@ def main() -> None:
     # Each plain loop twice: in PyTorch's default layout, and moved to channels-last as a user may
     # (for seed-cnn's inference the faster of the two).
     # Inference also times batchlab's eager pass (--graph off) beside its default oneDNN graph: not a peer,
-    # the measure of what the graph adds.
+    # the measure of what the graph adds (its name is in standing.OWN_VARIANTS, so no peer).
     modes = [("train", train_sizes, flops["train"], lambda b: batchlab_train(prep, b, 1, model_name=model_name), {},
               {"plain_torch": lambda b: plain_train(prep, b, 1, model_name),
                "plain_torch_channels_last": lambda b: plain_train(prep, b, 1, model_name, channels_last=True)}),
@@ -311,7 +311,7 @@ def main() -> None:
                 rates["keras"] = spread(keras_rates)
             results[mode][batch] = rates
             mine = rates["batchlab"]["median"]
-            best = max(rates[name]["median"] for name in rates if name != "batchlab" and name not in own_variants)
+            _, best = standing.fastest_peer(rates)
             eager = (f" (eager {rates['batchlab_eager']['median']:>8,.0f})" if "batchlab_eager" in rates else "")
             print(f"{mode} bs={batch:>5}: batchlab {mine:>8,.0f} img/s{eager} ({mine * flop_per_image / ceiling:5.1%} of GEMM)  "
                   f"plain PyTorch {rates['plain_torch']['median']:>8,.0f} (channels-last "

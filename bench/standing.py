@@ -33,7 +33,8 @@ TARGET = 1.5  # the issue's goal: batchlab at least 1.5x the fastest peer
 # forward; its backward doubles all but conv1's (weight gradient only). Kept here, where reading
 # results needs no torch; bench/run.py imports it.
 FLOP_PER_IMAGE = {"seed-cnn": {"train": 20.3e6, "infer": 7.0e6}, "keras-cnn": {"train": 71.5e6, "infer": 23.96e6}}
-OWN_VARIANTS = ("batchlab", "batchlab_eager")  # batchlab's own loops in a result: not peers
+# batchlab's own loops in a result (bench/run.py's "batchlab" and its own variants): not peers.
+OWN_VARIANTS = ("batchlab", "batchlab_eager")
 
 
 @dataclass
@@ -60,19 +61,27 @@ class Standing:
         return "open"
 
 
+def fastest_peer(rates: dict) -> tuple[str, float] | None:
+    """The fastest peer among one batch size's rates (name → {"median": images/s, ...}), batchlab's
+    own loops left out; None when no peer ran."""
+    peers = {name: rate["median"] for name, rate in rates.items() if name not in OWN_VARIANTS}
+    if not peers:
+        return None
+    name = max(peers, key=peers.get)
+    return name, peers[name]
+
+
 def standings(results: dict) -> list[Standing]:
     """One Standing per pass and batch size of a bench/run.py result."""
     flops, gemm = FLOP_PER_IMAGE[results.get("model", "seed-cnn")], results["gemm_flops"]
     found = []
     for mode in ("train", "infer"):
         for batch, rates in sorted(results.get(mode, {}).items(), key=lambda item: int(item[0])):
-            peers = {name: rate["median"] for name, rate in rates.items() if name not in OWN_VARIANTS}
-            if "batchlab" not in rates or not peers:
+            peer = fastest_peer(rates)
+            if "batchlab" not in rates or peer is None:
                 continue
-            peer = max(peers, key=peers.get)
-            ours, ceiling = rates["batchlab"]["median"], gemm / flops[mode]
-            found.append(Standing(mode, int(batch), ours, peer, peers[peer], ours / ceiling,
-                                  TARGET * peers[peer] / ceiling))
+            (name, rate), ours, ceiling = peer, rates["batchlab"]["median"], gemm / flops[mode]
+            found.append(Standing(mode, int(batch), ours, name, rate, ours / ceiling, TARGET * rate / ceiling))
     return found
 
 
