@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 sys.path.insert(0, str(Path(__file__).parent))
 
 import plain_torch  # noqa: E402
-from run import spread, write_results  # noqa: E402
+from run import rotated, spread, write_results  # noqa: E402
 
 from batchlab.core.cpus import available_cores  # noqa: E402
 from batchlab.core.stats import images_per_second  # noqa: E402
@@ -228,9 +228,9 @@ def main() -> None:
                "threads": torch.get_num_threads(), "repeats": repeats, "train": {}, "infer": {}}
     for batch in sizes:
         figures = {name: [] for name in loops}
-        for _ in range(repeats):  # every loop once per repeat, so a slow spell hits all of them alike
-            for name, loop in loops.items():
-                figures[name].append(loop(batch))
+        for turn in range(repeats):  # every loop once per repeat, so a slow spell hits all of them alike
+            for name in rotated(list(loops), turn):
+                figures[name].append(loops[name](batch))
         row = {name: {"images_per_second": spread([f[0] for f in values]),
                       "data_wait_share": spread([f[1] for f in values])} for name, values in figures.items()}
         results["train"][batch] = row
@@ -244,9 +244,9 @@ def main() -> None:
                   + (f"  ÷ best plain loop {rate / against:.2f}x" if name.startswith("batchlab") else ""), flush=True)
     for batch in [16] if args.quick else INFER_BATCH_SIZES:
         figures = {name: [] for name in infer_loops}
-        for _ in range(repeats):  # alternating, as the training loops above
-            for name, loop in infer_loops.items():
-                figures[name].append(loop(batch))
+        for turn in range(repeats):  # alternating, as the training loops above
+            for name in rotated(list(infer_loops), turn):
+                figures[name].append(infer_loops[name](batch))
         row = {name: spread(values) for name, values in figures.items()}
         results["infer"][batch] = row
         best_plain = max(row["plain"]["median"], row["plain channels-last"]["median"])

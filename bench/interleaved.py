@@ -71,7 +71,7 @@ def interleaved_times(steps: dict[str, Step], batches: Callable[[], torch.Tensor
     times: dict[str, list[float]] = {name: [] for name in names}
     for number in range(sets):
         chunk = batches()
-        for name in names[number % len(names):] + names[:number % len(names)]:
+        for name in run_bench.rotated(names, number):
             start = time.perf_counter()
             for index in chunk:
                 steps[name](index)

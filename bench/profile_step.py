@@ -2,7 +2,7 @@
 ceiling and against the plain PyTorch loop: the roofline behind docs/performance.md.
 
     python bench/profile_step.py [--model seed-cnn|keras-cnn|torchvision:resnet18] [--batch-size 4096]
-                                 [--steps 3] [--only training|inference]
+                                 [--steps 3] [--only training|inference] [--cifar]
 
 (--steps calls per profile; each loop is profiled ROUNDS times, alternating, and each part's
 median over them is shown.)
@@ -18,8 +18,9 @@ moved to channels-last (bench/run.py's and bench/images.py's fastest plain peer 
 1,024; torch.optim.SGD) is split the same way beside it, so the parts both pay (the floor a faster
 loop cannot go below with the same libraries) and the parts batchlab saves show side by side.
 
-seed-cnn and keras-cnn run on 1×28×28 images, torchvision models on 3×32×32 (CIFAR's shape; they
-need torchvision: `make bench-vision` builds an environment with it).
+seed-cnn and keras-cnn run on 1×28×28 images; seed-cnn with --cifar on 3×32×32 (CIFAR's shape, the
+workload of bench/images.py, whose plain network is the peer then); torchvision models always run on
+3×32×32 (they need torchvision: `make bench-vision` builds an environment with it).
 """
 
 from __future__ import annotations
@@ -175,9 +176,9 @@ def report(batchlab: tuple[dict, dict], plain: tuple[dict, dict], images: int, f
         for name, seconds in sorted(rest.items(), key=lambda item: -item[1])[:8]))
 
 
-def plain_network(name: str) -> nn.Module:
-    """The plain peer the benches time, moved to channels-last."""
-    if name.startswith(TORCHVISION_PREFIX):
+def plain_network(name: str, cifar: bool) -> nn.Module:
+    """The plain peer the benches time (bench/images.py's on CIFAR's shape), moved to channels-last."""
+    if cifar:
         torch.manual_seed(0)
         return images_bench.plain_network(name).to(memory_format=torch.channels_last)
     return run_bench.plain_network(name, channels_last=True)
@@ -189,7 +190,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--only", choices=("training", "inference"), help="profile one of the two")
+    parser.add_argument("--cifar", action="store_true", help="3×32×32 images (always so for torchvision models)")
     args = parser.parse_args()
+    if args.cifar and args.model == "keras-cnn":
+        parser.error("--cifar: bench/images.py's workload has seed-cnn and torchvision models, not keras-cnn")
     flush_denormals()  # as a run's own process does (bench/run.py too)
     keep_freed_memory()
     torch.set_num_threads(available_cores())
@@ -197,10 +201,11 @@ def main() -> None:
     ceiling = max(run_bench.gemm_flops().values())
     print(f"{args.model}; GEMM ceiling {ceiling / 1e9:,.0f} GFLOP/s")
     batch, name = args.batch_size, args.model
-    shape = images_bench.SHAPE if name.startswith(TORCHVISION_PREFIX) else models.MNIST_SHAPE
+    cifar = args.cifar or name.startswith(TORCHVISION_PREFIX)
+    shape = images_bench.SHAPE if cifar else models.MNIST_SHAPE
     torch.manual_seed(0)
     model = place(models.build(name, input_shape=shape), torch.device("cpu"), "fp32")
-    plain = plain_network(name)
+    plain = plain_network(name, cifar)
     images, labels = torch.randn(batch, *shape), torch.randint(0, 10, (batch,))
     flops = counted_flops(model, images[:1])
 

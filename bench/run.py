@@ -99,6 +99,14 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
+def rotated(names: list[str], turn: int) -> list[str]:
+    """`names` starting at position `turn` (mod its length): each loop of a comparison takes every
+    place in the order in turn, so none always runs right after the same one (or first, after the
+    process's start-up)."""
+    shift = turn % len(names)
+    return names[shift:] + names[:shift]
+
+
 def write_results(results: dict, suffix: str = "") -> None:
     """bench/results/<date>-<host><suffix>.json"""
     out = HERE / "results" / f"{datetime.now():%Y%m%d-%H%M}-{socket.gethostname()}{suffix}.json"

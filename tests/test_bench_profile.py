@@ -27,6 +27,15 @@ def test_seed_cnn_flops_are_those_of_its_cropped_input():
     assert flops["linear layers"] == (linear, 2 * linear)
 
 
+def test_cifar_peer_is_bench_images_network_and_counts_flops_of_its_shape():
+    """--cifar profiles seed-cnn on 3×32×32 (a 29×29 crop) against bench/images.py's plain network."""
+    plain = profile_step.plain_network("seed-cnn", cifar=True)
+    assert plain(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    flops = profile_step.counted_flops(models.build("seed-cnn", input_shape=(3, 32, 32)), torch.randn(1, 3, 32, 32))
+    conv1, conv2 = 2 * 26 * 26 * 32 * 48, 2 * 10 * 10 * 64 * 512
+    assert flops["convolutions"][0] == conv1 + conv2
+
+
 def test_flop_count_leaves_the_model_in_its_mode():
     model = models.build("keras-cnn")
     profile_step.counted_flops(model, torch.randn(1, 1, 28, 28))
