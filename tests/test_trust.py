@@ -228,6 +228,58 @@ def test_two_stores_opened_at_once_on_a_new_file_both_work(tmp_path):
         assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
+def real_busy_error(path: Path) -> sqlite3.OperationalError:
+    """The error SQLite itself gives a connection that may not wait for a lock another holds (on a
+    database of its own in rollback-journal mode, where an exclusive lock keeps readers out)."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        sqlite3.connect(path, timeout=0).execute("SELECT * FROM sqlite_master").fetchall()
+    except sqlite3.OperationalError as error:
+        return error
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    pytest.fail("an exclusive lock let another connection read")
+
+
+@pytest.mark.parametrize("readonly", [False, True])
+def test_opening_waits_out_busy_answers_that_skip_the_busy_timeout(tmp_path, monkeypatch, readonly):
+    """SQLite answers SQLITE_BUSY at once, busy timeout or not, while the last connection to a WAL
+    store cleans up as it closes: opening tries again."""
+    path = tmp_path / "s.db"
+    Store(path).close()
+    busy = real_busy_error(tmp_path / "locked.db")
+    assert busy.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+    calls = []
+    real_open = Store._open
+
+    def open_busy_twice(self):
+        calls.append(1)
+        if len(calls) <= 2:
+            self.db = sqlite3.connect(":memory:")  # left open by the failed try: must be closed
+            raise busy
+        real_open(self)
+
+    monkeypatch.setattr(Store, "_open", open_busy_twice)
+    with Store(path, readonly=readonly) as store:
+        assert len(calls) == 3 and store.runs_frame().empty
+
+
+def test_opening_does_not_retry_other_errors(tmp_path, monkeypatch):
+    calls = []
+
+    def fail(self):
+        calls.append(1)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(Store, "_open", fail)
+    with pytest.raises(StoreError, match="cannot open as a batchlab store"):
+        Store(tmp_path / "s.db")
+    assert calls == [1]
+
+
 # --- 7. exit codes tell the truth ---------------------------------------------------------------------
 
 def test_sweep_with_a_failed_run_exits_1_and_names_it(image_folder, tmp_path):

@@ -16,6 +16,7 @@ import functools
 import json
 import shutil
 import sqlite3
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -63,7 +64,11 @@ def now() -> str:
 
 
 # SQLite result codes (sqlite3.Error.sqlite_errorcode; extended codes keep the primary in the low byte).
-SQLITE_IOERR, SQLITE_FULL = 10, 13
+SQLITE_BUSY, SQLITE_IOERR, SQLITE_FULL = 5, 10, 13
+# How long opening a store retries SQLITE_BUSY that came without the busy timeout's wait (the same
+# bound as that timeout: connect(timeout=BUSY_SECONDS)).
+BUSY_SECONDS = 30.0
+BUSY_RETRY_SECONDS = 0.02
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
 # Tables every batchlab store has had since schema 1: a file of another program that happens to
 # have a user_version is told apart by them.
@@ -105,17 +110,7 @@ class Store:
         self.db = None
         try:
             self._refuse_if_not_sqlite()
-            self.db = self._connect_readonly() if readonly else sqlite3.connect(self.path, timeout=30)
-            self.db.row_factory = sqlite3.Row
-            self.db.execute("PRAGMA foreign_keys = ON")
-            if readonly:
-                self._check_is_batchlab(*self._schema_state())
-                self._migrate_in_memory()
-            else:
-                self._migrate()
-                # WAL: readers (a report) never block the sweep's writes. Needs local disk. Set only
-                # once the file is known to be a batchlab store of a version we understand.
-                self.db.execute("PRAGMA journal_mode = WAL")
+            self._open_waiting_out_busy()
         except (sqlite3.DatabaseError, UnicodeDecodeError, ValueError) as error:
             # UnicodeDecodeError: SQLite's message quotes a garbled schema's bytes, not always UTF-8.
             self._close_quietly()
@@ -127,6 +122,39 @@ class Store:
         except BaseException:
             self._close_quietly()
             raise
+
+    def _open_waiting_out_busy(self) -> None:
+        """_open, again while SQLite answers SQLITE_BUSY, for up to BUSY_SECONDS. The busy timeout
+        does not cover every such answer: while the last connection to a WAL store closes, it holds
+        an exclusive lock to clean up the WAL, and a connection opening in that moment gets
+        SQLITE_BUSY at once (SQLite's WAL documentation). Two sweeps, or a sweep and a report,
+        starting together meet it."""
+        deadline = time.monotonic() + BUSY_SECONDS
+        while True:
+            try:
+                return self._open()
+            except sqlite3.OperationalError as error:
+                code = getattr(error, "sqlite_errorcode", None)
+                if code is None or code & 0xFF != SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+                self._close_quietly()
+                self.db = None
+                time.sleep(BUSY_RETRY_SECONDS)
+
+    def _open(self) -> None:
+        """Connect, and check (read-only) or bring the schema up to date (read-write)."""
+        readonly = self.readonly
+        self.db = self._connect_readonly() if readonly else sqlite3.connect(self.path, timeout=BUSY_SECONDS)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA foreign_keys = ON")
+        if readonly:
+            self._check_is_batchlab(*self._schema_state())
+            self._migrate_in_memory()
+        else:
+            self._migrate()
+            # WAL: readers (a report) never block the sweep's writes. Needs local disk. Set only
+            # once the file is known to be a batchlab store of a version we understand.
+            self.db.execute("PRAGMA journal_mode = WAL")
 
     def _close_quietly(self) -> None:
         if self.db is not None:
@@ -147,7 +175,7 @@ class Store:
         if not self.path.is_file():
             raise StoreError(f"no results store at {self.path}; run `batchlab sweep`, `train` or `infer` first")
         uri = self.path.resolve().as_uri()
-        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=BUSY_SECONDS)
         try:
             db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
             return db
