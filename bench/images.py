@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 sys.path.insert(0, str(Path(__file__).parent))
 
 import plain_torch  # noqa: E402
-from run import rotated, spread, write_results  # noqa: E402
+from run import engine_parts, rotated, spread, write_results  # noqa: E402
 
 from batchlab.core.cpus import available_cores  # noqa: E402
 from batchlab.core.stats import images_per_second  # noqa: E402
@@ -56,7 +56,7 @@ from batchlab.device.threads import flush_denormals  # noqa: E402
 from batchlab.infer.measure import measure  # noqa: E402
 from batchlab.nn.names import TORCHVISION_PREFIX  # noqa: E402
 from batchlab.spec.run import InferSpec, RunSpec  # noqa: E402
-from batchlab.train.engine import StepLoop, build_model, input_source, make_optimizer, slice_size_for  # noqa: E402
+from batchlab.train.engine import StepLoop, input_source  # noqa: E402
 
 SHAPE = (3, 32, 32)
 CLASSES = 10
@@ -80,10 +80,7 @@ def batchlab_pass(dataset, model_name: str, images: int, batch: int, input: str,
     """(images/s, data-wait share) of batchlab's hot loop on `input`, as `batchlab train` runs it."""
     spec = RunSpec(model=model_name, batch_size=batch, input=input, loader_workers=workers, augment=augment)
     dd = to_device(dataset, 0.0, 0, torch.device("cpu"), input)
-    torch.manual_seed(0)
-    model = build_model(spec, dd, dd.device).train()
-    slices = slice_size_for(spec, model, dd)
-    optimizer = make_optimizer("momentum", model.parameters(), 0.01)
+    model, optimizer, slices = engine_parts(spec, dd, dd.device)
     source = input_source(spec, dd)
     try:
         loop = StepLoop(model, optimizer, dd, batch, slice_size=slices, source=source)
@@ -137,13 +134,8 @@ def plain_pass(loader_dataset, model_name: str, images: int, batch: int, workers
     loader = DataLoader(loader_dataset, batch_size=batch, sampler=sampler, num_workers=workers,
                         persistent_workers=workers > 0)
 
-    def step(x, y):
-        optimizer.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
-
     for x, y in warm:
-        step(x, y)
+        plain_torch.train_step(model, optimizer, x, y)
     batches = iter(loader)  # (re)starts workers, as a user's epoch loop does, outside the clock
     waited, start = 0.0, time.perf_counter()
     while True:
@@ -152,7 +144,7 @@ def plain_pass(loader_dataset, model_name: str, images: int, batch: int, workers
         waited += time.perf_counter() - asked
         if pair is None:
             break
-        step(*pair)
+        plain_torch.train_step(model, optimizer, *pair)
     seconds = time.perf_counter() - start
     return images / seconds, waited / seconds
 

@@ -23,17 +23,17 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import plain_torch  # noqa: E402
 import run as run_bench  # noqa: E402
 
 from batchlab.core.cpus import available_cores  # noqa: E402
 from batchlab.device.heap import keep_freed_memory  # noqa: E402
 from batchlab.device.threads import flush_denormals  # noqa: E402
 from batchlab.spec.run import RunSpec  # noqa: E402
-from batchlab.train.engine import build_model, make_optimizer, prepare, slice_size_for, train_step  # noqa: E402
+from batchlab.train.engine import prepare, train_step  # noqa: E402
 
 Step = Callable[[torch.Tensor], None]  # one training step on the images at these indices
 
@@ -41,10 +41,7 @@ Step = Callable[[torch.Tensor], None]  # one training step on the images at thes
 def batchlab_step(prep, spec: RunSpec) -> Step:
     """The engine's step as `batchlab train` runs it (its model, layout, micro-batches, optimizer)."""
     dd = prep.dd
-    torch.manual_seed(0)
-    model = build_model(spec, dd, prep.device).train()
-    slices = slice_size_for(spec, model, dd)
-    optimizer = make_optimizer("momentum", model.parameters(), 0.01)
+    model, optimizer, slices = run_bench.engine_parts(spec, dd, prep.device)
 
     def step(index: torch.Tensor) -> None:
         train_step(model, optimizer, dd.normalize(dd.train_images[index]), dd.train_labels[index], "fp32",
@@ -59,9 +56,7 @@ def plain_step(prep, model_name: str, channels_last: bool, images: torch.Tensor)
     labels = prep.dd.train_labels
 
     def step(index: torch.Tensor) -> None:
-        optimizer.zero_grad()
-        F.cross_entropy(model(images[index]), labels[index]).backward()
-        optimizer.step()
+        plain_torch.train_step(model, optimizer, images[index], labels[index])
     return step
 
 

@@ -39,6 +39,13 @@ def keras_cnn(classes: int = 10, channels: int = 1, side: int = 28) -> nn.Module
 MODELS = {"seed-cnn": seed_cnn, "keras-cnn": keras_cnn}  # batchlab's built-in name → the plain network
 
 
+def train_step(model, optimizer, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """One step of the loop a user writes: zero the gradients, forward, loss, backward, update."""
+    optimizer.zero_grad()
+    F.cross_entropy(model(images), labels).backward()
+    optimizer.step()
+
+
 def train_images_per_second(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int, lr: float = 0.01) -> float:
     """Train on `images` (float, normalised) once in shuffled batches; images/s of the whole pass."""
     loader = DataLoader(TensorDataset(images, labels), batch_size=batch_size, shuffle=True)
@@ -46,10 +53,7 @@ def train_images_per_second(model, images: torch.Tensor, labels: torch.Tensor, b
     model.train()
     start = time.perf_counter()
     for x, y in loader:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, x, y)
     return len(images) / (time.perf_counter() - start)
 
 

@@ -32,13 +32,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import images as images_bench  # noqa: E402
+import plain_torch  # noqa: E402
 import run as run_bench  # noqa: E402
 
 from batchlab.core.cpus import available_cores  # noqa: E402
@@ -216,9 +216,7 @@ def main() -> None:
         plain_optimizer = torch.optim.SGD(plain.parameters(), lr=0.01, momentum=0.9)  # as the benches' plain loops
 
         def plain_step() -> None:
-            plain_optimizer.zero_grad()
-            F.cross_entropy(plain(images), labels).backward()
-            plain_optimizer.step()
+            plain_torch.train_step(plain, plain_optimizer, images, labels)
 
         ours, theirs = alternated(lambda: train_step(model, optimizer, images, labels, slice_size=slices),
                                   plain_step, args.steps)

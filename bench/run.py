@@ -115,6 +115,15 @@ def write_results(results: dict, suffix: str = "") -> None:
     print(f"written {out}")
 
 
+def engine_parts(spec: RunSpec, dd, device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
+    """(model, optimizer, micro-batch size) as engine.prepare sets a run up: seeded, the model in
+    the device's layout and training mode, automatic micro-batches, the benches' momentum SGD."""
+    torch.manual_seed(0)
+    model = build_model(spec, dd, device).train()
+    slices = slice_size_for(spec, model, dd)
+    return model, make_optimizer("momentum", model.parameters(), 0.01), slices
+
+
 def batchlab_train(prep, batch: int, repeats: int, record: bool = True, gns: bool = False,
                    precision: str = "fp32", model_name: str = "seed-cnn") -> list[float]:
     """images/s of the engine's hot loop (StepLoop.train, as `batchlab train` runs it); with
@@ -123,12 +132,8 @@ def batchlab_train(prep, batch: int, repeats: int, record: bool = True, gns: boo
     spec = RunSpec(model=model_name, batch_size=batch, gns=gns, precision=precision)
     rates = []
     for _ in range(repeats):
-        torch.manual_seed(0)
-        # As engine.prepare sets a run up: the model in the device's layout, automatic micro-batches.
-        model = build_model(spec, prep.dd, prep.device).train()
-        slices = slice_size_for(spec, model, prep.dd)
+        model, optimizer, slices = engine_parts(spec, prep.dd, prep.device)
         slices = gns_slices(spec, model, slices) if gns else slices
-        optimizer = make_optimizer("momentum", model.parameters(), 0.01)
         loop = StepLoop(model, optimizer, prep.dd, batch, precision, slice_size=slices)
         loop.noise = NoiseScale(model) if gns else None
         indices = torch.randperm(prep.dd.train_count)[:images_for(batch)]

@@ -252,19 +252,22 @@ def test_opening_waits_out_busy_answers_that_skip_the_busy_timeout(tmp_path, mon
     Store(path).close()
     busy = real_busy_error(tmp_path / "locked.db")
     assert busy.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
-    calls = []
+    failed_tries: list[sqlite3.Connection] = []
     real_open = Store._open
 
     def open_busy_twice(self):
-        calls.append(1)
-        if len(calls) <= 2:
-            self.db = sqlite3.connect(":memory:")  # left open by the failed try: must be closed
+        if len(failed_tries) < 2:
+            self.db = sqlite3.connect(":memory:")  # the connection a failed try leaves behind
+            failed_tries.append(self.db)
             raise busy
         real_open(self)
 
     monkeypatch.setattr(Store, "_open", open_busy_twice)
     with Store(path, readonly=readonly) as store:
-        assert len(calls) == 3 and store.runs_frame().empty
+        assert len(failed_tries) == 2 and store.runs_frame().empty
+    for connection in failed_tries:  # each closed before the next try
+        with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+            connection.execute("SELECT 1")
 
 
 def test_opening_does_not_retry_other_errors(tmp_path, monkeypatch):
